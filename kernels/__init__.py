@@ -1,0 +1,1 @@
+"""Transducer losses: exact reference, numba (CPU), Triton (GPU), fused joint+loss, pruned."""

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Creates or reuses .venv at the repo root and installs what the project needs.
+#
+#   source scripts/bootstrap.sh [EXTRAS]     e.g. EXTRAS="dev,serve"
+#
+# System packages come from apt-get when we are root; otherwise the script names what is
+# missing and how to install it, and stops. Python packages go into .venv: torch first, pinned
+# to the CPU wheel (an unpinned torch pulls several GB of CUDA packages), then this project in
+# editable mode with the requested extras. A stamp file skips the pip step when nothing changed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EXTRAS="${1:-}"
+TORCH_VERSION="2.13.0"
+
+# Debian packages: TTS engines and text for the embedded corpus, libsndfile for soundfile.
+# Extra names can be passed through ASR_APT_PACKAGES (the serve tests add PortAudio etc.).
+APT_PACKAGES="espeak-ng flite festival festvox-kallpc16k wordnet-base libsndfile1 ${ASR_APT_PACKAGES:-}"
+
+say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+
+missing_apt=()
+for pkg in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing_apt+=("$pkg")
+done
+if [ ${#missing_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+        say "installing system packages: ${missing_apt[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
+    else
+        say "missing system packages: ${missing_apt[*]}"
+        say "install them first, e.g.: sudo apt-get install ${missing_apt[*]}"
+        say "(on other systems: the same TTS engines espeak-ng, flite and festival, and WordNet 3.0 data)"
+        exit 1
+    fi
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+    command -v "$PY" >/dev/null || { say "no $PY found: install Python >= 3.10"; exit 1; }
+    "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { say "$PY is older than 3.10"; exit 1; }
+    say "creating $ROOT/.venv"
+    "$PY" -m venv "$ROOT/.venv" || { say "python venv failed: install python3-venv"; exit 1; }
+fi
+VPY="$ROOT/.venv/bin/python"
+
+stamp="$ROOT/.venv/.asr-installed"
+want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-[$EXTRAS]"
+if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
+    if ! "$VPY" -c "import torch, sys; sys.exit(not torch.__version__.startswith('$TORCH_VERSION'))" 2>/dev/null; then
+        say "installing torch==$TORCH_VERSION (its own step, so no CUDA packages come with it)"
+        "$VPY" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+    fi
+    spec="$ROOT"
+    [ -n "$EXTRAS" ] && spec="$ROOT[$EXTRAS]"
+    say "installing the project (${EXTRAS:-no extras}) into .venv"
+    "$VPY" -m pip install -q --disable-pip-version-check -e "$spec"
+    echo "$want" >>"$stamp"
+fi
+
+export PATH="$ROOT/.venv/bin:$PATH"
+export VIRTUAL_ENV="$ROOT/.venv"
