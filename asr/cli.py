@@ -1,0 +1,252 @@
+"""The ``asr`` command.
+
+    asr prepare   corpus -> cleaned lhotse cut manifests (+ tokenizer); builds the mini corpus
+    asr train     train a model from a YAML config
+    asr decode    WER of a model on cut manifests, with per-utterance results
+    asr transcribe  text (and timestamps) for audio files
+
+Each subcommand has ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("asr")
+
+
+def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=handlers,
+        force=True,
+    )
+    for noisy in ("lhotse", "matplotlib", "numba", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    """['optim.lr=1e-3', 'max_epochs=3'] -> nested dict with YAML-typed values."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+# ---------------------------------------------------------------------- prepare
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from lhotse import CutSet
+
+    from .data.manifests import SkipCounter, load_cuts, prepare_cuts
+    from .data.tokenizer import Tokenizer
+
+    out = Path(args.out)
+    man_dir = out / "manifests"
+    man_dir.mkdir(parents=True, exist_ok=True)
+    parts = args.parts
+    if args.corpus == "mini":
+        from .data.corpus import SPLITS, MiniCorpusConfig, build_mini_librispeech
+        from .config import load_yaml
+
+        cfg = load_yaml(MiniCorpusConfig, args.corpus_config) if args.corpus_config else MiniCorpusConfig(seed=args.seed)
+        stats = build_mini_librispeech(out / "corpus", cfg, num_jobs=args.jobs)
+        log.info("mini corpus: %s", json.dumps({k: v for k, v in stats.items() if k in ("hours", "utterances")}))
+        source = out / "corpus" / "LibriSpeech"
+        parts = parts or list(SPLITS)
+        train_parts = args.train_parts or ["train"]
+    else:
+        source = Path(args.corpus)
+        train_parts = args.train_parts or []
+
+    tokenizer = None
+    if args.tokenizer:
+        tokenizer = Tokenizer.load(args.tokenizer)
+
+    from .data.manifests import detect_source
+
+    kind = detect_source(source)
+    if kind == "librispeech":
+        from .data.manifests import _librispeech_split_dirs
+
+        names = [d.name for d in _librispeech_split_dirs(source, parts)]
+    else:
+        names = [args.name or source.name.split(".")[0]]
+    # Training parts first: the tokenizer is trained on them before the other parts are checked.
+    names = sorted(names, key=lambda n: n not in train_parts)
+    summary = {}
+    for name in names:
+        skipped = SkipCounter()
+        cuts = load_cuts(source, parts=[name] if kind == "librispeech" else None, skipped=skipped, num_jobs=args.jobs)
+        is_train = name in train_parts
+        if is_train and tokenizer is None:
+            cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration)
+            tok_dir = out / f"lang_{args.model_type}{args.vocab_size}"
+            tokenizer = Tokenizer.train((c.supervisions[0].text for c in cuts), args.vocab_size, args.model_type, tok_dir)
+            log.info("trained a %s tokenizer with %d tokens on %s -> %s", args.model_type, len(tokenizer), name, tok_dir)
+        # Training cuts must be spellable; evaluation cuts keep their text as the reference.
+        cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration, tokenizer=tokenizer if is_train else None)
+        path = man_dir / f"cuts_{name}.jsonl.gz"
+        cuts.to_file(path)
+        hours = sum(c.duration for c in cuts) / 3600
+        summary[name] = {"cuts": len(cuts), "hours": round(hours, 3), "skipped": dict(skipped.counts)}
+        log.info("%s: %d cuts, %.2f h -> %s (%s)", name, len(cuts), hours, path, skipped.summary())
+    (out / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+# ---------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_yaml
+    from .training.trainer import TrainConfig, Trainer
+
+    overrides = _parse_overrides(args.set or [])
+    if args.exp_dir:
+        overrides["exp_dir"] = args.exp_dir
+    cfg = load_yaml(TrainConfig, args.config, overrides)
+    _setup_logging(args.verbose, Path(cfg.exp_dir) / "train.log")
+    Trainer(cfg, progress=not args.no_progress).run()
+
+
+# ---------------------------------------------------------------------- decode
+def cmd_decode(args: argparse.Namespace) -> None:
+    from lhotse import CutSet
+
+    from .data.dataset import ASRDataset, SamplerConfig, make_loader, make_sampler
+    from .models import load
+    from .training.trainer import evaluate
+
+    model = load(args.model)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out_dir = Path(args.out) if args.out else Path(args.model).parent / "decode"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = ASRDataset(model.tokenizer, model.features, None)
+    table = {}
+    for path in args.cuts:
+        p = Path(path)
+        if not p.is_file():
+            raise SystemExit(f"cut manifest not found: {p}")
+        name = p.name.replace("cuts_", "").split(".")[0]
+        cuts = CutSet.from_file(p)
+        loader = make_loader(ds, make_sampler(cuts, SamplerConfig(max_duration=args.max_duration), train=False))
+        ev = evaluate(model, loader, progress=True, desc=name)
+        with open(out_dir / f"results_{name}.txt", "w") as f:
+            for r in ev["results"]:
+                f.write(f"{r['id']}\tREF: {r['ref']}\n{r['id']}\tHYP: {r['hyp']}\n")
+        table[name] = {**ev["wer_detail"], "rtfx": round(ev["rtfx"], 1), "skipped": ev["skipped"]}
+    (out_dir / "wer.json").write_text(json.dumps(table, indent=2))
+    print(f"{'split':<14}{'WER %':>8}{'words':>8}{'sub':>7}{'del':>7}{'ins':>7}{'RTFx':>8}")
+    for name, r in table.items():
+        print(f"{name:<14}{r['wer']:>8.2f}{r['words']:>8}{r['sub']:>7}{r['del']:>7}{r['ins']:>7}{r['rtfx']:>8.1f}")
+    print(f"(per-utterance results in {out_dir})")
+
+
+# ---------------------------------------------------------------------- transcribe
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    from .data.audio import read_audio
+    from .models import load
+
+    try:
+        model = load(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    failed = 0
+    for path in args.audio:
+        try:
+            samples = read_audio(path, model.features.sample_rate)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        t0 = time.perf_counter()
+        (res,) = model.transcribe(samples)
+        if args.timestamps:
+            stamps = " ".join(f"{tok}@{ts:.2f}" for tok, ts in zip(res.tokens, res.timestamps))
+            print(f"{path}\t{res.text}\t[{stamps}]")
+        else:
+            print(f"{path}\t{res.text}")
+        log.debug("%s: %.2f s audio in %.3f s", path, len(samples) / model.features.sample_rate, time.perf_counter() - t0)
+    if failed:
+        raise SystemExit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asr", description="Streaming speech recognition toolkit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sp = sub.add_parser("prepare", help="corpus -> cut manifests and tokenizer", description=(
+        "Read a corpus (LibriSpeech dir, Kaldi data dir, JSONL manifest, lhotse manifest, or 'mini' "
+        "to build the embedded TTS corpus), skip and count bad files, normalize text, and write "
+        "OUT/manifests/cuts_<part>.jsonl.gz. Trains a sentencepiece tokenizer on the training parts "
+        "into OUT/lang_<type><size>/ unless --tokenizer is given."))
+    sp.add_argument("--corpus", required=True, help="'mini', or a path to a corpus dir or manifest")
+    sp.add_argument("--out", required=True, help="output data dir, e.g. data/mini")
+    sp.add_argument("--parts", nargs="*", help="LibriSpeech splits to read (default: all)")
+    sp.add_argument("--train-parts", nargs="*", help="parts the tokenizer is trained on (mini: train)")
+    sp.add_argument("--name", help="part name for a single-manifest corpus (default: file stem)")
+    sp.add_argument("--tokenizer", help="use this existing bpe.model instead of training one")
+    sp.add_argument("--vocab-size", type=int, default=256)
+    sp.add_argument("--model-type", choices=["bpe", "unigram", "char"], default="bpe")
+    sp.add_argument("--min-duration", type=float, default=0.1, help="shorter cuts are skipped (seconds)")
+    sp.add_argument("--seed", type=int, default=0, help="mini corpus seed")
+    sp.add_argument("--corpus-config", help="YAML MiniCorpusConfig for the mini corpus")
+    sp.add_argument("--jobs", type=int, default=2)
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("train", help="train a model", description="Train from a YAML TrainConfig; resumes from exp_dir's checkpoints.")
+    sp.add_argument("--config", required=True, help="YAML config (see recipes/*/conf)")
+    sp.add_argument("--exp-dir", help="override exp_dir")
+    sp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. optim.lr=1e-3 max_epochs=2")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("decode", help="WER on cut manifests", description="Greedy-decode cut manifests and report WER with sub/del/ins.")
+    sp.add_argument("--model", required=True, help="model file (model.pt)")
+    sp.add_argument("--cuts", nargs="+", required=True, help="cut manifests (cuts_<name>.jsonl.gz)")
+    sp.add_argument("--out", help="results dir (default: next to the model)")
+    sp.add_argument("--max-duration", type=float, default=300.0, help="seconds of audio per batch")
+    sp.add_argument("--threads", type=int, default=0)
+    sp.set_defaults(func=cmd_decode)
+
+    sp = sub.add_parser("transcribe", help="transcribe audio files", description="Print the transcript of each audio file (any rate, any channels).")
+    sp.add_argument("model", help="model file (model.pt)")
+    sp.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg)")
+    sp.add_argument("--timestamps", action="store_true", help="print token@seconds")
+    sp.set_defaults(func=cmd_transcribe)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.cmd != "train":
+        _setup_logging(args.verbose)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data: manifests (lhotse), the embedded corpus, features, augmentation, samplers, tokenizer."""

@@ -1,0 +1,63 @@
+"""Reading one audio file for inference, with errors that name the file.
+
+Used by ``asr transcribe`` and ``ASRModel.transcribe``: any format soundfile reads (WAV, FLAC,
+OGG, ...), any rate (resampled to 16 kHz), any channel count (downmixed to mono).
+"""
+
+from __future__ import annotations
+
+import logging
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["read_audio", "resample"]
+
+log = logging.getLogger(__name__)
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling of (N,) float samples."""
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    if from_rate == to_rate:
+        return samples
+    from scipy.signal import resample_poly
+
+    g = gcd(int(from_rate), int(to_rate))
+    return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 0.05) -> np.ndarray:
+    """(N,) float32 mono samples in [-1, 1] at ``sample_rate``.
+
+    Raises FileNotFoundError or ValueError naming ``path`` for a missing, unreadable, empty or
+    too short file, or one with NaN/inf samples.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise ValueError(
+            f"cannot read audio file {path}: {e}. Expected a WAV, FLAC or OGG file; convert other formats first"
+        ) from None
+    if data.shape[0] == 0:
+        raise ValueError(f"audio file {path} contains no samples")
+    if data.shape[1] > 1:
+        log.info("%s: %d channels, downmixing to mono", path, data.shape[1])
+    samples = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(samples).all():
+        raise ValueError(f"audio file {path} has NaN or inf samples")
+    if sr != sample_rate:
+        log.info("%s: resampling %d Hz -> %d Hz", path, sr, sample_rate)
+        samples = resample(samples, sr, sample_rate)
+    if samples.shape[0] < min_seconds * sample_rate:
+        raise ValueError(
+            f"audio file {path} is too short: {samples.shape[0] / sample_rate * 1000:.0f} ms (need at least {min_seconds * 1000:.0f} ms)"
+        )
+    return np.ascontiguousarray(samples, dtype=np.float32)

@@ -1,0 +1,183 @@
+"""Batches for training and evaluation: lhotse samplers, on-the-fly fbank, augmentation.
+
+A lhotse sampler yields CutSets; ``ASRDataset`` turns each into a padded feature batch. Audio is
+loaded per cut (lhotse resamples lazily to the feature rate), downmixed to mono, optionally
+speed-perturbed and mixed with noise at a random SNR, turned into 80-bin fbank, and
+SpecAugment-ed. A cut whose audio cannot be read or is not finite is skipped and counted in the
+batch's ``"skipped"`` field; the trainer sums those counts and logs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset.cut_transforms import CutMix, PerturbSpeed
+from lhotse.dataset.signal_transforms import SpecAugment
+
+from .features import FeatureConfig
+from .tokenizer import Tokenizer
+
+__all__ = ["AugmentConfig", "SamplerConfig", "ASRDataset", "make_sampler", "make_loader", "load_noise_cuts"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AugmentConfig:
+    speed_factors: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    speed_prob: float = 0.0  # probability a cut is speed-perturbed (0 = off)
+    noise_manifest: str | None = None  # a lhotse RecordingSet/CutSet of noise (mini corpus, MUSAN)
+    noise_prob: float = 0.0
+    noise_snr: tuple[float, float] = (10.0, 20.0)
+    spec_augment: bool = True
+    num_feature_masks: int = 2
+    feature_mask_size: int = 15
+    num_frame_masks: int = 4
+    frame_mask_size: int = 40
+    max_frames_mask_fraction: float = 0.15
+    time_warp_factor: int = 0
+
+
+@dataclass
+class SamplerConfig:
+    max_duration: float = 200.0  # seconds of audio per batch
+    num_buckets: int = 10
+    shuffle: bool = True
+    drop_last: bool = False
+    num_workers: int = 1
+
+
+def load_noise_cuts(path: str | Path) -> CutSet:
+    """A CutSet of noise from a lhotse RecordingSet or CutSet manifest."""
+    from lhotse import RecordingSet, load_manifest
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"noise manifest not found: {path}")
+    m = load_manifest(path)
+    if isinstance(m, RecordingSet):
+        m = CutSet.from_manifests(recordings=m)
+    if not isinstance(m, CutSet) or len(m) == 0:
+        raise ValueError(f"{path}: expected a non-empty RecordingSet or CutSet of noise")
+    return m.to_eager()
+
+
+class ASRDataset(torch.utils.data.Dataset):
+    """Maps a CutSet (one batch from a sampler) to padded features and token ids.
+
+    Returns a dict:
+        features: (B, T, F) float32, zero-padded
+        feature_lens: (B,) int64
+        tokens: list of B lists of token ids
+        texts: list of B reference strings
+        cut_ids: list of B cut ids
+        skipped: dict reason -> count of cuts dropped from this batch
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer | None,
+        features: FeatureConfig = FeatureConfig(),
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ):
+        self.tokenizer = tokenizer
+        self.features = features
+        self.augment = augment
+        self.cut_transforms = []
+        self.spec_augment = None
+        if augment is not None:
+            rng = random.Random(seed)
+            if augment.speed_prob > 0:
+                self.cut_transforms.append(PerturbSpeed(factors=augment.speed_factors, p=augment.speed_prob, randgen=rng))
+            if augment.noise_prob > 0:
+                if not augment.noise_manifest:
+                    raise ValueError("augment.noise_prob > 0 needs augment.noise_manifest (a noise RecordingSet)")
+                noise = load_noise_cuts(augment.noise_manifest)
+                self.cut_transforms.append(CutMix(cuts=noise, snr=augment.noise_snr, p=augment.noise_prob, seed=seed, random_mix_offset=True))
+            if augment.spec_augment:
+                self.spec_augment = SpecAugment(
+                    time_warp_factor=augment.time_warp_factor or None,
+                    num_feature_masks=augment.num_feature_masks,
+                    features_mask_size=augment.feature_mask_size,
+                    num_frame_masks=augment.num_frame_masks,
+                    frames_mask_size=augment.frame_mask_size,
+                    max_frames_mask_fraction=augment.max_frames_mask_fraction,
+                )
+
+    def load_features(self, cut) -> np.ndarray:
+        """One cut's (T, F) features; raises ValueError when its audio is unusable."""
+        audio = cut.load_audio()
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 2:
+            audio = audio.mean(axis=0) if audio.shape[0] > 1 else audio[0]
+        if audio.size == 0:
+            raise ValueError("empty audio")
+        if not np.isfinite(audio).all():
+            raise ValueError("audio has NaN or inf samples")
+        if audio.size < self.features.window_samples:
+            raise ValueError("audio shorter than one feature window")
+        return self.features.compute(audio)
+
+    def __getitem__(self, cuts: CutSet) -> dict:
+        for tf in self.cut_transforms:
+            cuts = tf(cuts)
+        skipped: Counter = Counter()
+        feats, texts, ids = [], [], []
+        for cut in cuts:
+            try:
+                f = self.load_features(cut)
+            except Exception as e:
+                reason = "nonfinite_audio" if "NaN" in str(e) else "unreadable_audio"
+                skipped[reason] += 1
+                log.warning("skipping cut %s: %s: %s", cut.id, type(e).__name__, e)
+                continue
+            feats.append(torch.from_numpy(f))
+            texts.append(cut.supervisions[0].text if cut.supervisions else "")
+            ids.append(cut.id)
+        lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
+        F = self.features.num_mel_bins
+        x = torch.zeros(len(feats), int(lens.max()) if feats else 0, F)
+        for i, f in enumerate(feats):
+            x[i, : f.shape[0]] = f
+        if self.spec_augment is not None and len(feats):
+            x = self.spec_augment(x)
+            for i, n in enumerate(lens.tolist()):  # masks must not write into padding
+                x[i, n:] = 0
+        tokens = self.tokenizer.encode_batch(texts) if self.tokenizer is not None else []
+        return {"features": x, "feature_lens": lens, "tokens": tokens, "texts": texts, "cut_ids": ids, "skipped": dict(skipped)}
+
+
+def make_sampler(cuts: CutSet, cfg: SamplerConfig, train: bool, seed: int = 0, world_size: int | None = None, rank: int | None = None):
+    """Training: ``DynamicBucketingSampler`` by duration (rank-aware). Evaluation: in order."""
+    if train:
+        return DynamicBucketingSampler(
+            cuts,
+            max_duration=cfg.max_duration,
+            num_buckets=cfg.num_buckets,
+            shuffle=cfg.shuffle,
+            drop_last=cfg.drop_last,
+            seed=seed,
+            world_size=world_size,
+            rank=rank,
+            num_cuts_for_bins_estimate=min(len(cuts), 10000) if hasattr(cuts, "__len__") else 10000,
+        )
+    return SimpleCutSampler(cuts, max_duration=cfg.max_duration, shuffle=False, world_size=world_size, rank=rank)
+
+
+def make_loader(dataset: ASRDataset, sampler, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )

@@ -1,0 +1,52 @@
+"""LibriSpeech-style text normalization.
+
+LibriSpeech transcripts are upper-case words of the letters A-Z and the apostrophe, separated
+by single spaces, with no digits and no other punctuation. ``normalize_librispeech`` maps
+free text to that form; ``is_librispeech_normalizable`` says whether a sentence can be mapped
+without guessing (no digits, symbols or foreign letters that would need verbalization).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+__all__ = ["normalize_librispeech", "is_librispeech_normalizable", "LIBRISPEECH_CHARS"]
+
+LIBRISPEECH_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")
+
+# Characters that separate words when they are dropped (hyphens, slashes, dashes).
+_SEPARATORS = re.compile(r"[-\u2010-\u2015/_]+")
+# Punctuation removed outright.
+_PUNCT = re.compile(r"[.,;:!?\"()\[\]{}\u201c\u201d\u00ab\u00bb`*]+")
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'"})
+_SPACES = re.compile(r"\s+")
+
+
+def _strip_accents(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def normalize_librispeech(text: str) -> str:
+    """Upper-case, accents folded, punctuation dropped, hyphens split, spaces collapsed.
+
+    Apostrophes inside words are kept (``DON'T``); quote marks at word edges are removed.
+    Characters outside ``LIBRISPEECH_CHARS`` that survive (digits, ``&``, ``%`` ...) are kept
+    as they are, so the caller can see them; use ``is_librispeech_normalizable`` to filter.
+    """
+    text = _strip_accents(text.translate(_QUOTES))
+    text = _SEPARATORS.sub(" ", text)
+    text = _PUNCT.sub(" ", text)
+    words = []
+    for word in _SPACES.split(text.upper()):
+        word = word.strip("'")
+        if word:
+            words.append(word)
+    return " ".join(words)
+
+
+def is_librispeech_normalizable(text: str) -> bool:
+    """True when ``normalize_librispeech(text)`` uses only LibriSpeech characters."""
+    norm = normalize_librispeech(text)
+    return bool(norm) and set(norm) <= LIBRISPEECH_CHARS

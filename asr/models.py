@@ -1,0 +1,205 @@
+"""ASRModel = feature normalization + encoder + heads; its config; save and load.
+
+A model file is a plain dict that ``torch.load(weights_only=True)`` reads: no pickled classes,
+so a checkpoint from a stranger cannot run code. It carries everything needed to transcribe:
+
+    {"format": "asr-model", "version": 1,
+     "config": ModelConfig as a dict, "features": FeatureConfig as a dict,
+     "tokenizer": sentencepiece model bytes, "state_dict": weights, "meta": {...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import from_dict, to_dict
+from .data.features import FeatureConfig
+from .data.tokenizer import Tokenizer
+from .decoding.ctc import Hypothesis, ctc_greedy
+from .encoders import build_encoder
+from .heads.ctc import CTCHead
+
+__all__ = ["ModelConfig", "ASRModel", "load", "save_atomic", "Transcript"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "asr-model"
+VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "conformer"
+    encoder_config: dict = field(default_factory=dict)  # build_encoder(encoder, **encoder_config)
+    head: Literal["ctc"] = "ctc"
+    vocab_size: int = 0  # set from the tokenizer
+    dropout: float = 0.1
+
+
+@dataclass
+class Transcript:
+    text: str
+    tokens: list[str]
+    timestamps: list[float]  # seconds, start of each token
+
+
+class ASRModel(nn.Module):
+    """Features (B, T, 80) -> encoder -> CTC log-probs (B, T', V)."""
+
+    def __init__(self, config: ModelConfig, features: FeatureConfig = FeatureConfig(), tokenizer: Tokenizer | None = None):
+        super().__init__()
+        if config.vocab_size <= 0:
+            if tokenizer is None:
+                raise ValueError("ModelConfig.vocab_size is not set and no tokenizer was given")
+            config = dataclasses.replace(config, vocab_size=len(tokenizer))
+        self.config = config
+        self.features = features
+        self.tokenizer = tokenizer
+        # Global feature normalization, filled from training data (see set_feature_stats).
+        self.register_buffer("feat_mean", torch.zeros(features.num_mel_bins))
+        self.register_buffer("feat_std", torch.ones(features.num_mel_bins))
+        self.encoder = build_encoder(config.encoder, input_dim=features.num_mel_bins, **config.encoder_config)
+        self.ctc = CTCHead(self.encoder.output_dim, config.vocab_size, config.dropout)
+
+    # ------------------------------------------------------------------ compute
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.feat_mean.copy_(mean)
+        self.feat_std.copy_(std.clamp_min(1e-3))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.feat_mean) / self.feat_std
+
+    def encode(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, F), (B,) -> encoder output (B, T', D), (B,)."""
+        return self.encoder(self.normalize(x), x_lens)
+
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor, targets: list[list[int]]) -> dict:
+        """Training losses. Returns {"loss": mean per-token loss over alignable utterances,
+        "loss_sum", "tokens", "frames", "unalignable": (B,) bool}."""
+        enc, enc_lens = self.encode(x, x_lens)
+        log_probs = self.ctc(enc)
+        loss, bad = CTCHead.loss(log_probs, enc_lens, targets)
+        ok = ~bad.to(loss.device)
+        tokens = sum(len(t) for t, b in zip(targets, bad.tolist()) if not b)
+        loss_sum = loss[ok].sum()
+        return {
+            "loss": loss_sum / max(1, tokens),
+            "loss_sum": loss_sum.detach(),
+            "tokens": tokens,
+            "frames": int(enc_lens.sum()),
+            "unalignable": bad,
+        }
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor, x_lens: torch.Tensor) -> list[Hypothesis]:
+        enc, enc_lens = self.encode(x, x_lens)
+        return ctc_greedy(self.ctc(enc), enc_lens)
+
+    # ------------------------------------------------------------------ user API
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per encoder output frame."""
+        return self.features.frame_shift * self.encoder.subsampling
+
+    def hyp_to_transcript(self, hyp: Hypothesis) -> Transcript:
+        tok = self._require_tokenizer()
+        return Transcript(
+            text=tok.decode(hyp.tokens),
+            tokens=[tok.id_to_piece(t) for t in hyp.tokens],
+            timestamps=[round(f * self.frame_seconds, 3) for f in hyp.frames],
+        )
+
+    @torch.no_grad()
+    def transcribe(self, audio: Sequence[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray, sample_rate: int | None = None) -> list[Transcript]:
+        """Transcribe files or arrays of samples in [-1, 1] (arrays at ``sample_rate``,
+        default the model's). Audio at other rates is resampled; multi-channel is downmixed."""
+        from .data.audio import read_audio, resample
+
+        if isinstance(audio, (str, os.PathLike, np.ndarray)):
+            audio = [audio]
+        feats = []
+        for a in audio:
+            if isinstance(a, np.ndarray):
+                samples = resample(np.asarray(a, dtype=np.float32), sample_rate or self.features.sample_rate, self.features.sample_rate)
+            else:
+                samples = read_audio(a, self.features.sample_rate)
+            feats.append(torch.from_numpy(self.features.compute(samples)))
+        was_training = self.training
+        self.eval()
+        lens = torch.tensor([f.shape[0] for f in feats])
+        x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+        device = self.feat_mean.device
+        hyps = self.decode(x.to(device), lens.to(device))
+        self.train(was_training)
+        return [self.hyp_to_transcript(h) for h in hyps]
+
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; load it from a model file or pass one")
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ files
+    def to_checkpoint(self, meta: dict | None = None) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": to_dict(self.config),
+            "features": to_dict(self.features),
+            "tokenizer": self.tokenizer.to_bytes() if self.tokenizer is not None else None,
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "meta": meta or {},
+        }
+
+    def save(self, path: str | Path, meta: dict | None = None) -> None:
+        save_atomic(self.to_checkpoint(meta), path)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, source: str = "<checkpoint>") -> "ASRModel":
+        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+            raise ValueError(f"{source}: not an asr model file (no '{FORMAT}' format tag)")
+        if ckpt.get("version") != VERSION:
+            raise ValueError(f"{source}: model file version {ckpt.get('version')} is not supported (expected {VERSION})")
+        config = from_dict(ModelConfig, ckpt["config"])
+        features = from_dict(FeatureConfig, ckpt["features"])
+        tok = Tokenizer.from_bytes(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
+        model = cls(config, features, tok)
+        model.load_state_dict(ckpt["state_dict"])
+        model.eval()
+        return model
+
+
+def save_atomic(obj: dict, path: str | Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict safely; clear errors for missing, truncated or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read model file ({type(e).__name__}: {e}); it may be truncated or not a model") from None
+
+
+def load(path: str | Path) -> ASRModel:
+    """Load a model file written by training (``asr.load``)."""
+    return ASRModel.from_checkpoint(read_checkpoint(path), str(path))

@@ -1,0 +1,108 @@
+"""Configs, text normalization, tokenizer, WER."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from asr.config import ConfigError, from_dict, load_yaml
+from asr.data.text import is_librispeech_normalizable, normalize_librispeech
+from asr.data.tokenizer import Tokenizer
+from asr.decoding.ctc import ctc_greedy
+from asr.decoding.wer import WER, word_errors
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    steps: int = 10
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    sizes: list[int] = field(default_factory=list)
+    pair: tuple[float, float] = (1.0, 2.0)
+
+
+def test_config_unknown_and_wrong_types_name_the_key(tmp_path):
+    cfg = from_dict(Outer, {"inner": {"lr": 2, "steps": 3}, "sizes": [1, 2], "pair": [0.5, 1]})
+    assert cfg.inner.lr == 2.0 and isinstance(cfg.inner.lr, float) and cfg.pair == (0.5, 1.0)
+    with pytest.raises(ConfigError, match=r"inner\.lrr"):
+        from_dict(Outer, {"inner": {"lrr": 1}})
+    with pytest.raises(ConfigError, match=r"inner\.steps: expected int, got str"):
+        from_dict(Outer, {"inner": {"steps": "ten"}})
+    with pytest.raises(ConfigError, match=r"sizes\[1\]"):
+        from_dict(Outer, {"sizes": [1, "b"]})
+    p = tmp_path / "c.yaml"
+    p.write_text("name: y\ninner:\n  lr: 0.5\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        load_yaml(Outer, p)
+    p.write_text("name: y\ninner:\n  lr: 0.5\n")
+    assert load_yaml(Outer, p, overrides={"inner": {"steps": 7}}).inner == Inner(lr=0.5, steps=7)
+
+
+def test_librispeech_normalization():
+    assert normalize_librispeech("Don't stop—me, \"now\"!") == "DON'T STOP ME NOW"
+    assert normalize_librispeech("  café   self-made 'quoted' ") == "CAFE SELF MADE QUOTED"
+    assert is_librispeech_normalizable("a well-known fact")
+    assert not is_librispeech_normalizable("it costs $5")
+    assert not is_librispeech_normalizable("...")
+
+
+def test_tokenizer_blank_zero_roundtrip_and_tokens_txt(tmp_path):
+    texts = ["THE CAT SAT ON THE MAT", "A DOG DID NOT", "THEY DON'T KNOW WHY"] * 30
+    tok = Tokenizer.train(texts, vocab_size=40, out_dir=tmp_path)
+    assert tok.id_to_piece(0) == "<blk>" and tok.blank_id == 0 and tok.id_to_piece(1) == "<unk>"
+    for t in texts[:3]:
+        ids = tok.encode(t)
+        assert 0 not in ids and tok.decode(ids) == t
+    lines = (tmp_path / "tokens.txt").read_text().splitlines()
+    assert len(lines) == len(tok) and lines[0] == "<blk> 0"
+    assert all(line.rsplit(" ", 1)[1] == str(i) for i, line in enumerate(lines))
+    assert tok.missing_chars("THE ZOO") == {"Z"}
+    again = Tokenizer.from_bytes(tok.to_bytes())
+    assert again.encode("THE CAT") == tok.encode("THE CAT")
+    with pytest.raises(ValueError, match="<blk>"):
+        import io, sentencepiece as spm
+
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, vocab_size=20, minloglevel=2)
+        Tokenizer(buf.getvalue())
+
+
+def _edit_distance(r, h):
+    if not r:
+        return len(h)
+    if not h:
+        return len(r)
+    return min(_edit_distance(r[1:], h[1:]) + (r[0] != h[0]), _edit_distance(r[1:], h) + 1, _edit_distance(r, h[1:]) + 1)
+
+
+def test_wer_matches_brute_force_edit_distance():
+    rng = random.Random(0)
+    for _ in range(300):
+        r = [rng.choice("abcd") for _ in range(rng.randint(0, 6))]
+        h = [rng.choice("abcd") for _ in range(rng.randint(0, 6))]
+        assert sum(word_errors(r, h)) == _edit_distance(r, h)
+    assert word_errors("a b c".split(), "a x c d".split()) == (1, 0, 1)
+    assert word_errors("a b c".split(), "a".split()) == (0, 2, 0)
+    w = WER()
+    w.add("A B C D", "A X C")
+    assert (w.subs, w.dels, w.ins, w.words) == (1, 1, 0, 4) and w.wer == 50.0
+
+
+def test_ctc_greedy_collapses_repeats_and_respects_lengths():
+    # frames: a a _ a b b _  (blank=0, a=1, b=2), second utterance only 3 valid frames
+    seq = [1, 1, 0, 1, 2, 2, 0]
+    lp = torch.full((2, 7, 3), -10.0)
+    for t, k in enumerate(seq):
+        lp[:, t, k] = 0.0
+    hyps = ctc_greedy(lp, torch.tensor([7, 3]))
+    assert hyps[0].tokens == [1, 1, 2] and hyps[0].frames == [0, 3, 4]
+    assert hyps[1].tokens == [1]

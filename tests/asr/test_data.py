@@ -1,0 +1,166 @@
+"""Manifests from every source kind, bad input skipped and counted, batches and augmentation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from lhotse import CutSet
+
+from asr.data.dataset import ASRDataset, AugmentConfig, SamplerConfig, make_loader, make_sampler
+from asr.data.features import FeatureConfig
+from asr.data.manifests import SkipCounter, detect_source, load_cuts, prepare_cuts
+from asr.data.tokenizer import Tokenizer
+from tests.conftest import speak, tone, write_audio
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small LibriSpeech-layout corpus with good files and every kind of bad file."""
+    root = tmp_path_factory.mktemp("ls") / "LibriSpeech" / "train"
+    ch = root / "11" / "22"
+    good = {
+        "11-22-0000": "HELLO THERE GENERAL",
+        "11-22-0001": "THE CAT SAT ON THE MAT",
+        "11-22-0002": "A BIRD IN THE HAND",
+    }
+    for uid, text in good.items():
+        wav = speak(text.lower(), ch / f"{uid}.wav")
+        data, sr = sf.read(wav)
+        sf.write(ch / f"{uid}.flac", data, sr)  # 22050 Hz: resampled on load
+        wav.unlink()
+    (ch / "11-22-0003.flac").write_bytes(b"this is not audio at all")  # corrupt
+    write_audio(ch / "11-22-0004.flac", np.zeros(0, dtype=np.float32), 16000)  # zero-length
+    write_audio(ch / "11-22-0005.flac", tone(0.03), 16000)  # very short
+    # 11-22-0006 is listed but missing
+    write_audio(ch / "11-22-0007.flac", tone(1.5, sr=16000, channels=2), 16000)  # stereo
+    write_audio(ch / "11-22-0008.flac", tone(1.5, sr=44100), 44100)  # 44.1 kHz
+    write_audio(ch / "11-22-0009.flac", tone(1.5, sr=8000), 8000)  # 8 kHz
+    lines = {**good, "11-22-0003": "CORRUPT", "11-22-0004": "EMPTY", "11-22-0005": "SHORT", "11-22-0006": "MISSING",
+             "11-22-0007": "STEREO FILE", "11-22-0008": "FAST RATE", "11-22-0009": "SLOW RATE"}
+    (ch / "11-22.trans.txt").write_text("".join(f"{k} {v}\n" for k, v in sorted(lines.items())))
+    return root.parent
+
+
+def test_librispeech_dir_skips_and_counts_bad_files(corpus):
+    assert detect_source(corpus) == "librispeech"
+    skipped = SkipCounter()
+    cuts = load_cuts(corpus, skipped=skipped)
+    ids = {c.id for c in cuts}
+    assert {"11-22-0000", "11-22-0001", "11-22-0002", "11-22-0007", "11-22-0008", "11-22-0009"} <= ids
+    assert "11-22-0003" not in ids and "11-22-0006" not in ids and "11-22-0004" not in ids
+    assert skipped.counts["unreadable_audio"] >= 1
+    assert skipped.counts["missing_file"] == 1
+    assert skipped.total == 3 + (1 if "11-22-0005" not in ids else 0)
+    prepared = prepare_cuts(cuts, skipped=skipped, min_duration=0.1)
+    pids = {c.id for c in prepared}
+    assert "11-22-0005" not in pids and skipped.counts["too_short"] + skipped.counts["empty_audio"] >= 1
+    assert all(c.sampling_rate == 16000 for c in prepared)
+
+
+def test_resampled_and_downmixed_audio_loads_as_16k_mono(corpus):
+    cuts = {c.id: c for c in prepare_cuts(load_cuts(corpus))}
+    ds = ASRDataset(None, FeatureConfig(), None)
+    for uid in ("11-22-0007", "11-22-0008", "11-22-0009", "11-22-0000"):
+        cut = cuts[uid]
+        feats = ds.load_features(cut)
+        assert feats.shape[1] == 80 and np.isfinite(feats).all()
+        assert abs(feats.shape[0] - cut.duration * 100) <= 2, (uid, feats.shape, cut.duration)
+    stereo = cuts["11-22-0007"].load_audio()
+    assert stereo.shape[0] == 1  # downmixed
+
+
+def test_kaldi_dir_with_segments(tmp_path, speech_wav):
+    d = tmp_path / "kaldi"
+    d.mkdir()
+    (d / "wav.scp").write_text(f"rec1 {speech_wav}\nrec2 {tmp_path / 'nope.wav'}\n")
+    (d / "segments").write_text("u1 rec1 0.0 1.0\nu2 rec1 1.0 2.2\nu3 rec2 0 1\nu4 rec1 50 51\n")
+    (d / "text").write_text("u1 the quick\nu2 brown fox\nu3 gone\nu4 outside\n")
+    (d / "utt2spk").write_text("u1 spk\nu2 spk\nu3 spk\nu4 spk\n")
+    assert detect_source(d) == "kaldi"
+    skipped = SkipCounter()
+    cuts = prepare_cuts(load_cuts(d, skipped=skipped))
+    assert sorted(c.id for c in cuts) == ["u1", "u2"]
+    assert skipped.counts["missing_file"] == 1 and skipped.counts["segment_outside_audio"] == 1
+    assert [c.supervisions[0].text for c in sorted(cuts, key=lambda c: c.id)] == ["THE QUICK", "BROWN FOX"]
+    assert abs(cuts["u2"].duration - 1.2) < 1e-3
+
+
+def test_jsonl_manifest_and_lhotse_manifest(tmp_path, speech_wav):
+    m = tmp_path / "train.jsonl"
+    rows = [
+        {"audio_filepath": str(speech_wav), "text": "The quick brown fox!"},
+        {"audio_filepath": "missing.wav", "text": "x"},
+        {"audio_filepath": str(speech_wav), "text": "jumps", "offset": 0.5, "duration": 0.7},
+    ]
+    m.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
+    assert detect_source(m) == "jsonl"
+    skipped = SkipCounter()
+    cuts = prepare_cuts(load_cuts(m, skipped=skipped))
+    assert len(cuts) == 2 and skipped.counts["missing_file"] == 1 and skipped.counts["bad_manifest_line"] == 1
+    assert sorted(c.supervisions[0].text for c in cuts) == ["JUMPS", "THE QUICK BROWN FOX"]
+    out = tmp_path / "cuts_x.jsonl.gz"
+    cuts.to_file(out)
+    assert detect_source(out) == "lhotse"
+    again = load_cuts(out)
+    assert sorted(c.id for c in again) == sorted(c.id for c in cuts)
+    with pytest.raises(ValueError, match="unknown manifest format"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"path": "a.wav"}\n')
+        detect_source(bad)
+
+
+def test_transcript_with_characters_the_tokenizer_lacks_is_skipped(corpus):
+    cuts = prepare_cuts(load_cuts(corpus))
+    tok = Tokenizer.train(["HELLO THERE", "THE CAT SAT ON THE MAT"] * 20, vocab_size=30)
+    skipped = SkipCounter()
+    kept = prepare_cuts(cuts, tokenizer=tok, skipped=skipped)
+    # "A BIRD IN THE HAND" has B, D, I, N which this tokenizer never saw
+    assert "11-22-0002" not in {c.id for c in kept} and "11-22-0001" in {c.id for c in kept}
+    assert skipped.counts["chars_not_in_tokenizer"] >= 1
+
+
+def test_batches_padding_and_unreadable_audio_at_load_time(corpus, tmp_path):
+    cuts = prepare_cuts(load_cuts(corpus))
+    # Truncate one good file after its header was read: loading must skip it, not crash.
+    victim = next(c for c in cuts if c.id == "11-22-0001")
+    src = Path(victim.recording.sources[0].source)
+    broken = tmp_path / src.name
+    broken.write_bytes(src.read_bytes()[:200])
+    victim.recording.sources[0].source = str(broken)
+    tok = Tokenizer.train([c.supervisions[0].text for c in cuts] * 5, vocab_size=30)
+    ds = ASRDataset(tok, FeatureConfig(), AugmentConfig(spec_augment=True))
+    batch = ds[cuts]
+    assert batch["skipped"] == {"unreadable_audio": 1}
+    B = len(batch["cut_ids"])
+    assert B == len(cuts) - 1 and batch["features"].shape[0] == B and batch["features"].shape[2] == 80
+    lens = batch["feature_lens"]
+    for i in range(B):
+        assert torch.all(batch["features"][i, lens[i]:] == 0)
+    assert all(len(t) > 0 for t in batch["tokens"])
+
+
+def test_bucketing_sampler_and_augmentation(tmp_path, corpus):
+    cuts = prepare_cuts(load_cuts(corpus))
+    noise = tmp_path / "noise.flac"
+    write_audio(noise, (0.1 * np.random.default_rng(0).standard_normal(16000 * 3)).astype(np.float32), 16000)
+    from lhotse import Recording, RecordingSet
+
+    RecordingSet.from_recordings([Recording.from_file(noise)]).to_file(tmp_path / "noise.jsonl.gz")
+    aug = AugmentConfig(speed_prob=1.0, noise_prob=1.0, noise_manifest=str(tmp_path / "noise.jsonl.gz"), noise_snr=(5.0, 5.0))
+    ds = ASRDataset(None, FeatureConfig(), aug, seed=1)
+    plain = ASRDataset(None, FeatureConfig(), None)
+    sampler = make_sampler(cuts, SamplerConfig(max_duration=6.0, num_buckets=2), train=True, seed=0)
+    seen = []
+    for b in make_loader(ds, sampler):
+        assert b["features"].ndim == 3 and torch.isfinite(b["features"]).all()
+        seen += b["cut_ids"]
+    assert len(seen) == len(cuts)
+    one = cuts.subset(cut_ids=["11-22-0000"])
+    a, p = ds[one], plain[one]
+    # speed perturbation changes the length; noise changes the values
+    assert a["features"].shape[1] != p["features"].shape[1]

@@ -1,0 +1,43 @@
+"""Shared fixtures: audio made here (espeak-ng speech, synthetic signals), never downloaded."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+torch.set_num_threads(2)
+
+
+def speak(text: str, path: Path, voice: str = "en-us", rate: int = 170) -> Path:
+    """espeak-ng speech to a WAV file (22050 Hz mono)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed: run `bash tests/run.sh`, which installs it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(path), text], check=True)
+    return path
+
+
+def write_audio(path: Path, samples: np.ndarray, sr: int, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), samples, sr, format=fmt)
+    return path
+
+
+def tone(seconds: float, sr: int = 16000, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(t.shape)
+    x = x.astype(np.float32)
+    return np.stack([x, 0.5 * x], axis=1) if channels == 2 else x
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory) -> Path:
+    """A short real utterance at 22050 Hz."""
+    return speak("the quick brown fox jumps over the lazy dog", tmp_path_factory.mktemp("speech") / "fox.wav")
