@@ -36,6 +36,12 @@ def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
     )
     for noisy in ("lhotse", "matplotlib", "numba", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # lhotse's recipes log progress through the root logger: keep only their warnings.
+    for h in handlers:
+        h.addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
 
 
 def _parse_overrides(items: list[str]) -> dict:

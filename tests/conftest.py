@@ -41,3 +41,22 @@ def tone(seconds: float, sr: int = 16000, channels: int = 1, seed: int = 0) -> n
 def speech_wav(tmp_path_factory) -> Path:
     """A short real utterance at 22050 Hz."""
     return speak("the quick brown fox jumps over the lazy dog", tmp_path_factory.mktemp("speech") / "fox.wav")
+
+
+TINY_CORPUS = dict(
+    train_hours=0.03, dev_minutes=0.3, test_minutes=0.3,
+    num_train_speakers=4, num_eval_speakers=2, num_unseen_speakers=3,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A tiny mini-LibriSpeech (TTS) with manifests and a tokenizer, built once per session:
+    DIR/corpus/LibriSpeech, DIR/manifests/cuts_<split>.jsonl.gz, DIR/lang_bpe48/."""
+    from asr.cli import main
+    from asr.data.corpus import MiniCorpusConfig, build_mini_librispeech
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    build_mini_librispeech(out / "corpus", MiniCorpusConfig(**TINY_CORPUS), num_jobs=2, progress=False)
+    main(["prepare", "--corpus", str(out / "corpus" / "LibriSpeech"), "--out", str(out), "--train-parts", "train", "--vocab-size", "48"])
+    return out

@@ -44,7 +44,7 @@ def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
         raise ValueError(
-            f"cannot read audio file {path}: {e}. Expected a WAV, FLAC or OGG file; convert other formats first"
+            f"cannot read audio file {path}: {str(e).rstrip('.')}. Expected a WAV, FLAC or OGG file; convert other formats first"
         ) from None
     if data.shape[0] == 0:
         raise ValueError(f"audio file {path} contains no samples")

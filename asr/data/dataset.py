@@ -159,10 +159,13 @@ class ASRDataset(torch.utils.data.Dataset):
 def make_sampler(cuts: CutSet, cfg: SamplerConfig, train: bool, seed: int = 0, world_size: int | None = None, rank: int | None = None):
     """Training: ``DynamicBucketingSampler`` by duration (rank-aware). Evaluation: in order."""
     if train:
+        import warnings
+
+        warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
         return DynamicBucketingSampler(
             cuts,
             max_duration=cfg.max_duration,
-            num_buckets=cfg.num_buckets,
+            num_buckets=max(1, min(cfg.num_buckets, len(cuts))),
             shuffle=cfg.shuffle,
             drop_last=cfg.drop_last,
             seed=seed,

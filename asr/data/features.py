@@ -11,9 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from functools import lru_cache
+
 import numpy as np
 
 __all__ = ["FeatureConfig"]
+
+
+@lru_cache(maxsize=8)
+def _extractor(config: "FeatureConfig"):
+    return config._make_extractor()
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,10 @@ class FeatureConfig:
         return int((num_samples + self.shift_samples // 2) // self.shift_samples)
 
     def lhotse_extractor(self):
-        """A lhotse ``Fbank`` extractor with exactly these settings."""
+        """A lhotse ``Fbank`` extractor with exactly these settings (built once, cached)."""
+        return _extractor(self)
+
+    def _make_extractor(self):
         from lhotse import Fbank, FbankConfig
 
         return Fbank(

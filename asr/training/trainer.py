@@ -79,6 +79,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget for the training loop; 0: no limit
     log_every: int = 25
     save_every_steps: int = 500
+    save_every_epochs: int = 1  # an epoch checkpoint (and validation) every N epochs, and at the end
+    valid_every_epochs: int = 1
     keep_last: int = 3
     average_last: int = 1
     max_bad_steps: int = 20
@@ -101,15 +103,16 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
 
 
-def _load_cuts(paths: list[str]) -> CutSet:
+def _load_cuts(paths: list[str], max_duration: float | None = None) -> CutSet:
+    """Eager CutSet from manifests, dropping cuts longer than ``max_duration`` seconds."""
     if not paths:
         raise ValueError("no cut manifests given")
-    sets = []
+    cuts = []
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"cut manifest not found: {p} (run `asr prepare` first)")
-        sets.append(CutSet.from_file(p))
-    return sets[0] if len(sets) == 1 else CutSet.from_cuts(c for s in sets for c in s)
+        cuts.extend(c for c in CutSet.from_file(p) if max_duration is None or c.duration <= max_duration)
+    return CutSet.from_cuts(cuts)
 
 
 @torch.no_grad()
@@ -228,6 +231,10 @@ class Trainer:
             save_atomic(self.model.to_checkpoint({"epoch": epoch, "step": self.step}), self.ckpt_dir / f"{tag}.pt")
         for old in self._checkpoints()[: -self.cfg.keep_last]:
             old.unlink(missing_ok=True)
+        keep_epochs = max(self.cfg.keep_last, self.cfg.average_last)
+        epochs = sorted(self.ckpt_dir.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        for old in epochs[:-keep_epochs]:
+            old.unlink(missing_ok=True)
 
     def _try_resume(self) -> tuple[int, int]:
         for path in reversed(self._checkpoints()):
@@ -250,7 +257,7 @@ class Trainer:
         cfg = self.cfg
         self._seed(cfg.seed)
         save_yaml(cfg, self.exp / "config.yaml")
-        train_cuts = _load_cuts(cfg.data.train).filter(lambda c: c.duration <= cfg.data.max_cut_duration).to_eager()
+        train_cuts = _load_cuts(cfg.data.train, cfg.data.max_cut_duration)
         dev_sets = {Path(p).name.replace("cuts_", "").split(".")[0]: _load_cuts([p]) for p in cfg.data.dev}
         log.info("training on %d cuts (%.2f h)", len(train_cuts), sum(c.duration for c in train_cuts) / 3600)
 
@@ -332,7 +339,7 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 self.train_seconds += time.perf_counter() - t0
                 if self.step % cfg.log_every == 0:
-                    rec = {"kind": "train", "epoch": epoch, "step": self.step, "loss": float(out["loss"]), "lr": lr, "grad_norm": float(grad_norm)}
+                    rec = {"kind": "train", "epoch": epoch, "step": self.step, "loss": float(out["loss"].detach()), "lr": lr, "grad_norm": float(grad_norm)}
                     self._log_metrics(rec)
                     pbar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
                 if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
@@ -340,12 +347,13 @@ class Trainer:
                 if (cfg.max_steps and self.step >= cfg.max_steps) or self.train_seconds >= budget:
                     stop = True
                     break
+            last = stop or epoch == cfg.max_epochs
             pad = 1.0 - stats["frames"] / max(1, stats["padded_frames"])
             train_loss = stats["loss_sum"] / max(1, stats["tokens"])
             rec = {"kind": "epoch", "epoch": epoch, "step": self.step, "train_loss": train_loss, "padding_fraction": pad,
                    "epoch_seconds": time.perf_counter() - t_epoch, "skipped": dict(skipped)}
             msg = f"epoch {epoch}: train loss {train_loss:.3f}, padding {100 * pad:.1f}%"
-            for name, cuts in dev_sets.items():
+            for name, cuts in dev_sets.items() if last or epoch % cfg.valid_every_epochs == 0 else ():
                 ev = evaluate(self.model, make_loader(eval_dataset, make_sampler(cuts.subset(first=min(len(cuts), cfg.data.dev_max_cuts)), cfg.data.sampler, train=False)))
                 rec[f"{name}_loss"] = ev["loss"]
                 rec[f"{name}_wer"] = ev["wer"]
@@ -354,7 +362,8 @@ class Trainer:
                 msg += f", skipped {dict(skipped)}"
             log.info(msg)
             self._log_metrics(rec)
-            self._save(epoch + 1, 0, tag=f"epoch-{epoch}")
+            if last or epoch % cfg.save_every_epochs == 0:
+                self._save(epoch + 1, 0, tag=f"epoch-{epoch}")
             if stop:
                 break
         self.tb.close()
