@@ -1,0 +1,389 @@
+"""Cache-aware streaming FastConformer with multi-lookahead training.
+
+Following the Stateful Conformer (Noroozi et al. 2023) and FastConformer:
+
+- 8x (or 4x/2x) depthwise-separable striding subsampling (``subsampling.ConvSubsampling``);
+- ``num_layers`` macaron blocks: ½ FF, relative-position multi-head self-attention, causal
+  depthwise convolution module (LayerNorm, not BatchNorm), ½ FF, final LayerNorm;
+- **chunked limited attention**: with context ``(left, right)`` the encoder frames are cut
+  into chunks of ``C = right + 1``; every query of chunk ``k`` attends to the keys
+  ``[k*C - left, (k+1)*C)``: ``left`` frames of the past plus its own chunk, so the first
+  frame of a chunk looks ``right`` frames ahead (``right * 80 ms`` at 8x, NeMo's
+  ``att_context_size`` in ``chunked_limited`` mode). The whole-utterance forward computes
+  exactly these blocks, so streaming (one chunk per call, ``left`` frames cached) equals it.
+- **multi-lookahead**: ``att_contexts`` lists ``[left, right]`` pairs and ``att_context_probs``
+  their probabilities; every training forward samples one. At inference one model serves every
+  context: ``encoder.set_context(left, right)`` (any non-negative pair, normally one of the
+  trained ones; the default is ``inference_context`` or the first trained one).
+  Look-ahead at 8x: right=0 -> 0 ms, 1 -> 80 ms, 6 -> 480 ms, 13 -> 1040 ms.
+
+Streaming state (the cache layout) and why
+------------------------------------------
+``init_state(B)`` returns, in this order::
+
+    attn_cache       (num_layers, left, B, d_model)       float  normed attention inputs
+    conv_cache       (num_layers, kernel - 1, B, d_model) float  depthwise-conv inputs
+    processed_frames (B,)                                 int64  encoder frames seen so far
+    feature_cache    (B, 2*subsampling - 2, input_dim)    float  only if causal_subsampling
+
+The first three are sherpa-onnx's ``OnlineConformerTransducerModel`` contract (icefall
+streaming Conformer, read in sherpa-onnx/csrc/online-conformer-transducer-model.cc): its
+encoder takes ``x (N, T, 80)``, ``cached_attn (layers, left_context, N, dim)``,
+``cached_conv (layers, cnn_module_kernel - 1, N, dim)`` and ``processed_frames (N,)`` and
+returns ``encoder_out`` plus the two new caches; the batch axis is 2 so the runtime can
+concatenate/unbind streams along it. The attention cache holds the layer-normed attention
+*input* (keys and values are recomputed from it), which keeps it at ``dim`` wide as sherpa
+expects. ``processed_frames`` masks cache slots that precede the stream's start.
+
+The subsampling needs ``pad = 2*subsampling - 2`` feature frames of context (14 at 8x):
+
+- ``causal_subsampling=True`` (default, lowest latency): output frame ``w`` reads features
+  ``[8w - 14, 8w]``, the stream starts on 14 zero frames, and the last 14 frames travel in
+  ``feature_cache``. ``window == shift``. An exporter targeting sherpa-onnx must carry this
+  fourth tensor itself (sherpa's contract has no slot for it).
+- ``causal_subsampling=False``: output ``w`` reads ``[8w, 8w + 14]``; each window is
+  ``shift + 14`` frames and overlaps the next by 14 (sherpa's ``T = decode_chunk_len +
+  pad_length``, ``pad_length = 14``), no feature cache, exactly the three-tensor contract, at
+  140 ms extra latency.
+
+Every operation is either per-frame, causal, or a masked attention over the blocks above, so
+padded frames never reach valid outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asr.encoders.base import StreamingEncoder, mask_frames
+from asr.encoders.subsampling import ConvSubsampling
+
+__all__ = ["ConformerConfig", "ConformerEncoder"]
+
+
+@dataclass
+class ConformerConfig:
+    input_dim: int = 80
+    d_model: int = 256
+    num_layers: int = 16
+    num_heads: int = 4
+    ff_expansion: int = 4
+    conv_kernel: int = 9
+    subsampling: int = 8
+    subsampling_channels: int = 256
+    causal_subsampling: bool = True
+    # [left, right] in encoder frames; right = look-ahead, chunk = right + 1.
+    att_contexts: list[list[int]] = field(default_factory=lambda: [[70, 0], [70, 1], [70, 6], [70, 13]])
+    att_context_probs: list[float] | None = None  # None: uniform
+    inference_context: list[int] | None = None  # None: att_contexts[0]
+    dropout: float = 0.1
+    att_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for k in ("input_dim", "d_model", "num_layers", "num_heads", "ff_expansion", "subsampling_channels"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"ConformerConfig.{k} must be >= 1, got {getattr(self, k)}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"ConformerConfig.d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if self.conv_kernel < 1:
+            raise ValueError(f"ConformerConfig.conv_kernel must be >= 1, got {self.conv_kernel}")
+        if not self.att_contexts:
+            raise ValueError("ConformerConfig.att_contexts must list at least one [left, right] pair")
+        for c in self.att_contexts + ([self.inference_context] if self.inference_context else []):
+            _check_context(c)
+        if self.att_context_probs is not None:
+            p = self.att_context_probs
+            if len(p) != len(self.att_contexts) or any(v < 0 for v in p) or sum(p) <= 0:
+                raise ValueError(
+                    "ConformerConfig.att_context_probs must give one non-negative probability per "
+                    f"att_contexts entry ({len(self.att_contexts)}), got {p}"
+                )
+
+
+def _check_context(c: Any) -> tuple[int, int]:
+    if (
+        not isinstance(c, (list, tuple))
+        or len(c) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in c)
+    ):
+        raise ValueError(f"an attention context must be [left, right] with non-negative ints, got {c!r}")
+    return int(c[0]), int(c[1])
+
+
+def rel_positions(num: int, dim: int, start: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Sinusoidal embeddings of the relative distances ``start, start+1, ..., start+num-1``
+    -> (num, dim)."""
+    d = torch.arange(start, start + num, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(num, dim, device=device, dtype=torch.float32)
+    pe[:, 0::2] = torch.sin(d * freq)
+    pe[:, 1::2] = torch.cos(d * freq)[:, : dim // 2]
+    return pe.to(dtype)
+
+
+class FeedForward(nn.Module):
+    """x (B, T, D) -> (B, T, D): LayerNorm, Linear, SiLU, Dropout, Linear, Dropout."""
+
+    def __init__(self, d: int, expansion: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d),
+            nn.Linear(d, d * expansion),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(d * expansion, d),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ChunkedRelPosAttention(nn.Module):
+    """Transformer-XL relative-position attention, computed over query groups.
+
+    Queries come in groups of ``G`` consecutive frames (G a multiple of the chunk size C);
+    a group sees the ``W = left + G`` keys ending with its own last frame, and the mask
+    narrows each query to ``[chunk_start - left, chunk_start + C)``. Streaming uses ``G = C``
+    (one chunk, ``left`` cached frames); the whole-utterance forward uses ``G ~ left`` so
+    memory stays linear in T (about 2x the banded minimum) without a T x T matrix.
+    """
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.h, self.dk = heads, d // heads
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.pos = nn.Linear(d, d, bias=False)
+        self.out = nn.Linear(d, d)
+        self.bias_u = nn.Parameter(torch.zeros(heads, self.dk))
+        self.bias_v = nn.Parameter(torch.zeros(heads, self.dk))
+        nn.init.xavier_uniform_(self.bias_u)
+        nn.init.xavier_uniform_(self.bias_v)
+        self.drop = nn.Dropout(dropout)
+
+    def _blocks(self, t: Tensor, n: int, w: int, group: int) -> Tensor:
+        """(B, left + n*G, D) -> overlapping windows (B, n, H, dk, W), W = left + G."""
+        b = t.size(0)
+        t = t.view(b, t.size(1), self.h, self.dk)
+        if n == 1:  # streaming: one window, no unfold (simpler ONNX graph)
+            return t.permute(0, 2, 3, 1).unsqueeze(1)
+        return t.unfold(1, w, group)
+
+    def forward(self, x: Tensor, seq: Tensor, mask: Tensor, left: int, group: int) -> Tensor:
+        """x (B, n*G, D) queries; seq (B, left + n*G, D) keys/values (left memory first);
+        mask (B, n, G, left + G) bool, True where query i may see key j -> (B, n*G, D)."""
+        b, ng, d = x.shape
+        n, w = ng // group, left + group
+        q = self.q(x).view(b, n, group, self.h, self.dk)
+        k = self._blocks(self.k(seq), n, w, group)  # (B, n, H, dk, W)
+        v = self._blocks(self.v(seq), n, w, group)
+        content = torch.einsum("bnihd,bnhdj->bnhij", q + self.bias_u, k)  # (B, n, H, G, W)
+        # query i -> key j of a group is at distance i - j + left in [-(G-1), left + G - 1]
+        r = left + 2 * group - 1
+        pe = self.pos(rel_positions(r, d, -(group - 1), x.device, x.dtype)).view(r, self.h, self.dk)
+        by_distance = torch.einsum("bnihd,rhd->bnhir", q + self.bias_v, pe)  # (B, n, H, G, R)
+        idx = (
+            torch.arange(group, device=x.device)[:, None]
+            - torch.arange(w, device=x.device)[None, :]
+            + (left + group - 1)
+        )
+        position = torch.gather(by_distance, 4, idx.expand(b, n, self.h, group, w))
+        scores = (content + position) / math.sqrt(self.dk)
+        m = mask[:, :, None]
+        scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
+        attn = torch.softmax(scores, dim=-1) * m  # rows with no visible key become 0
+        out = torch.einsum("bnhij,bnhdj->bnihd", self.drop(attn), v)
+        return self.out(out.reshape(b, ng, d))
+
+
+class ConvModule(nn.Module):
+    """Pointwise + GLU, causal depthwise conv (kernel K), LayerNorm, SiLU, pointwise."""
+
+    def __init__(self, d: int, kernel: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.pw1 = nn.Linear(d, 2 * d)
+        self.dw = nn.Conv1d(d, d, kernel, groups=d)
+        self.dw_norm = nn.LayerNorm(d)
+        self.pw2 = nn.Linear(d, d)
+        self.drop = nn.Dropout(dropout)
+        self.kernel = kernel
+
+    def forward(self, x: Tensor, cache: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x (B, T, D); cache (B, D, K-1) or None (zeros: utterance start)
+        -> (B, T, D), new cache (B, D, K-1)."""
+        h = F.glu(self.pw1(self.norm(x)), dim=-1).transpose(1, 2)  # (B, D, T)
+        if cache is None:
+            h = F.pad(h, (self.kernel - 1, 0))
+        else:
+            h = torch.cat([cache, h], dim=2)
+        new_cache = h[:, :, h.size(2) - (self.kernel - 1) :]
+        h = self.dw(h).transpose(1, 2)
+        return self.drop(self.pw2(F.silu(self.dw_norm(h)))), new_cache
+
+
+class ConformerLayer(nn.Module):
+    def __init__(self, cfg: ConformerConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.ff1 = FeedForward(d, cfg.ff_expansion, cfg.dropout)
+        self.att_norm = nn.LayerNorm(d)
+        self.att = ChunkedRelPosAttention(d, cfg.num_heads, cfg.att_dropout)
+        self.att_drop = nn.Dropout(cfg.dropout)
+        self.conv = ConvModule(d, cfg.conv_kernel, cfg.dropout)
+        self.ff2 = FeedForward(d, cfg.ff_expansion, cfg.dropout)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        left: int,
+        group: int,
+        att_cache: Tensor | None,
+        conv_cache: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, n*G, D); mask (B, n, G, left + G); att_cache (B, left, D) or None (zeros);
+        conv_cache (B, D, K-1) or None -> x, new att cache (B, left, D), new conv cache."""
+        x = x + 0.5 * self.ff1(x)
+        h = self.att_norm(x)
+        if att_cache is None:
+            att_cache = h.new_zeros(h.size(0), left, h.size(2))
+        seq = torch.cat([att_cache, h], dim=1)
+        x = x + self.att_drop(self.att(h, seq, mask, left, group))
+        c, new_conv = self.conv(x, conv_cache)
+        x = x + c
+        x = x + 0.5 * self.ff2(x)
+        return self.norm(x), seq[:, seq.size(1) - left :], new_conv
+
+
+class ConformerEncoder(StreamingEncoder):
+    """Cache-aware FastConformer. x (B, T, F) -> y (B, ceil(T/s), d_model).
+
+    Pick the attention context at inference with ``set_context(left, right)`` (encoder
+    frames); ``streaming_params()`` and ``init_state()`` follow the current context.
+    """
+
+    family = "conformer"
+
+    def __init__(self, config: ConformerConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ConformerConfig()
+        self.input_dim = cfg.input_dim
+        self.output_dim = cfg.d_model
+        self.subsampling = cfg.subsampling
+        self.subsample = ConvSubsampling(
+            cfg.input_dim, cfg.d_model, cfg.subsampling, cfg.subsampling_channels, cfg.causal_subsampling
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.num_layers))
+        self.contexts = [_check_context(c) for c in cfg.att_contexts]
+        probs = cfg.att_context_probs or [1.0] * len(self.contexts)
+        self.register_buffer("context_probs", torch.tensor(probs, dtype=torch.float64) / sum(probs), persistent=False)
+        self.context = _check_context(cfg.inference_context or cfg.att_contexts[0])
+
+    # ---- context selection ------------------------------------------------------------
+    def set_context(self, left: int, right: int) -> None:
+        """Inference attention context in encoder frames: ``left`` past frames, look-ahead
+        ``right`` (chunk of ``right + 1`` frames). Changes streaming_params() and state shapes."""
+        self.context = _check_context([left, right])
+
+    def set_chunk_size(self, chunk_size: int) -> None:
+        """The Conformer's chunk is part of its attention context: use ``set_context``."""
+        raise ValueError(
+            "the Conformer's chunk size is right_context + 1 and changes its outputs; "
+            "call set_context(left, right) instead"
+        )
+
+    def _active_context(self) -> tuple[int, int]:
+        if self.training and len(self.contexts) > 1:
+            i = int(torch.multinomial(self.context_probs, 1))
+            return self.contexts[i]
+        return self.context
+
+    def streaming_params(self) -> dict[str, Any]:
+        left, right = self.context
+        shift = (right + 1) * self.subsampling
+        pad = 0 if self.config.causal_subsampling else self.subsample.pad
+        p = self._base_params(window=shift + pad, shift=shift)
+        p.update(
+            left_context=left,
+            right_context=right,
+            attention_lookahead_ms=right * self.subsampling * p["frame_shift_ms"],
+            pad_length=pad,
+        )
+        return p
+
+    def state_spec(self, batch_size: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        cfg, dt = self.config, self._dtype()
+        left = self.context[0]
+        spec = [
+            ((cfg.num_layers, left, batch_size, cfg.d_model), dt),
+            ((cfg.num_layers, cfg.conv_kernel - 1, batch_size, cfg.d_model), dt),
+            ((batch_size,), torch.int64),
+        ]
+        if cfg.causal_subsampling:
+            spec.append(((batch_size, self.subsample.pad, cfg.input_dim), dt))
+        return spec
+
+    # ---- forward ------------------------------------------------------------------------
+    @staticmethod
+    def _attention_mask(start: Tensor, end: Tensor, n: int, group: int, left: int, chunk: int) -> Tensor:
+        """Which keys each query sees. Query i of group k is frame ``q = start + k*G + i`` of
+        chunk ``[c, c + C)``, ``c = start + floor((k*G + i) / C) * C``; key j of that group is
+        frame ``p = start + k*G - left + j``. Visible iff ``0 <= p < end`` and
+        ``c - left <= p < c + C``. start, end (B,) -> (B, n, G, left + G) bool."""
+        dev = start.device
+        rel_q = torch.arange(n, device=dev)[:, None] * group + torch.arange(group, device=dev)[None, :]  # (n, G)
+        c = torch.div(rel_q, chunk, rounding_mode="floor") * chunk  # (n, G) chunk start, relative
+        rel_p = (
+            torch.arange(n, device=dev)[:, None] * group - left + torch.arange(left + group, device=dev)[None, :]
+        )  # (n, W)
+        p = start[:, None, None] + rel_p[None, :, :]  # (B, n, W)
+        in_stream = (p >= 0) & (p < end[:, None, None])  # (B, n, W)
+        in_chunk = (rel_p[:, None, :] >= c[:, :, None] - left) & (rel_p[:, None, :] < c[:, :, None] + chunk)
+        return in_stream[:, :, None, :] & in_chunk[None]
+
+    def _forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+        left, right = self._active_context()
+        chunk = right + 1
+        x = self.drop(self.subsample(mask_frames(x, x_lens)))  # (B, T', D)
+        y_lens = self.output_lengths(x_lens)
+        t = x.size(1)
+        # query groups of G frames (a multiple of the chunk, about `left` long, at most T')
+        group = chunk * min(max(1, -(-left // chunk)), max(1, -(-t // chunk)))
+        n = -(-t // group)
+        x = F.pad(x, (0, 0, 0, n * group - t))
+        mask = self._attention_mask(torch.zeros_like(y_lens), y_lens, n, group, left, chunk)
+        for layer in self.layers:
+            x, _, _ = layer(x, mask, left, group, None, None)
+        return x[:, :t], y_lens
+
+    def _forward_chunk(
+        self, x: Tensor, x_lens: Tensor, state: list[Tensor]
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        left, right = self.context
+        chunk = right + 1
+        att_cache, conv_cache, processed = state[:3]
+        feat_cache = state[3] if self.config.causal_subsampling else None
+        x, feat_cache = self.subsample.forward_chunk(mask_frames(x, x_lens), feat_cache)
+        y_lens = self.chunk_output_lengths(x_lens)
+        mask = self._attention_mask(processed, processed + y_lens, 1, chunk, left, chunk)
+        new_att, new_conv = [], []
+        for i, layer in enumerate(self.layers):
+            x, a, c = layer(
+                x, mask, left, chunk, att_cache[i].transpose(0, 1), conv_cache[i].permute(1, 2, 0)
+            )
+            new_att.append(a.transpose(0, 1))
+            new_conv.append(c.permute(2, 0, 1))
+        new_state = [torch.stack(new_att), torch.stack(new_conv), processed + chunk]
+        if feat_cache is not None:
+            new_state.append(feat_cache)
+        return x, y_lens, new_state

@@ -1,0 +1,82 @@
+"""Front ends that reduce the frame rate: strided 2D convolutions and frame stacking.
+
+Both are exact under streaming: a window of ``factor * C`` new feature frames always gives
+exactly ``C`` output frames, the same ones the whole-utterance forward gives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ConvSubsampling", "stack_frames"]
+
+
+def stack_frames(x: Tensor, factor: int) -> Tensor:
+    """x (B, T, F) with T a multiple of ``factor`` -> (B, T / factor, factor * F)."""
+    b, t, f = x.shape
+    assert t % factor == 0, (t, factor)
+    return x.reshape(b, t // factor, factor * f)
+
+
+class ConvSubsampling(nn.Module):
+    """FastConformer-style depthwise-separable striding, ``factor`` in {2, 4, 8}.
+
+    The first layer is a full Conv2d(1 -> channels, 3x3, stride 2); each further layer is a
+    depthwise 3x3 stride-2 Conv2d followed by a pointwise Conv2d, all with ReLU; a Linear maps
+    ``channels * F'`` to ``out_dim``. In time every convolution is *valid* (unpadded), so output
+    frame ``w`` reads exactly the ``receptive = 2 * factor - 1`` feature frames
+    ``[factor*w - pad, factor*w]`` (causal) or ``[factor*w, factor*w + pad]`` (look-ahead),
+    with ``pad = 2 * factor - 2`` (14 for 8x). The whole-utterance forward pads ``pad`` zero
+    frames on the left (causal) or right (look-ahead) of the features; streaming reproduces
+    this with a feature cache of ``pad`` frames (causal) or by letting each window overlap the
+    next by ``pad`` frames (look-ahead, the icefall/sherpa-onnx ``pad_length`` layout).
+    """
+
+    def __init__(self, input_dim: int, out_dim: int, factor: int, channels: int, causal: bool) -> None:
+        super().__init__()
+        if factor not in (2, 4, 8):
+            raise ValueError(f"subsampling factor must be 2, 4 or 8, got {factor}")
+        self.factor = factor
+        self.causal = causal
+        self.pad = 2 * factor - 2
+        n = int(math.log2(factor))
+        layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, stride=2, padding=(0, 1)), nn.ReLU()]
+        f = (input_dim - 1) // 2 + 1
+        for _ in range(n - 1):
+            layers += [
+                nn.Conv2d(channels, channels, 3, stride=2, padding=(0, 1), groups=channels),
+                nn.Conv2d(channels, channels, 1),
+                nn.ReLU(),
+            ]
+            f = (f - 1) // 2 + 1
+        self.conv = nn.Sequential(*layers)
+        self.out = nn.Linear(channels * f, out_dim)
+
+    def _run(self, x: Tensor) -> Tensor:
+        """x (B, factor*C + pad, F) -> (B, C, out_dim)."""
+        h = self.conv(x.unsqueeze(1))  # (B, ch, C, F')
+        b, c, t, f = h.shape
+        return self.out(h.permute(0, 2, 1, 3).reshape(b, t, c * f))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Whole utterance, x (B, T, F) zero past each length -> (B, ceil(T/factor), out_dim)."""
+        t = x.size(1)
+        extra = -t % self.factor
+        if self.causal:
+            x = F.pad(x, (0, 0, self.pad, extra))
+        else:
+            x = F.pad(x, (0, 0, 0, extra + self.pad))
+        return self._run(x)
+
+    def forward_chunk(self, x: Tensor, cache: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One window. Causal: x (B, factor*C, F), cache (B, pad, F) -> (B, C, D), new cache.
+        Look-ahead: x (B, factor*C + pad, F), cache None -> (B, C, D), None."""
+        if self.causal:
+            assert cache is not None
+            x = torch.cat([cache, x], dim=1)
+            return self._run(x), x[:, x.size(1) - self.pad :]
+        return self._run(x), None
