@@ -1,0 +1,83 @@
+"""Pruned RNN-T: the simple loss, the prune ranges and the pruned exact loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+
+
+def _inputs(B=3, T=7, U=4, V=9, H=8, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).requires_grad_()  # noqa: E731
+    enc, pred, w, b = mk(B, T, H), mk(B, U + 1, H), mk(V, H), mk(V)
+    am, lm = mk(B, T, V), mk(B, U + 1, V)
+    y = torch.randint(1, V, (B, U), generator=g)
+    return enc, pred, w, b, am, lm, y, torch.tensor([T, 5, 3])[:B], torch.tensor([U, 0, 2])[:B]
+
+
+def test_simple_loss_equals_rnnt_of_linear_joint() -> None:
+    _, _, _, _, am, lm, y, tl, ul = _inputs()
+    simple, occ = kernels.rnnt_loss_simple(am, lm, y, tl, ul, reduction="none")
+    full = kernels.rnnt_loss(am[:, :, None] + lm[:, None], y, tl, ul, reduction="none")
+    torch.testing.assert_close(simple, full)
+    ga = torch.autograd.grad(simple.sum(), [am, lm])
+    gb = torch.autograd.grad(full.sum(), [am, lm])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+    assert occ.shape == (3, 7, 5) and (occ[1, 5:] == 0).all() and (occ[2, :, 3:] == 0).all()
+
+
+def test_prune_ranges_are_reachable() -> None:
+    _, _, _, _, am, lm, y, tl, ul = _inputs(B=3, T=7, U=6, seed=1)
+    ul = torch.tensor([6, 2, 5])
+    _, occ = kernels.rnnt_loss_simple(am, lm, y, tl, ul)
+    for R in (2, 3, 4):
+        s = kernels.get_prune_ranges(occ, tl, ul, R)
+        feasible = (tl - 1) * (R - 1) >= ul - R + 1
+        assert (s[feasible, 0] == 0).all()
+        for b in range(3):
+            assert int(s[b, tl[b] - 1]) == max(int(ul[b]) - R + 1, 0) or not feasible[b]
+        assert (s[:, 1:] >= s[:, :-1]).all() and (s[:, 1:] - s[:, :-1] <= R - 1).all()
+    with pytest.raises(ValueError, match="s_range = 1"):
+        kernels.get_prune_ranges(occ, tl, ul, 1)
+
+
+def test_full_window_equals_exact_loss_and_narrow_window_is_an_upper_bound() -> None:
+    enc, pred, w, b, am, lm, y, tl, ul = _inputs()
+    full = kernels.fused_transducer_loss(enc, pred, w, b, y, tl, ul, reduction="none")
+    wide = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), s_range=5, reduction="none")
+    torch.testing.assert_close(wide.pruned_loss, full)
+    gw = torch.autograd.grad(wide.pruned_loss.sum(), [enc, pred, w, b])
+    gf = torch.autograd.grad(full.sum(), [enc, pred, w, b])
+    for a, c in zip(gw, gf):
+        torch.testing.assert_close(a, c)
+    narrow = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), s_range=2, reduction="none")
+    assert (narrow.pruned_loss >= full - 1e-9).all()  # fewer paths, larger -log p
+    torch.testing.assert_close(narrow.loss, 0.5 * narrow.simple_loss + narrow.pruned_loss)
+
+
+def test_pruned_loss_gradcheck_and_callable_joint() -> None:
+    enc, pred, w, b, am, lm, y, tl, ul = _inputs(seed=2)
+    _, occ = kernels.rnnt_loss_simple(am, lm, y, tl, ul)
+    s_begin = kernels.get_prune_ranges(occ, tl, ul, 3)
+    logits = torch.randn(3, 7, 3, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x: kernels.rnnt_loss_pruned(x, y, s_begin, tl, ul, reduction="sum", fastemit_lambda=0.0), (logits,)
+    )
+    out = kernels.pruned_rnnt_loss(
+        enc, pred, am, lm, y, tl, ul, lambda e, p: torch.tanh(e + p) @ w.T + b, s_range=3, reduction="mean"
+    )
+    ref = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), s_range=3, reduction="mean")
+    torch.testing.assert_close(out.loss, ref.loss)
+    grads = torch.autograd.grad(out.loss, [enc, pred, w, b, am, lm])
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_pruned_float32_long_targets() -> None:
+    enc, pred, w, b, am, lm, y, tl, ul = _inputs(B=1, T=30, U=120, V=5, H=4, dtype=torch.float32, seed=3)
+    out = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, torch.tensor([30]), torch.tensor([120]), (w, b), s_range=6)
+    assert torch.isfinite(out.loss)
+    g = torch.autograd.grad(out.loss, [enc, pred, w, b, am, lm])
+    assert all(torch.isfinite(x).all() for x in g)

@@ -1,0 +1,154 @@
+"""The Triton kernels, run by the Triton interpreter (TRITON_INTERPRET=1) on tiny CPU tensors.
+
+The interpreter must be switched on before the kernels module is imported, so this module sets
+the variable and (re)imports `kernels._triton_ops` itself. On a CUDA machine, the same kernels
+are also run compiled (marked gpu).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+import kernels
+from kernels.reference import rnnt_loss_reference, tdt_loss_reference
+
+from .helpers import make_batch
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+ON_GPU = torch.cuda.is_available()
+
+pytestmark = [
+    pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable (pip install 'streaming-asr[gpu]')"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # log(0) inside masked lanes
+]
+
+
+def _interpreted_triton() -> None:
+    """Make triton (and our kernels) run in the interpreter.
+
+    triton decorates its own standard library (tl.max, ...) at import time, so interpret mode
+    must be on before `import triton`; if something imported it earlier, re-import it.
+    """
+    os.environ["TRITON_INTERPRET"] = "1"
+    import triton.language.standard as std
+
+    if type(std.max).__name__ != "InterpretedFunction":
+        for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")]:
+            del sys.modules[name]
+        importlib.import_module("triton")
+    if "kernels._triton_ops" in sys.modules:
+        importlib.reload(sys.modules["kernels._triton_ops"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreted_triton():
+    if ON_GPU or not HAVE_TRITON:
+        yield
+        return
+    old = os.environ.get("TRITON_INTERPRET")
+    _interpreted_triton()
+    yield
+    if old is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+def _dev() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _grad(loss, x):
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    return g
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_triton_rnnt_matches_reference(dtype: torch.dtype) -> None:
+    logits, y, tl, ul = make_batch(3, 5, 3, 6, dtype=dtype, seed=21, T_lens=[5, 1, 4], U_lens=[3, 0, 2])
+    x = logits.detach().to(_dev()).requires_grad_()
+    with kernels.use_backend("triton"):
+        out = kernels.rnnt_loss(x, y.to(x.device), tl.to(x.device), ul.to(x.device), reduction="none",
+                                fastemit_lambda=0.2)
+        g = _grad(out, x)
+    ref = rnnt_loss_reference(logits, y, tl, ul, reduction="none", fastemit_lambda=0.2)
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(g.cpu().double(), _grad(ref, logits).double(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("durations", [[0, 1, 2], [1, 3]])
+def test_triton_tdt_matches_reference(durations: list[int]) -> None:
+    D = len(durations)
+    logits, y, tl, ul = make_batch(3, 5, 3, 5 + D, V=5, seed=22, T_lens=[5, 2, 4], U_lens=[3, 1, 0])
+    with kernels.use_backend("triton"):
+        out = kernels.tdt_loss(logits, y, tl, ul, durations, sigma=0.05, reduction="none")
+        g = _grad(out, logits)
+    ref = tdt_loss_reference(logits, y, tl, ul, durations, sigma=0.05, reduction="none")
+    torch.testing.assert_close(out, ref)
+    numba_out = kernels.tdt_loss(logits, y, tl, ul, durations, sigma=0.05, reduction="none")
+    torch.testing.assert_close(g, _grad(numba_out, logits))  # the reference's grad is NaN on inf losses
+
+
+def test_triton_gradcheck_and_edges() -> None:
+    logits, y, tl, ul = make_batch(2, 3, 2, 4, seed=23)
+    with kernels.use_backend("triton"):
+        assert torch.autograd.gradcheck(lambda x: kernels.rnnt_loss(x, y, tl, ul, reduction="sum"), (logits,),
+                                        fast_mode=True)
+        # U > T, T = 1, U = 0 in one batch
+        logits, y, tl, ul = make_batch(3, 2, 5, 4, seed=24, T_lens=[2, 1, 2], U_lens=[5, 3, 0])
+        out = kernels.rnnt_loss(logits, y, tl, ul, reduction="none")
+        g = _grad(out, logits)
+    ref = rnnt_loss_reference(logits, y, tl, ul, reduction="none")
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g, _grad(ref, logits))
+
+
+def test_triton_fused_and_pruned_equal_numba() -> None:
+    g = torch.Generator().manual_seed(25)
+    B, T, U, V, H = 2, 4, 3, 7, 8
+    enc = torch.randn(B, T, H, generator=g).requires_grad_()
+    pred = torch.randn(B, U + 1, H, generator=g).requires_grad_()
+    w = torch.randn(V + 2, H, generator=g).requires_grad_()
+    b = torch.randn(V + 2, generator=g).requires_grad_()
+    y = torch.randint(1, V, (B, U), generator=g)
+    tl, ul = torch.tensor([4, 3]), torch.tensor([3, 1])
+    params = (enc, pred, w, b)
+    outs = []
+    for backend in ("triton", "numba"):
+        with kernels.use_backend(backend):
+            tdt = kernels.fused_transducer_loss(enc, pred, w, b, y, tl, ul, durations=[0, 1], tile_rows=5)
+            rnnt = kernels.fused_transducer_loss(enc, pred, w[:V], b[:V], y, tl, ul, tile_rows=5)
+            am, lm = enc @ w[:V].T, pred @ w[:V].T
+            pr = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w[:V], b[:V]), s_range=2).loss
+            total = tdt + rnnt + pr
+            outs.append((total, torch.autograd.grad(total, params)))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    for a, c in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_padding_and_impossible_alignments() -> None:
+    logits, y, tl, ul = make_batch(3, 4, 3, 5, seed=26, T_lens=[4, 2, 3], U_lens=[3, 1, 0])
+    poisoned = logits.detach().clone()
+    for b in range(3):
+        poisoned[b, tl[b]:] = float("nan")
+        poisoned[b, :, ul[b] + 1:] = float("nan")
+    poisoned.requires_grad_()
+    with kernels.use_backend("triton"):
+        out = kernels.rnnt_loss(poisoned, y, tl, ul, reduction="none")
+        g = _grad(out, poisoned)
+        # TDT with durations [2]: T = 3 cannot be landed on exactly.
+        tdt, y2, tl2, ul2 = make_batch(2, 3, 1, 4 + 1, V=4, seed=27, T_lens=[3, 2], U_lens=[0, 0])
+        z = kernels.tdt_loss(tdt, y2, tl2, ul2, [2], reduction="none", zero_infinity=True)
+        gz = _grad(z, tdt)
+    ref = rnnt_loss_reference(logits, y, tl, ul, reduction="none")
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g, torch.nan_to_num(_grad(ref, logits), nan=0.0))
+    assert float(z.detach()[0]) == 0.0 and torch.isfinite(z).all() and (gz[0] == 0).all() and torch.isfinite(gz).all()
