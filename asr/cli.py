@@ -45,7 +45,7 @@ def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
 
 
 def _parse_overrides(items: list[str]) -> dict:
-    """['optim.lr=1e-3', 'max_epochs=3'] -> nested dict with YAML-typed values."""
+    """['optim.lr=1e-3', 'max_epochs=3'] -> {'optim.lr': 0.001, 'max_epochs': 3} (YAML-typed)."""
     import yaml
 
     out: dict = {}
@@ -53,11 +53,7 @@ def _parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise SystemExit(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        out[key] = yaml.safe_load(value)
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml", "save_yaml"]
+__all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml", "save_yaml", "set_path"]
 
 T = TypeVar("T")
 
@@ -130,8 +130,22 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def set_path(data: dict, dotted: str, value: Any) -> dict:
+    """Assign ``value`` at ``a.b.c`` in nested dict ``data`` (replacing whatever was there)."""
+    node = data
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = node[p] = {}
+        node = child
+    node[parts[-1]] = value
+    return data
+
+
 def load_yaml(cls: type[T], path: str | Path, overrides: dict | None = None) -> T:
-    """Load ``cls`` from a YAML file; ``overrides`` (nested dict) are merged on top."""
+    """Load ``cls`` from a YAML file. ``overrides`` maps dotted keys to values that replace
+    the file's (``{"optim.lr": 1e-3, "model.encoder_config": {...}}``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -139,19 +153,12 @@ def load_yaml(cls: type[T], path: str | Path, overrides: dict | None = None) -> 
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    if overrides:
-        data = _merge(data, overrides)
+    for key, value in (overrides or {}).items():
+        set_path(data, key, value)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

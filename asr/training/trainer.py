@@ -76,7 +76,7 @@ class TrainConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     max_epochs: int = 30
     max_steps: int = 0  # 0: no limit
-    max_minutes: float = 0.0  # wall-clock budget for the training loop; 0: no limit
+    max_minutes: float = 0.0  # wall-clock budget for the training loop, validation included; 0: none
     log_every: int = 25
     save_every_steps: int = 500
     save_every_epochs: int = 1  # an epoch checkpoint (and validation) every N epochs, and at the end
@@ -222,6 +222,7 @@ class Trainer:
                 "torch": torch.get_rng_state(),
             },
             "train_seconds": self.train_seconds,
+            "wall_seconds": self.wall_seconds,
         }
         path = self.ckpt_dir / f"ckpt-{self.step}.pt"
         # python/numpy RNG states are tuples of ints and arrays: store them as tensors/lists
@@ -247,6 +248,7 @@ class Trainer:
                 continue
             self.step = int(state["step"])
             self.train_seconds = float(state.get("train_seconds", 0.0))
+            self.wall_seconds = float(state.get("wall_seconds", 0.0))
             _rng_from_tensors(state["rng"])
             log.info("resumed from %s: epoch %d, batch %d, step %d", path, state["epoch"], state["batch_in_epoch"], self.step)
             return int(state["epoch"]), int(state["batch_in_epoch"])
@@ -270,6 +272,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
         self.step = 0
         self.train_seconds = 0.0
+        self.wall_seconds = 0.0
         start_epoch, skip_batches = self._try_resume()
 
         from torch.utils.tensorboard import SummaryWriter
@@ -280,6 +283,7 @@ class Trainer:
         sampler = make_sampler(train_cuts, cfg.data.sampler, train=True, seed=cfg.seed)
         bad_in_a_row = 0
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+        wall0 = time.perf_counter() - self.wall_seconds  # resumed runs keep their spent time
         stop = False
         epoch = start_epoch
         for epoch in range(start_epoch, cfg.max_epochs + 1):
@@ -344,7 +348,8 @@ class Trainer:
                     pbar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
                 if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
                     self._save(epoch, batch_idx)
-                if (cfg.max_steps and self.step >= cfg.max_steps) or self.train_seconds >= budget:
+                self.wall_seconds = time.perf_counter() - wall0
+                if (cfg.max_steps and self.step >= cfg.max_steps) or self.wall_seconds >= budget:
                     stop = True
                     break
             last = stop or epoch == cfg.max_epochs
@@ -362,13 +367,15 @@ class Trainer:
                 msg += f", skipped {dict(skipped)}"
             log.info(msg)
             self._log_metrics(rec)
+            self.wall_seconds = time.perf_counter() - wall0
+            rec["wall_seconds"] = round(self.wall_seconds, 1)
             if last or epoch % cfg.save_every_epochs == 0:
                 self._save(epoch + 1, 0, tag=f"epoch-{epoch}")
             if stop:
                 break
         self.tb.close()
         final = self._final_model(epoch)
-        final.save(self.exp / "model.pt", meta={"epochs": epoch, "steps": self.step, "train_seconds": round(self.train_seconds, 1)})
+        final.save(self.exp / "model.pt", meta={"epochs": epoch, "steps": self.step, "train_seconds": round(self.train_seconds, 1), "wall_seconds": round(self.wall_seconds, 1)})
         plot_curves(self.metrics_path, self.exp / "curves.png")
         log.info("wrote %s and %s", self.exp / "model.pt", self.exp / "curves.png")
         return final

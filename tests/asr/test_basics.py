@@ -44,7 +44,9 @@ def test_config_unknown_and_wrong_types_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="bogus"):
         load_yaml(Outer, p)
     p.write_text("name: y\ninner:\n  lr: 0.5\n")
-    assert load_yaml(Outer, p, overrides={"inner": {"steps": 7}}).inner == Inner(lr=0.5, steps=7)
+    assert load_yaml(Outer, p, overrides={"inner.steps": 7}).inner == Inner(lr=0.5, steps=7)
+    # a mapping given as a value replaces the file's mapping
+    assert load_yaml(Outer, p, overrides={"inner": {"steps": 3}}).inner == Inner(lr=1e-3, steps=3)
 
 
 def test_librispeech_normalization():
