@@ -186,6 +186,8 @@ class Trainer:
         self.exp.mkdir(parents=True, exist_ok=True)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
+        # Tiny float32 gradients become denormals, which make CPU matmuls several times slower.
+        torch.set_flush_denormal(True)
         dev = cfg.device
         self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
         self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
