@@ -39,9 +39,11 @@ def _interpreted_triton() -> None:
     import triton.language.standard as std
 
     if type(std.max).__name__ != "InterpretedFunction":
-        for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")]:
-            del sys.modules[name]
-        importlib.import_module("triton")
+        # Re-importing triton's native library aborts the process, so this cannot be fixed here.
+        pytest.fail(
+            "triton was imported before TRITON_INTERPRET=1 was set; tests/conftest.py sets it "
+            "for machines without a GPU (run the tests through tests/run.sh or pytest from the repo)"
+        )
     if "kernels._triton_ops" in sys.modules:
         importlib.reload(sys.modules["kernels._triton_ops"])
 
