@@ -20,7 +20,7 @@ TINY_TRAIN = [
     "data.sampler.max_duration=60", "data.sampler.num_workers=0", "data.augment.spec_augment=false",
     "optim.lr=0.003", "optim.warmup_steps=10", "optim.schedule=constant",
     "max_epochs=200", "max_steps=200", "log_every=5", "save_every_steps=50", "average_last=1",
-    "valid_every_epochs=50", "save_every_epochs=50",
+    "valid_every_epochs=50", "save_every_epochs=50", "data.sortagrad_epochs=1",
 ]
 
 
