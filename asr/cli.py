@@ -104,7 +104,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         is_train = name in train_parts
         if is_train and tokenizer is None:
             cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration)
-            tok_dir = out / f"lang_{args.model_type}{args.vocab_size}"
+            tok_dir = out / ("lang_char" if args.model_type == "char" else f"lang_{args.model_type}{args.vocab_size}")
             tokenizer = Tokenizer.train((c.supervisions[0].text for c in cuts), args.vocab_size, args.model_type, tok_dir)
             log.info("trained a %s tokenizer with %d tokens on %s -> %s", args.model_type, len(tokenizer), name, tok_dir)
         # Training cuts must be spellable; evaluation cuts keep their text as the reference.
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Read a corpus (LibriSpeech dir, Kaldi data dir, JSONL manifest, lhotse manifest, or 'mini' "
         "to build the embedded TTS corpus), skip and count bad files, normalize text, and write "
         "OUT/manifests/cuts_<part>.jsonl.gz. Trains a sentencepiece tokenizer on the training parts "
-        "into OUT/lang_<type><size>/ unless --tokenizer is given."))
+        "into OUT/lang_<type><size>/ (OUT/lang_char/ for characters) unless --tokenizer is given."))
     sp.add_argument("--corpus", required=True, help="'mini', or a path to a corpus dir or manifest")
     sp.add_argument("--out", required=True, help="output data dir, e.g. data/mini")
     sp.add_argument("--parts", nargs="*", help="LibriSpeech splits to read (default: all)")

@@ -35,7 +35,7 @@ source scripts/bootstrap.sh  # stage 0 always runs: it is a no-op when .venv is 
 
 if run 1; then
     banner 1 "build the mini LibriSpeech corpus, manifests and tokenizer ($DATA)"
-    asr prepare --corpus mini --out "$DATA" --vocab-size 256
+    asr prepare --corpus mini --out "$DATA" --model-type char
 fi
 
 if run 2; then
