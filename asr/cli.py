@@ -59,7 +59,6 @@ def _parse_overrides(items: list[str]) -> dict:
 
 # ---------------------------------------------------------------------- prepare
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from lhotse import CutSet
 
     from .data.manifests import SkipCounter, load_cuts, prepare_cuts
     from .data.tokenizer import Tokenizer

@@ -30,7 +30,7 @@ import torch
 from lhotse import CutSet
 from tqdm import tqdm
 
-from ..config import from_dict, save_yaml, to_dict
+from ..config import save_yaml
 from ..data.dataset import ASRDataset, AugmentConfig, SamplerConfig, make_loader, make_sampler
 from ..data.features import FeatureConfig
 from ..data.tokenizer import Tokenizer

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from lhotse import CutSet
 
 from asr.data.dataset import ASRDataset, AugmentConfig, SamplerConfig, make_loader, make_sampler
 from asr.data.features import FeatureConfig

@@ -92,7 +92,6 @@ def test_transcribe_single_bad_files_give_clear_errors(trained, tmp_path):
     corrupt.write_bytes(b"RIFF....not really a wave file")
     empty = write_audio(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
     short = write_audio(tmp_path / "short.wav", tone(0.01), 16000)
-    nan = write_audio(tmp_path / "nan.wav", np.full(16000, np.nan, dtype=np.float32), 16000, fmt="WAV")
     sf.write(tmp_path / "nanf.wav", np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
     for f, msg in [
         (tmp_path / "missing.wav", "not found"),
