@@ -85,13 +85,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if args.tokenizer:
         tokenizer = Tokenizer.load(args.tokenizer)
 
-    from .data.manifests import detect_source
+    from .data.manifests import detect_source, librispeech_split_dirs
 
     kind = detect_source(source)
     if kind == "librispeech":
-        from .data.manifests import _librispeech_split_dirs
-
-        names = [d.name for d in _librispeech_split_dirs(source, parts)]
+        names = [d.name for d in librispeech_split_dirs(source, parts)]
     else:
         names = [args.name or source.name.split(".")[0]]
     # Training parts first: the tokenizer is trained on them before the other parts are checked.
@@ -104,10 +102,12 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         if is_train and tokenizer is None:
             cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration)
             tok_dir = out / ("lang_char" if args.model_type == "char" else f"lang_{args.model_type}{args.vocab_size}")
+            # Trained on exactly these texts (character coverage 1.0): every cut is spellable.
             tokenizer = Tokenizer.train((c.supervisions[0].text for c in cuts), args.vocab_size, args.model_type, tok_dir)
             log.info("trained a %s tokenizer with %d tokens on %s -> %s", args.model_type, len(tokenizer), name, tok_dir)
-        # Training cuts must be spellable; evaluation cuts keep their text as the reference.
-        cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration, tokenizer=tokenizer if is_train else None)
+        else:
+            # Training cuts must be spellable; evaluation cuts keep their text as the reference.
+            cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration, tokenizer=tokenizer if is_train else None)
         path = man_dir / f"cuts_{name}.jsonl.gz"
         cuts.to_file(path)
         hours = sum(c.duration for c in cuts) / 3600

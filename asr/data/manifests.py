@@ -36,6 +36,7 @@ __all__ = [
     "load_cuts",
     "prepare_cuts",
     "load_recording",
+    "librispeech_split_dirs",
 ]
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,9 @@ def load_cuts(
     return cuts
 
 
-def _librispeech_split_dirs(root: Path, parts: Sequence[str] | None) -> list[Path]:
+def librispeech_split_dirs(root: Path, parts: Sequence[str] | None) -> list[Path]:
+    """The split directories (train-clean-100, dev, ...) under a LibriSpeech root, or the root
+    itself when it is one split; ``parts`` selects some and must all exist."""
     if next(root.glob("*/*/*.trans.txt"), None) is not None:  # root is one split
         return [root]
     if (root / "LibriSpeech").is_dir():
@@ -189,7 +192,7 @@ def _librispeech_cuts(root: Path, parts, skipped: SkipCounter, num_jobs: int) ->
     from lhotse.recipes import prepare_librispeech
 
     all_cuts = []
-    for split_dir in _librispeech_split_dirs(root, parts):
+    for split_dir in librispeech_split_dirs(root, parts):
         try:
             # lhotse's own recipe: the same path serves the real LibriSpeech.
             m = prepare_librispeech(split_dir.parent, dataset_parts=[split_dir.name], num_jobs=num_jobs)

@@ -234,7 +234,7 @@ class Trainer:
         state["rng"] = _rng_to_tensors(state["rng"])
         save_atomic(state, path)
         if tag is not None:
-            save_atomic(self.model.to_checkpoint({"epoch": epoch, "step": self.step}), self.ckpt_dir / f"{tag}.pt")
+            save_atomic({**state["model"], "meta": {"epoch": epoch, "step": self.step}}, self.ckpt_dir / f"{tag}.pt")
         for old in self._checkpoints()[: -self.cfg.keep_last]:
             old.unlink(missing_ok=True)
         keep_epochs = max(self.cfg.keep_last, self.cfg.average_last)
