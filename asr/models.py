@@ -1,5 +1,17 @@
 """ASRModel = feature normalization + encoder + heads; its config; save and load.
 
+Heads (``ModelConfig.head``):
+
+- ``ctc``: a linear layer and CTC;
+- ``rnnt``: prediction network + joint, trained by ``kernels.fused_transducer_loss``;
+- ``tdt``: the same with duration outputs (``transducer.durations``, ``sigma``, ``omega``);
+- ``pruned_rnnt``: k2-style pruned RNN-T (``kernels.pruned_rnnt_loss``);
+- hybrid: any transducer head with ``ctc_weight > 0`` adds an auxiliary CTC head on the shared
+  encoder; the loss is ``(1 - ctc_weight) * transducer + ctc_weight * ctc`` (the Stateful
+  Conformer paper's hybrid; NeMo uses 0.3). ``decode(..., use_ctc=True)`` decodes that head.
+
+Losses are per token: the sum over alignable utterances divided by their token count.
+
 A model file is a plain dict that ``torch.load(weights_only=True)`` reads: no pickled classes,
 so a checkpoint from a stranger cannot run code. It carries everything needed to transcribe:
 
@@ -27,6 +39,7 @@ from .data.tokenizer import Tokenizer
 from .decoding.ctc import Hypothesis, ctc_greedy
 from .encoders import build_encoder
 from .heads.ctc import CTCHead
+from .heads.transducer import TransducerConfig, TransducerHead
 
 __all__ = ["ModelConfig", "ASRModel", "load", "save_atomic", "Transcript"]
 
@@ -40,9 +53,11 @@ VERSION = 1
 class ModelConfig:
     encoder: str = "conformer"
     encoder_config: dict = field(default_factory=dict)  # build_encoder(encoder, **encoder_config)
-    head: Literal["ctc"] = "ctc"
+    head: Literal["ctc", "rnnt", "tdt", "pruned_rnnt"] = "ctc"
     vocab_size: int = 0  # set from the tokenizer
     dropout: float = 0.1
+    ctc_weight: float = 0.0  # transducer heads: > 0 adds the auxiliary CTC head (hybrid)
+    transducer: TransducerConfig = field(default_factory=TransducerConfig)
 
 
 @dataclass
@@ -53,7 +68,7 @@ class Transcript:
 
 
 class ASRModel(nn.Module):
-    """Features (B, T, 80) -> encoder -> CTC log-probs (B, T', V)."""
+    """Features (B, T, 80) -> normalization -> encoder -> CTC and/or transducer head."""
 
     def __init__(self, config: ModelConfig, features: FeatureConfig = FeatureConfig(), tokenizer: Tokenizer | None = None):
         super().__init__()
@@ -61,6 +76,10 @@ class ASRModel(nn.Module):
             if tokenizer is None:
                 raise ValueError("ModelConfig.vocab_size is not set and no tokenizer was given")
             config = dataclasses.replace(config, vocab_size=len(tokenizer))
+        if config.head not in ("ctc", "rnnt", "tdt", "pruned_rnnt"):
+            raise ValueError(f"ModelConfig.head must be ctc, rnnt, tdt or pruned_rnnt, got {config.head!r}")
+        if not 0.0 <= config.ctc_weight < 1.0:
+            raise ValueError(f"ModelConfig.ctc_weight must be in [0, 1), got {config.ctc_weight}")
         self.config = config
         self.features = features
         self.tokenizer = tokenizer
@@ -68,7 +87,12 @@ class ASRModel(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(features.num_mel_bins))
         self.register_buffer("feat_std", torch.ones(features.num_mel_bins))
         self.encoder = build_encoder(config.encoder, input_dim=features.num_mel_bins, **config.encoder_config)
-        self.ctc = CTCHead(self.encoder.output_dim, config.vocab_size, config.dropout)
+        self.transducer = None
+        if config.head != "ctc":
+            self.transducer = TransducerHead(config.head, self.encoder.output_dim, config.vocab_size, config.transducer)
+        self.ctc = None
+        if config.head == "ctc" or config.ctc_weight > 0:
+            self.ctc = CTCHead(self.encoder.output_dim, config.vocab_size, config.dropout)
 
     # ------------------------------------------------------------------ compute
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -84,25 +108,66 @@ class ASRModel(nn.Module):
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor, targets: list[list[int]]) -> dict:
         """Training losses. Returns {"loss": mean per-token loss over alignable utterances,
-        "loss_sum", "tokens", "frames", "unalignable": (B,) bool}."""
+        "loss_sum", "tokens", "frames", "unalignable": (B,) bool}, plus "transducer_loss" and
+        "ctc_loss" (per token, detached) for a hybrid."""
         enc, enc_lens = self.encode(x, x_lens)
-        log_probs = self.ctc(enc)
-        loss, bad = CTCHead.loss(log_probs, enc_lens, targets)
-        ok = ~bad.to(loss.device)
+        return self.losses(enc, enc_lens, targets)
+
+    def losses(self, enc: torch.Tensor, enc_lens: torch.Tensor, targets: list[list[int]]) -> dict:
+        parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.transducer is not None:
+            parts["transducer"] = self.transducer.loss(enc, enc_lens, targets)
+        if self.ctc is not None:
+            parts["ctc"] = CTCHead.loss(self.ctc(enc), enc_lens, targets)
+        bad = torch.zeros(len(targets), dtype=torch.bool)
+        for _, b in parts.values():
+            bad |= b
+        ok = ~bad.to(enc.device)
         tokens = sum(len(t) for t, b in zip(targets, bad.tolist()) if not b)
-        loss_sum = loss[ok].sum()
-        return {
+        w = self.config.ctc_weight if self.transducer is not None else 1.0
+        sums = {name: loss[ok].sum() for name, (loss, _) in parts.items()}
+        if self.transducer is None:
+            loss_sum = sums["ctc"]
+        else:
+            loss_sum = (1.0 - w) * sums["transducer"] + (w * sums["ctc"] if "ctc" in sums else 0.0)
+        out = {
             "loss": loss_sum / max(1, tokens),
             "loss_sum": loss_sum.detach(),
             "tokens": tokens,
             "frames": int(enc_lens.sum()),
             "unalignable": bad,
         }
+        if len(sums) > 1:
+            for name, v in sums.items():
+                out[f"{name}_loss"] = float(v.detach()) / max(1, tokens)
+        return out
 
     @torch.no_grad()
-    def decode(self, x: torch.Tensor, x_lens: torch.Tensor) -> list[Hypothesis]:
+    def decode(self, x: torch.Tensor, x_lens: torch.Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False) -> list[Hypothesis]:
+        """Batched decoding of features. ``method``: "greedy" or "beam" (CTC prefix beam search,
+        or modified beam search for transducers); ``use_ctc`` decodes a hybrid's CTC head."""
         enc, enc_lens = self.encode(x, x_lens)
-        return ctc_greedy(self.ctc(enc), enc_lens)
+        return self.decode_encoded(enc, enc_lens, method, beam, use_ctc)
+
+    def decode_encoded(self, enc: torch.Tensor, enc_lens: torch.Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False) -> list[Hypothesis]:
+        if method not in ("greedy", "beam"):
+            raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
+        if use_ctc or self.transducer is None:
+            if self.ctc is None:
+                raise ValueError("this model has no CTC head (train a hybrid with ctc_weight > 0)")
+            log_probs = self.ctc(enc)
+            if method == "greedy":
+                return ctc_greedy(log_probs, enc_lens)
+            from .decoding.ctc import ctc_prefix_beam_search
+
+            return ctc_prefix_beam_search(log_probs, enc_lens, beam=beam)
+        if method == "greedy":
+            from .decoding.transducer import greedy_search
+
+            return greedy_search(self.transducer, enc, enc_lens)[0]
+        from .decoding.beam import modified_beam_search
+
+        return modified_beam_search(self.transducer, enc, enc_lens, beam=beam)[0]
 
     # ------------------------------------------------------------------ user API
     @property

@@ -17,7 +17,13 @@ mono, 16-bit FLAC.
 Debian package ``wordnet-base``, about 48k quotes). Quotes that TTS could read differently from
 their transcript (digits, abbreviations, acronyms, stray letters or symbols) are dropped; the
 rest are normalized with ``normalize_librispeech``, must have 4 to 24 words, and are
-deduplicated (about 33k remain). One utterance joins 1-3 of them (roughly 2-10 s). WordNet 3.0
+deduplicated (about 33k remain). The corpus then keeps only the quotes whose words are all
+among the ``vocabulary_size`` (default 4000) most frequent words of those quotes, and prunes,
+until nothing changes, quotes with a word used fewer than ``min_word_count`` (3) times in what
+is kept: about 6.3k quotes over a 2.5k-word closed vocabulary. Its test sets' out-of-vocabulary
+rate against the training text is then well under 1% (19% with all quotes, which would put a
+floor under any model's WER that has nothing to do with recognition). One utterance joins 1-3 of them (roughly
+2-10 s). WordNet 3.0
 is (c) 2006 Princeton University under the WordNet 3.0 license, a permissive BSD-style license
 that allows use, copying, modification and distribution for any purpose, with the copyright
 notice kept (https://wordnet.princeton.edu/license-and-commercial-use).
@@ -57,6 +63,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -77,13 +84,14 @@ __all__ = [
     "Sentence",
     "build_mini_librispeech",
     "load_wordnet_sentences",
+    "closed_vocabulary",
     "config_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test-seen", "test-unseen")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GENERATOR = "asr.data.corpus.build_mini_librispeech"
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 _WORDNET_DEFAULT_DIRS = ("/usr/share/wordnet",)
@@ -123,6 +131,8 @@ class MiniCorpusConfig:
     max_sentences_per_utterance: int = 3
     min_words: int = 4
     max_words: int = 24
+    vocabulary_size: int = 4000  # keep quotes whose words are all among the N most frequent; 0: all
+    min_word_count: int = 3  # ... and whose every word occurs in at least this many kept quotes
     espeak_accents: tuple[str, ...] = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029")
     espeak_variants: tuple[str, ...] = (
         "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "klatt", "klatt2",
@@ -164,7 +174,7 @@ class MiniCorpusConfig:
                     "max_words"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be >= 1, got {getattr(self, key)!r}")
-        for key in ("noise_files_per_colour", "babble_files", "babble_talkers"):
+        for key in ("noise_files_per_colour", "babble_files", "babble_talkers", "vocabulary_size", "min_word_count"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0, got {getattr(self, key)!r}")
         if self.num_train_speakers > _FIRST_UNSEEN_SPEAKER - _FIRST_SEEN_SPEAKER:
@@ -308,6 +318,23 @@ def _load_wordnet_sentences(root: Path, min_words: int, max_words: int) -> tuple
     if not best:
         raise ValueError(f"no usable example sentences found in WordNet data under {root}")
     return tuple(Sentence(raw=best[t], text=t) for t in sorted(best))
+
+
+def closed_vocabulary(sentences: list[Sentence], size: int, min_count: int = 1) -> list[Sentence]:
+    """The sentences whose words are all among the ``size`` most frequent words of
+    ``sentences`` (ties broken alphabetically; 0 keeps all), then, repeatedly until nothing
+    changes, those whose every word occurs at least ``min_count`` times in what is kept."""
+    if size > 0:
+        freq = Counter(w for s in sentences for w in s.text.split())
+        vocab = {w for w, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))[:size]}
+        sentences = [s for s in sentences if all(w in vocab for w in s.text.split())]
+    while sentences:
+        freq = Counter(w for s in sentences for w in s.text.split())
+        kept = [s for s in sentences if all(freq[w] >= min_count for w in s.text.split())]
+        if len(kept) == len(sentences):
+            break
+        sentences = kept
+    return sentences
 
 
 class _Pool:
@@ -847,7 +874,8 @@ def build_mini_librispeech(
     engines = config.engines()
     tts.check_engines(engines)
     _check_voices(config)
-    sentences = load_wordnet_sentences(config.wordnet_dir, config.min_words, config.max_words)
+    sentences = closed_vocabulary(load_wordnet_sentences(config.wordnet_dir, config.min_words, config.max_words),
+                                  config.vocabulary_size, config.min_word_count)
     plan = _make_plan(config, sentences)
     out.mkdir(parents=True, exist_ok=True)
     resuming = _prepare_out_dir(out, fingerprint)

@@ -1,0 +1,231 @@
+"""Transducer heads: prediction networks, the joint, and the RNN-T / TDT / pruned RNN-T losses.
+
+A :class:`TransducerHead` owns a prediction network (``LSTMPredictor`` or icefall's
+``StatelessPredictor``) and a :class:`Joint`. Training never builds the (B, T, U+1, V) logits:
+the loss is ``kernels.fused_transducer_loss`` on the projected encoder and prediction outputs
+(or ``kernels.pruned_rnnt_loss`` for ``kind="pruned_rnnt"``).
+
+The interface the decoders use (``asr.decoding.transducer``):
+
+- ``head.blank`` (0), ``head.vocab_size`` (V), ``head.durations`` (None for RNN-T, a list of
+  ints for TDT), ``head.joint.output_dim`` (V, or V + len(durations) for TDT);
+- ``head.joint.project_enc(enc) -> (B, T, J)``: once per encoder frame;
+- ``head.predictor.init_state(batch_size, device) -> list[Tensor]`` (batch is dim 1 of LSTM
+  states, dim 0 of the stateless context);
+- ``head.predictor.step(tokens (B,), state) -> (out (B, P), new_state)``;
+- ``head.predictor.select_state(state, index (N,)) -> state`` and ``merge_state(state_a,
+  state_b, take_b (B,) bool) -> state`` for batched search;
+- ``head.joint.project_pred(out) -> (..., J)`` and ``head.joint(enc_p, pred_p) -> logits``
+  with enc_p, pred_p broadcastable (..., J).
+
+Prediction starts from the blank token (blank doubles as start-of-sequence, as in NeMo and
+icefall).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+import kernels
+
+__all__ = ["TransducerConfig", "TransducerHead", "LSTMPredictor", "StatelessPredictor", "Joint"]
+
+
+@dataclass
+class TransducerConfig:
+    predictor: Literal["lstm", "stateless"] = "lstm"
+    pred_dim: int = 320  # embedding and LSTM size (stateless: embedding size)
+    pred_layers: int = 1  # LSTM layers
+    context_size: int = 2  # stateless: tokens of left context (icefall uses 2)
+    joint_dim: int = 320
+    activation: Literal["tanh", "relu"] = "tanh"
+    # TDT (kind="tdt"): duration set, logit under-normalization sigma, and omega, the
+    # probability per step of training on the plain RNN-T loss instead (the TDT paper; NeMo's
+    # defaults are [0, 1, 2, 3, 4], 0.02 and 0.1).
+    durations: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    sigma: float = 0.02
+    omega: float = 0.1
+    fastemit_lambda: float = 0.0  # FastEmit (Yu et al. 2021): label-arc gradients x (1 + lambda)
+    # pruned RNN-T (kind="pruned_rnnt"): window size and weight of the simple (linear joint) loss
+    prune_range: int = 5
+    simple_loss_scale: float = 0.5
+    dropout: float = 0.1
+
+
+class LSTMPredictor(nn.Module):
+    """Embedding -> dropout -> LSTM. State: [h, c], each (layers, B, pred_dim)."""
+
+    def __init__(self, vocab_size: int, dim: int, layers: int = 1, dropout: float = 0.1, blank: int = 0):
+        super().__init__()
+        self.blank = blank
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.output_dim = dim
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> list[Tensor]:
+        shape = (self.lstm.num_layers, batch_size, self.lstm.hidden_size)
+        return [torch.zeros(shape, device=device), torch.zeros(shape, device=device)]
+
+    def forward(self, tokens: Tensor, state: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+        """tokens (B, U) -> (B, U, P). Training passes [blank] + targets."""
+        y, (h, c) = self.lstm(self.dropout(self.embed(tokens)), None if state is None else (state[0], state[1]))
+        return y, [h, c]
+
+    def step(self, tokens: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        y, new = self.forward(tokens[:, None], state)
+        return y[:, 0], new
+
+    @staticmethod
+    def select_state(state: list[Tensor], index: Tensor) -> list[Tensor]:
+        return [s.index_select(1, index) for s in state]
+
+    @staticmethod
+    def merge_state(old: list[Tensor], new: list[Tensor], take_new: Tensor) -> list[Tensor]:
+        m = take_new.view(1, -1, 1)
+        return [torch.where(m, n, o) for o, n in zip(old, new)]
+
+
+class StatelessPredictor(nn.Module):
+    """icefall's stateless prediction network: the embeddings of the last ``context_size``
+    tokens mixed by a grouped 1-D convolution, then ReLU. State: [context], (B, context-1)
+    previous token ids (blank at the start)."""
+
+    def __init__(self, vocab_size: int, dim: int, context_size: int = 2, dropout: float = 0.1, blank: int = 0):
+        super().__init__()
+        if context_size < 1:
+            raise ValueError(f"context_size must be >= 1, got {context_size}")
+        self.blank = blank
+        self.context_size = context_size
+        self.embed = nn.Embedding(vocab_size, dim)
+        groups = max(1, dim // 4) if dim % 4 == 0 else 1
+        self.conv = nn.Conv1d(dim, dim, context_size, groups=groups, bias=False) if context_size > 1 else None
+        self.dropout = nn.Dropout(dropout)
+        self.output_dim = dim
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> list[Tensor]:
+        return [torch.full((batch_size, self.context_size - 1), self.blank, dtype=torch.long, device=device)]
+
+    def forward(self, tokens: Tensor, state: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+        """tokens (B, U) -> (B, U, P); the context before the first token comes from ``state``
+        (blanks when None)."""
+        if state is None:
+            state = self.init_state(tokens.shape[0], tokens.device)
+        ctx = torch.cat([state[0], tokens], dim=1)
+        e = self.embed(ctx)  # (B, C-1+U, P)
+        if self.conv is not None:
+            e = self.conv(e.transpose(1, 2)).transpose(1, 2)
+        y = torch.relu(self.dropout(e))
+        return y, [ctx[:, ctx.shape[1] - (self.context_size - 1):]]
+
+    def step(self, tokens: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        y, new = self.forward(tokens[:, None], state)
+        return y[:, 0], new
+
+    @staticmethod
+    def select_state(state: list[Tensor], index: Tensor) -> list[Tensor]:
+        return [state[0].index_select(0, index)]
+
+    @staticmethod
+    def merge_state(old: list[Tensor], new: list[Tensor], take_new: Tensor) -> list[Tensor]:
+        return [torch.where(take_new.view(-1, 1), new[0], old[0])]
+
+
+class Joint(nn.Module):
+    """logits = out(activation(enc_proj(enc) + pred_proj(pred))); out has V (+ D) rows."""
+
+    def __init__(self, enc_dim: int, pred_dim: int, joint_dim: int, output_dim: int, activation: str = "tanh"):
+        super().__init__()
+        self.enc_proj = nn.Linear(enc_dim, joint_dim)
+        self.pred_proj = nn.Linear(pred_dim, joint_dim)
+        self.out = nn.Linear(joint_dim, output_dim)
+        self.activation = activation
+        self.output_dim = output_dim
+
+    def project_enc(self, enc: Tensor) -> Tensor:
+        return self.enc_proj(enc)
+
+    def project_pred(self, pred: Tensor) -> Tensor:
+        return self.pred_proj(pred)
+
+    def forward(self, enc_p: Tensor, pred_p: Tensor) -> Tensor:
+        z = enc_p + pred_p
+        z = torch.tanh(z) if self.activation == "tanh" else torch.relu(z)
+        return self.out(z)
+
+
+class TransducerHead(nn.Module):
+    """Prediction network + joint + loss for ``kind`` in {"rnnt", "tdt", "pruned_rnnt"}."""
+
+    def __init__(self, kind: str, enc_dim: int, vocab_size: int, cfg: TransducerConfig, blank: int = 0):
+        super().__init__()
+        if kind not in ("rnnt", "tdt", "pruned_rnnt"):
+            raise ValueError(f"transducer kind must be rnnt, tdt or pruned_rnnt, got {kind!r}")
+        self.kind = kind
+        self.cfg = cfg
+        self.blank = blank
+        self.vocab_size = vocab_size
+        if kind == "tdt":
+            d = list(cfg.durations)
+            if len(set(d)) != len(d) or min(d) < 0 or max(d) < 1:
+                raise ValueError(f"TDT durations must be distinct ints >= 0 with one > 0, got {d}")
+            self.durations: list[int] | None = d
+        else:
+            self.durations = None
+        if cfg.predictor == "lstm":
+            self.predictor: nn.Module = LSTMPredictor(vocab_size, cfg.pred_dim, cfg.pred_layers, cfg.dropout, blank)
+        elif cfg.predictor == "stateless":
+            self.predictor = StatelessPredictor(vocab_size, cfg.pred_dim, cfg.context_size, cfg.dropout, blank)
+        else:
+            raise ValueError(f"predictor must be 'lstm' or 'stateless', got {cfg.predictor!r}")
+        out_dim = vocab_size + (len(self.durations) if self.durations else 0)
+        self.joint = Joint(enc_dim, self.predictor.output_dim, cfg.joint_dim, out_dim, cfg.activation)
+        self.enc_dropout = nn.Dropout(cfg.dropout)
+        if kind == "pruned_rnnt":
+            # the "simple" joint: am[t] + lm[u] -> V (k2's linear joint over the full lattice)
+            self.simple_am = nn.Linear(enc_dim, vocab_size)
+            self.simple_lm = nn.Linear(self.predictor.output_dim, vocab_size)
+
+    def loss(self, enc: Tensor, enc_lens: Tensor, targets: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """Per-utterance losses (B,) in nats and a (B,) bool mask of utterances that cannot
+        align (their loss is 0 and they get no gradient)."""
+        device = enc.device
+        B = enc.shape[0]
+        U = max((len(t) for t in targets), default=0)
+        tgt = torch.full((B, max(U, 1)), self.blank + 1 if self.vocab_size > 1 else 0, dtype=torch.long)
+        for b, t in enumerate(targets):
+            if t:
+                tgt[b, : len(t)] = torch.tensor(t)
+        tgt = tgt[:, :U].to(device)
+        tgt_lens = torch.tensor([len(t) for t in targets], dtype=torch.long, device=device)
+        sos = torch.full((B, 1), self.blank, dtype=torch.long, device=device)
+        pred, _ = self.predictor(torch.cat([sos, tgt], dim=1))
+        enc = self.enc_dropout(enc)
+        enc_p = self.joint.project_enc(enc)
+        pred_p = self.joint.project_pred(pred)
+        w, b_ = self.joint.out.weight, self.joint.out.bias
+        act = self.cfg.activation
+        fe = self.cfg.fastemit_lambda
+        if self.kind == "pruned_rnnt":
+            out = kernels.pruned_rnnt_loss(
+                enc_p, pred_p, self.simple_am(enc), self.simple_lm(pred), tgt, enc_lens, tgt_lens, joint=(w, b_),
+                s_range=self.cfg.prune_range, blank=self.blank, simple_loss_scale=self.cfg.simple_loss_scale,
+                activation=act, reduction="none", fastemit_lambda=fe)
+            loss = out.loss
+        elif self.kind == "tdt" and not (self.training and self.cfg.omega > 0 and random.random() < self.cfg.omega):
+            loss = kernels.fused_transducer_loss(
+                enc_p, pred_p, w, b_, tgt, enc_lens, tgt_lens, blank=self.blank, durations=self.durations,
+                sigma=self.cfg.sigma, activation=act, reduction="none", fastemit_lambda=fe)
+        else:  # RNN-T, or TDT's omega step: the plain RNN-T loss on the token logits
+            V = self.vocab_size
+            loss = kernels.fused_transducer_loss(
+                enc_p, pred_p, w[:V], None if b_ is None else b_[:V], tgt, enc_lens, tgt_lens, blank=self.blank,
+                activation=act, reduction="none", fastemit_lambda=fe)
+        bad = ~torch.isfinite(loss.detach())
+        loss = torch.where(bad, torch.zeros_like(loss), loss)
+        return loss, bad.cpu()
