@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# LibriSpeech recipe, icefall-style numbered stages; each stage can be rerun alone.
+#
+#   LIBRISPEECH=/data/LibriSpeech bash recipes/librispeech/run.sh            # every stage
+#   DOWNLOAD=1 bash recipes/librispeech/run.sh --stage 1 --stop-stage 1       # fetch the corpus (online)
+#   CONFIG=recipes/librispeech/conf/citrinet_ctc.yaml bash recipes/librispeech/run.sh --stage 4
+#   NGPU=8 bash recipes/librispeech/run.sh --stage 4 --stop-stage 4           # torchrun, 8 processes
+#
+# Stages: 0 set up .venv | 1 manifests (lhotse) | 2 MUSAN noise (optional) | 3 BPE tokenizer
+#         4 train | 5 decode: greedy, beam, streaming (simulated and chunk-wise) | 6 export
+#
+# Environment (defaults in brackets):
+#   LIBRISPEECH   LibriSpeech dir holding train-clean-100/ ... test-other/ [$DL_DIR/LibriSpeech]
+#   DOWNLOAD      1: stage 1 downloads LibriSpeech into DL_DIR first [0]     DL_DIR [download]
+#   MUSAN         MUSAN dir (music/ noise/ speech/); stage 2 is skipped without it
+#   PARTS         splits to prepare [all seven]   TRAIN_PARTS splits to train on [the three train-*]
+#   TEST_SETS     splits to decode [test-clean test-other dev-clean dev-other]
+#   DATA [data/librispeech]   VOCAB [500]   CONFIG [conf/fastconformer_hybrid_tdt_ctc.yaml]
+#   EXP [exp/librispeech/<config name>]   NGPU [1]   TRAIN_ARGS  extra `asr train` arguments
+#   CONTEXTS      Conformer contexts "left,right ..." decoded in stage 5 [every trained one]
+#
+# The path is proven without a download on the mini corpus, which has LibriSpeech's layout:
+#   LIBRISPEECH=data/mini/corpus/LibriSpeech PARTS="train dev test-seen test-unseen" \
+#   TRAIN_PARTS=train TEST_SETS="test-seen test-unseen" DATA=data/mini_ls VOCAB=256 \
+#   TRAIN_ARGS="--set max_minutes=3 model.encoder_config.preset=small" bash recipes/librispeech/run.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+stage=0
+stop_stage=100
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --stage) stage="$2"; shift 2 ;;
+        --stop-stage) stop_stage="$2"; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        *) echo "unknown option $1 (see --help)" >&2; exit 1 ;;
+    esac
+done
+
+DL_DIR="${DL_DIR:-download}"
+LIBRISPEECH="${LIBRISPEECH:-$DL_DIR/LibriSpeech}"
+DOWNLOAD="${DOWNLOAD:-0}"
+MUSAN="${MUSAN:-}"
+PARTS="${PARTS:-train-clean-100 train-clean-360 train-other-500 dev-clean dev-other test-clean test-other}"
+TRAIN_PARTS="${TRAIN_PARTS:-train-clean-100 train-clean-360 train-other-500}"
+TEST_SETS="${TEST_SETS:-test-clean test-other dev-clean dev-other}"
+DATA="${DATA:-data/librispeech}"
+VOCAB="${VOCAB:-500}"
+CONFIG="${CONFIG:-recipes/librispeech/conf/fastconformer_hybrid_tdt_ctc.yaml}"
+EXP="${EXP:-exp/librispeech/$(basename "$CONFIG" .yaml)}"
+NGPU="${NGPU:-1}"
+TRAIN_ARGS="${TRAIN_ARGS:-}"
+CONTEXTS="${CONTEXTS:-}"
+LANG_DIR="$DATA/lang_bpe$VOCAB"
+
+run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+banner() { printf '\n\033[1;34m== stage %s: %s ==\033[0m\n' "$1" "$2"; }
+manifests() { local out=(); for p in $1; do out+=("$DATA/manifests/cuts_$p.jsonl.gz"); done; echo "${out[@]}"; }
+yaml_list() { local out=""; for f in $1; do out+="${out:+, }$f"; done; echo "[$out]"; }
+
+source scripts/bootstrap.sh  # stage 0 always runs: a no-op when .venv is up to date
+
+if run 1; then
+    banner 1 "manifests: $LIBRISPEECH -> $DATA/manifests"
+    if [ ! -d "$LIBRISPEECH" ]; then
+        if [ "$DOWNLOAD" = 1 ]; then
+            lhotse download librispeech --full "$DL_DIR"
+        else
+            echo "LibriSpeech not found at $LIBRISPEECH: set LIBRISPEECH=/path/to/LibriSpeech, or DOWNLOAD=1 (online)" >&2
+            exit 1
+        fi
+    fi
+    # shellcheck disable=SC2086
+    asr prepare --corpus "$LIBRISPEECH" --out "$DATA" --parts $PARTS --no-tokenizer --jobs "$(nproc)"
+fi
+
+if run 2; then
+    banner 2 "MUSAN noise for augmentation (optional)"
+    if [ -n "$MUSAN" ]; then
+        asr prepare-noise --musan "$MUSAN" --out "$DATA/musan"
+    else
+        echo "skipped: set MUSAN=/path/to/musan to add MUSAN noise (then set data.augment.noise_manifest:"
+        echo "$DATA/musan/recordings.jsonl.gz in the config or TRAIN_ARGS)"
+    fi
+fi
+
+if run 3; then
+    banner 3 "BPE tokenizer ($VOCAB tokens) on $TRAIN_PARTS -> $LANG_DIR"
+    # shellcheck disable=SC2046
+    asr tokenizer --cuts $(manifests "$TRAIN_PARTS") --vocab-size "$VOCAB" --out "$LANG_DIR"
+fi
+
+if run 4; then
+    banner 4 "train ($CONFIG -> $EXP, $NGPU process(es))"
+    overrides=(--set "exp_dir=$EXP" "data.tokenizer=$LANG_DIR"
+               "data.train=$(yaml_list "$(manifests "$TRAIN_PARTS")")"
+               "data.dev=$(yaml_list "$(manifests "${TEST_SETS%% *}")")")
+    launch=(asr)
+    if [ "$NGPU" -gt 1 ]; then launch=(torchrun --nproc_per_node "$NGPU" -m asr.cli); fi
+    # shellcheck disable=SC2086
+    "${launch[@]}" train --config "$CONFIG" "${overrides[@]}" $TRAIN_ARGS
+fi
+
+if run 5; then
+    banner 5 "decode $TEST_SETS: greedy, beam, streaming"
+    model="$EXP/model.pt"
+    # shellcheck disable=SC2046
+    cuts=($(manifests "$TEST_SETS"))
+    asr decode --model "$model" --cuts "${cuts[@]}" --method greedy --out "$EXP/decode/greedy"
+    asr decode --model "$model" --cuts "${cuts[@]}" --method beam --beam 4 --out "$EXP/decode/beam4"
+    # Streaming: "simulated" decodes whole utterances under the streaming attention limits (equal
+    # to chunk-wise by construction); "chunkwise" feeds the encoder window by window with its
+    # caches and carries the decoder state across chunks, as a live stream does.
+    contexts="$CONTEXTS"
+    [ -z "$contexts" ] && contexts=$(asr info "$model" --contexts)
+    for ctx in $contexts; do
+        asr decode --model "$model" --cuts "${cuts[@]}" --context "$ctx" --out "$EXP/decode/simulated_$ctx"
+        asr decode --model "$model" --cuts "${cuts[@]}" --context "$ctx" --chunkwise --out "$EXP/decode/chunkwise_$ctx"
+    done
+fi
+
+if run 6; then
+    banner 6 "export to ONNX ($EXP/onnx)"
+    asr export --model "$EXP/model.pt" --out "$EXP/onnx"
+fi

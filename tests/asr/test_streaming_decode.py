@@ -1,0 +1,102 @@
+"""Models with every head: losses, decoding, and real chunk-wise streaming == whole-utterance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr.decoding.streaming import StreamingRecognizer, chunkwise_decode
+from asr.heads.transducer import TransducerConfig
+from asr.models import ASRModel, ModelConfig
+
+ENCODERS = {
+    "conformer": {"d_model": 32, "num_layers": 2, "num_heads": 2, "subsampling_channels": 16, "att_contexts": [[8, 0], [8, 2]]},
+    "lstm": {"num_layers": 1, "hidden_size": 32, "proj_size": 16},
+    "ssm": {"d_model": 32, "num_layers": 1},
+}
+HEADS = [("ctc", 0.0, "lstm"), ("rnnt", 0.0, "lstm"), ("tdt", 0.3, "stateless"), ("pruned_rnnt", 0.0, "stateless")]
+
+
+def make_model(encoder: str, head: str, ctc_weight: float, predictor: str) -> ASRModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=encoder, encoder_config=ENCODERS[encoder], head=head, vocab_size=12, ctc_weight=ctc_weight,
+                      transducer=TransducerConfig(predictor=predictor, pred_dim=16, joint_dim=16))
+    return ASRModel(cfg).eval()
+
+
+def same(a, b) -> bool:
+    return all(x.tokens == y.tokens and x.frames == y.frames and abs(x.score - y.score) < 1e-3 for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("head,ctc_weight,predictor", HEADS)
+def test_every_head_trains_a_step(head, ctc_weight, predictor):
+    m = make_model("lstm", head, ctc_weight, predictor).train()
+    x, lens = torch.randn(3, 60, 80), torch.tensor([60, 41, 9])
+    targets = [[1, 2, 3], [4, 5], [6] * 40]  # the last one cannot align under CTC / pruning
+    out = m(x, lens, targets)
+    assert torch.isfinite(out["loss"]) and out["loss"] > 0
+    out["loss"].backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if head in ("ctc", "pruned_rnnt") or ctc_weight > 0:
+        assert out["unalignable"].tolist() == [False, False, True]
+        assert out["tokens"] == 5
+    if ctc_weight > 0:
+        assert {"transducer_loss", "ctc_loss"} <= out.keys()
+
+
+def test_tdt_omega_uses_plain_rnnt_loss(monkeypatch):
+    m = make_model("lstm", "tdt", 0.0, "lstm").train()
+    x, lens, tg = torch.randn(2, 40, 80), torch.tensor([40, 33]), [[1, 2], [3]]
+    m.transducer.cfg.omega = 1.0  # always the RNN-T loss: duration logits get no gradient
+    m(x, lens, tg)["loss"].backward()
+    V = m.config.vocab_size
+    assert m.transducer.joint.out.weight.grad[V:].abs().sum() == 0
+    m.zero_grad()
+    m.transducer.cfg.omega = 0.0
+    m(x, lens, tg)["loss"].backward()
+    assert m.transducer.joint.out.weight.grad[V:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+@pytest.mark.parametrize("head,ctc_weight,predictor", HEADS)
+def test_chunkwise_equals_whole(encoder, head, ctc_weight, predictor):
+    m = make_model(encoder, head, ctc_weight, predictor)
+    torch.manual_seed(1)
+    x, lens = torch.randn(3, 137, 80), torch.tensor([137, 90, 5])
+    methods = ["greedy"] if head == "ctc" else ["greedy", "beam"]
+    for method in methods:
+        assert same(m.decode(x, lens, method=method), chunkwise_decode(m, x, lens, method=method)), method
+    if ctc_weight > 0:
+        assert same(m.decode(x, lens, use_ctc=True), chunkwise_decode(m, x, lens, use_ctc=True))
+
+
+@pytest.mark.parametrize("head", ["ctc", "tdt"])
+def test_streaming_recognizer_any_feed_size(head):
+    m = make_model("conformer", head, 0.0, "lstm")
+    m.encoder.set_context(8, 2)
+    torch.manual_seed(2)
+    x = torch.randn(1, 90, 80)
+    (whole,) = m.decode(x, torch.tensor([90]))
+    for step in (1, 7, 24, 90):
+        rec = StreamingRecognizer(m)
+        partial_lengths = []
+        for i in range(0, 90, step):
+            partial_lengths.append(len(rec.accept_features(x[0, i:i + step]).tokens))
+        h = rec.finish()
+        assert h.tokens == whole.tokens and h.frames == whole.frames, step
+        assert partial_lengths == sorted(partial_lengths)  # partial results only grow
+    with pytest.raises(ValueError, match="finished"):
+        rec.accept_features(x[0, :5])
+    with pytest.raises(ValueError, match=r"\(n, 80\)"):
+        StreamingRecognizer(m).accept_features(torch.zeros(5, 40))
+
+
+def test_model_errors():
+    with pytest.raises(ValueError, match="head must be"):
+        ASRModel(ModelConfig(encoder="lstm", head="las", vocab_size=5))
+    m = make_model("lstm", "rnnt", 0.0, "lstm")
+    with pytest.raises(ValueError, match="no CTC head"):
+        m.decode(torch.randn(1, 20, 80), torch.tensor([20]), use_ctc=True)
+    with pytest.raises(ValueError, match="greedy' or 'beam"):
+        m.decode(torch.randn(1, 20, 80), torch.tensor([20]), method="viterbi")
