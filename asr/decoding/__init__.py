@@ -1,6 +1,19 @@
-"""Decoding: CTC greedy (batched) now; transducer/TDT greedy and beam search next. WER scoring."""
+"""Decoding: CTC greedy and prefix beam search; RNN-T / TDT greedy (label looping) and modified
+beam search, batched and streaming, all with token frames. WER scoring."""
 
-from .ctc import Hypothesis, ctc_greedy
+from .beam import BeamState, modified_beam_search
+from .ctc import Hypothesis, ctc_greedy, ctc_prefix_beam_search
+from .transducer import DecoderState, greedy_search
 from .wer import WER, word_errors
 
-__all__ = ["Hypothesis", "ctc_greedy", "WER", "word_errors"]
+__all__ = [
+    "WER",
+    "BeamState",
+    "DecoderState",
+    "Hypothesis",
+    "ctc_greedy",
+    "ctc_prefix_beam_search",
+    "greedy_search",
+    "modified_beam_search",
+    "word_errors",
+]

@@ -1,12 +1,13 @@
-"""CTC greedy decoding, batched, with token timestamps."""
+"""CTC decoding with token timestamps: batched greedy, and prefix beam search."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Hypothesis", "ctc_greedy"]
+__all__ = ["Hypothesis", "ctc_greedy", "ctc_prefix_beam_search"]
 
 
 @dataclass
@@ -34,3 +35,88 @@ def ctc_greedy(log_probs: torch.Tensor, lens: torch.Tensor, blank: int = 0) -> l
         frames = emit[b].nonzero().flatten()
         hyps.append(Hypothesis(idx[b, frames].tolist(), frames.tolist(), float(scores[b])))
     return hyps
+
+
+def _log_add(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    m = max(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+def ctc_prefix_beam_search(
+    log_probs: torch.Tensor, lens: torch.Tensor, beam: int = 4, blank: int = 0
+) -> list[Hypothesis]:
+    """CTC prefix beam search: the most probable label sequence, summed over its alignments.
+
+    Every prefix in the beam carries the log-probabilities of the alignments of the frames so
+    far that collapse to it and end in blank (``pb``) or in its last label (``pnb``). Per frame,
+    each prefix stays (blank, or a repeat of its last label) or is extended by a label (the same
+    label as its last one only after a blank); the ``beam`` prefixes with the largest
+    ``logaddexp(pb, pnb)`` are kept. Extensions are tried with the ``beam`` most probable
+    non-blank labels of the frame (all of them when ``beam >= V - 1``), so with a beam at least
+    as large as the number of prefixes the search is exact.
+
+    Timestamps: every prefix also tracks its best single alignment (Viterbi, ending in blank or
+    in a label) and the frame at which that alignment first emits each token.
+
+    Args:
+        log_probs: (B, T, V) log-probabilities (log-softmax output).
+        lens: (B,) valid frames.
+        beam: prefixes kept per frame (>= 1).
+        blank: the blank index.
+
+    Returns:
+        One :class:`Hypothesis` per utterance: the best prefix's tokens, ``frames`` (the frame
+        of each token's first emission in the prefix's best alignment kept by the search) and
+        ``score``, the log-probability of the prefix (``logaddexp(pb, pnb)``).
+    """
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    B, T, V = log_probs.shape
+    lp = log_probs.detach().to("cpu", torch.float64)
+    n_ext = min(beam, V - 1)
+    # the candidate labels of every frame, once for the whole batch
+    masked = lp.clone()
+    masked[..., blank] = -math.inf
+    cand = masked.topk(n_ext, dim=-1).indices.tolist() if n_ext > 0 else [[[]] * T] * B
+    lp_l = lp.tolist()
+    lens_l = torch.as_tensor(lens).tolist()
+    out = []
+    ninf = -math.inf
+    for b in range(B):
+        # prefix -> [pb, pnb, viterbi ending in blank, its frames, viterbi ending in label, its frames]
+        beams: dict[tuple[int, ...], list] = {(): [0.0, ninf, 0.0, (), ninf, ()]}
+        for t in range(int(lens_l[b])):
+            row = lp_l[b][t]
+            p_blank = row[blank]
+            nxt: dict[tuple[int, ...], list] = {}
+            for prefix, (pb, pnb, vb, fb, vnb, fnb) in beams.items():
+                p_rep = row[prefix[-1]] if prefix else ninf
+                vs, fs = (vb, fb) if vb >= vnb else (vnb, fnb)
+                nxt[prefix] = [_log_add(pb, pnb) + p_blank, pnb + p_rep, vs + p_blank, fs, vnb + p_rep, fnb]
+            for prefix, (pb, pnb, vb, fb, vnb, fnb) in beams.items():
+                tail = prefix[-1] if prefix else None
+                for c in cand[b][t]:
+                    p = row[c]
+                    if c == tail:
+                        mass, v, f = pb + p, vb + p, fb
+                    else:
+                        mass = _log_add(pb, pnb) + p
+                        v, f = (vb, fb) if vb >= vnb else (vnb, fnb)
+                        v += p
+                    new = prefix + (c,)
+                    entry = nxt.get(new)
+                    if entry is None:
+                        nxt[new] = [ninf, mass, ninf, (), v, f + (t,)]
+                    else:
+                        entry[1] = _log_add(entry[1], mass)
+                        if v > entry[4]:
+                            entry[4], entry[5] = v, f + (t,)
+            ranked = sorted(nxt.items(), key=lambda kv: _log_add(kv[1][0], kv[1][1]), reverse=True)
+            beams = dict(ranked[:beam])
+        prefix, (pb, pnb, vb, fb, vnb, fnb) = max(beams.items(), key=lambda kv: _log_add(kv[1][0], kv[1][1]))
+        out.append(Hypothesis(list(prefix), list(fb if vb >= vnb else fnb), _log_add(pb, pnb)))
+    return out

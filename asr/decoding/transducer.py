@@ -1,0 +1,237 @@
+"""Greedy decoding of RNN-T and TDT transducers: batched label looping, streaming, token frames.
+
+``greedy_search`` implements label looping (Bataev et al. 2024, "Label-Looping: Highly Efficient
+Decoding for Transducers", as in NeMo): instead of stepping all utterances frame by frame, every
+utterance keeps its own frame pointer ``t[b]`` and the batch loops over *labels*:
+
+1. joint at ``(t[b], current prediction output of b)`` for every active utterance at once;
+2. utterances whose best token is blank advance their pointer (RNN-T: by 1; TDT: by the argmax
+   duration, 1 when that duration is 0) and are evaluated again, with no prediction-network call,
+   until each active utterance has found a label or run out of frames;
+3. every utterance that found a label emits it (its timestamp is ``t[b]``), and all of them get
+   one batched prediction-network step (``merge_state`` keeps the state of the others); TDT
+   utterances also advance by the label's argmax duration;
+4. an utterance that emitted ``max_symbols`` labels at the same frame is moved one frame on.
+
+There is no Python loop over the batch inside the decoding loop. Each pass of step 2 moves at
+least one utterance on by a frame and each pass of step 3 emits at least one label: the
+prediction network runs (max labels of an utterance + 1) times, the joint at most (frames of
+all utterances + that) times; a TDT blank skipping d frames saves d - 1 joint evaluations.
+
+Streaming: :class:`DecoderState` holds everything needed to continue on the next chunk of
+encoder frames of the same batch. Decoding an encoder output chunk by chunk, passing the
+returned state back in, gives the tokens and frames of one call on the whole output, whatever
+the chunk sizes (per utterance, possibly 0 frames), and the same scores up to rounding (the
+encoder projection of a chunk is a matrix product of another shape, which may round the last
+bit differently; the scores add the same terms in the same order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .ctc import Hypothesis
+
+__all__ = ["DecoderState", "greedy_search"]
+
+
+@dataclass
+class DecoderState:
+    """What :func:`greedy_search` needs to continue decoding a batch on its next chunk.
+
+    Attributes:
+        pred_state: the prediction network's state after the last emitted token of every
+            utterance (``head.predictor``'s layout, batch size B).
+        pred_out: (B, J) the *projected* prediction output (``joint.project_pred``) for that
+            token: the joint's prediction input at the next frame.
+        scores: (B,) float64, the running score of every hypothesis (kept as a tensor so that
+            chunked and whole decoding add the same numbers in the same order).
+        hyps: the B hypotheses decoded so far (tokens, global frame indices, score).
+        frames_done: (B,) frames of every utterance consumed by earlier chunks; the frame ``i``
+            of the next chunk of utterance ``b`` is the global frame ``frames_done[b] + i``.
+        skip: (B,) frames every utterance still has to skip at the start of the next chunk
+            (TDT: a duration that reached past the end of the chunk; always 0 for RNN-T).
+    """
+
+    pred_state: list[Tensor]
+    pred_out: Tensor
+    scores: Tensor
+    hyps: list[Hypothesis]
+    frames_done: Tensor
+    skip: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.hyps)
+
+
+def param_dtype(head) -> torch.dtype:
+    return next(head.parameters()).dtype
+
+
+def initial_pred(head, batch_size: int, device: torch.device) -> tuple[list[Tensor], Tensor]:
+    """Prediction state and projected output after the start-of-sequence (blank) token."""
+    pred = head.predictor
+    dtype = param_dtype(head)
+    state = [s.to(dtype) if s.is_floating_point() else s for s in pred.init_state(batch_size, device)]
+    blank = torch.full((batch_size,), head.blank, dtype=torch.long, device=device)
+    out, state = pred.step(blank, state)
+    return state, head.joint.project_pred(out)
+
+
+def _initial_state(head, batch_size: int, device: torch.device) -> DecoderState:
+    state, pred_out = initial_pred(head, batch_size, device)
+    zeros = torch.zeros(batch_size, dtype=torch.long, device=device)
+    return DecoderState(
+        pred_state=state,
+        pred_out=pred_out,
+        scores=torch.zeros(batch_size, dtype=torch.float64, device=device),
+        hyps=[Hypothesis() for _ in range(batch_size)],
+        frames_done=zeros,
+        skip=zeros.clone(),
+    )
+
+
+def check_lengths(enc: Tensor, enc_lens: Tensor) -> Tensor:
+    """enc_lens as int64 on enc's device; an error when it does not fit enc (B, T, D)."""
+    if enc.dim() != 3:
+        raise ValueError(f"enc must be (B, T, D), got shape {tuple(enc.shape)}")
+    B, T = enc.shape[:2]
+    lens = torch.as_tensor(enc_lens).to(device=enc.device, dtype=torch.long)
+    if lens.shape != (B,):
+        raise ValueError(f"enc_lens must have shape ({B},), got {tuple(lens.shape)}")
+    if B and (int(lens.min()) < 0 or int(lens.max()) > T):
+        raise ValueError(f"enc_lens must lie in [0, {T}], got {lens.tolist()}")
+    return lens
+
+
+def append_emissions(
+    hyps: list[Hypothesis], scores: Tensor, steps: list[tuple[Tensor, Tensor, Tensor]]
+) -> list[Hypothesis]:
+    """New hypotheses: ``hyps`` extended by the emissions recorded in ``steps`` (one
+    (tokens (B,), frames (B,), emitted (B,) bool) per loop iteration), scores from ``scores``."""
+    new_scores = scores.tolist()
+    if not steps:
+        return [Hypothesis(list(h.tokens), list(h.frames), s) for h, s in zip(hyps, new_scores)]
+    toks = torch.stack([s[0] for s in steps], 1).cpu().numpy()
+    frames = torch.stack([s[1] for s in steps], 1).cpu().numpy()
+    mask = torch.stack([s[2] for s in steps], 1).cpu().numpy()
+    out = []
+    for b, h in enumerate(hyps):
+        m = mask[b]
+        out.append(Hypothesis(h.tokens + toks[b][m].tolist(), h.frames + frames[b][m].tolist(), new_scores[b]))
+    return out
+
+
+def greedy_search(
+    head,
+    enc: Tensor,
+    enc_lens: Tensor,
+    max_symbols: int = 10,
+    state: DecoderState | None = None,
+) -> tuple[list[Hypothesis], DecoderState]:
+    """Batched greedy decoding of an RNN-T (``head.durations is None``) or TDT transducer.
+
+    Args:
+        head: a ``TransducerHead`` (or anything with its decoding interface, see
+            ``asr.heads.transducer``), in eval mode (this function does not change its mode).
+        enc: (B, T, D_enc) raw encoder output; ``head.joint.project_enc`` is applied here.
+        enc_lens: (B,) valid frames of every utterance in ``enc`` (0 allowed).
+        max_symbols: at most this many labels per frame per utterance (>= 1); after the last
+            one the utterance moves one frame on without a blank.
+        state: None for a new batch; the state returned by the previous call to continue the
+            same batch on its next chunk of encoder frames (streaming).
+
+    Returns:
+        (hyps, state): ``hyps[b]`` is the hypothesis of utterance ``b`` from its first frame up
+        to the end of this chunk: ``tokens``, ``frames`` (the global encoder frame at which
+        each token was emitted) and ``score``, the sum of the log-probabilities of the chosen
+        symbols (token log-softmax over the V token logits, plus, for TDT, the log-softmax over
+        the duration logits of the chosen duration; a forced advance after ``max_symbols`` adds
+        nothing). ``state`` continues the batch on its next chunk.
+
+    Decisions are argmax (``torch.max``). For TDT a blank with argmax duration 0
+    advances one frame; a label with duration 0 stays on its frame, up to ``max_symbols``.
+    """
+    if max_symbols < 1:
+        raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
+    with torch.inference_mode():
+        lens = check_lengths(enc, enc_lens)
+        B, T = enc.shape[:2]
+        device = enc.device
+        if state is None:
+            state = _initial_state(head, B, device)
+        elif state.batch_size != B:
+            raise ValueError(f"state is for a batch of {state.batch_size}, enc has {B}")
+        pred = head.predictor
+        blank, V = head.blank, head.vocab_size
+        tdt = head.durations is not None
+        durs = torch.tensor(head.durations, dtype=torch.long, device=device) if tdt else None
+
+        enc_p = head.joint.project_enc(enc)  # (B, T, J)
+        rows = torch.arange(B, device=device)
+        pstate, pred_p = state.pred_state, state.pred_out
+        scores = state.scores.clone()
+        t = state.skip.clone()  # local frame pointer of every utterance
+        count = torch.zeros(B, dtype=torch.long, device=device)  # labels emitted at frame t
+        one = torch.ones((), dtype=torch.long, device=device)
+        zero_l = torch.zeros((), dtype=torch.long, device=device)
+        zero_f = torch.zeros((), dtype=torch.float64, device=device)
+        blank_t = torch.full((B,), blank, dtype=torch.long, device=device)
+        steps: list[tuple[Tensor, Tensor, Tensor]] = []
+        last = max(T - 1, 0)
+
+        def best(tt: Tensor, pp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            """(token, its log-prob (+ duration log-prob), duration) of the argmax at frames tt."""
+            logits = head.joint(enc_p[rows, tt.clamp(max=last)], pp)
+            lp, tok = logits[:, :V].log_softmax(-1).max(-1)
+            if not tdt:
+                return tok, lp.double(), one
+            lpd, di = logits[:, V:].log_softmax(-1).max(-1)
+            return tok, lp.double() + lpd.double(), durs[di]
+
+        active = t < lens
+        while bool(active.any()):  # one iteration per label (per utterance)
+            tok, lp, dur = best(t, pred_p)
+            blank_m = active & (tok == blank)
+            while bool(blank_m.any()):  # advance over blanks, no prediction-network call
+                scores = scores + torch.where(blank_m, lp, zero_f)
+                t = t + torch.where(blank_m, dur.clamp(min=1) if tdt else one, zero_l)
+                count = torch.where(blank_m, zero_l, count)
+                active = t < lens
+                blank_m = blank_m & active
+                tok2, lp2, dur2 = best(t, pred_p)
+                tok = torch.where(blank_m, tok2, tok)
+                lp = torch.where(blank_m, lp2, lp)
+                if tdt:
+                    dur = torch.where(blank_m, dur2, dur)
+                blank_m = blank_m & (tok == blank)
+            emit = active  # every active utterance now stands on a label (possibly none left)
+            scores = scores + torch.where(emit, lp, zero_f)
+            steps.append((tok, state.frames_done + t, emit))
+            out, new_state = pred.step(torch.where(emit, tok, blank_t), pstate)
+            pstate = pred.merge_state(pstate, new_state, emit)
+            pred_p = torch.where(emit[:, None], head.joint.project_pred(out), pred_p)
+            if tdt:
+                t = t + torch.where(emit, dur, zero_l)
+                count = torch.where(emit, torch.where(dur == 0, count + 1, zero_l), count)
+            else:
+                count = count + emit.long()
+            force = count >= max_symbols
+            t = t + force.long()
+            count = torch.where(force, zero_l, count)
+            active = t < lens
+
+        hyps = append_emissions(state.hyps, scores, steps)
+        new = DecoderState(
+            pred_state=pstate,
+            pred_out=pred_p,
+            scores=scores,
+            hyps=hyps,
+            frames_done=state.frames_done + lens,
+            skip=t - lens,
+        )
+    return hyps, new

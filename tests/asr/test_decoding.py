@@ -1,0 +1,534 @@
+"""Decoders: CTC prefix beam search, RNN-T / TDT greedy (label looping) and modified beam search.
+
+Every batched decoder is checked against a small, obviously correct reference written here
+(per-utterance loops, brute-force enumeration of alignments or exact sums over all paths), and
+streaming (chunk by chunk, with a carried state) against one call on the whole input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import defaultdict
+
+import pytest
+import torch
+
+from asr.decoding import (
+    Hypothesis,
+    ctc_greedy,
+    ctc_prefix_beam_search,
+    greedy_search,
+    modified_beam_search,
+)
+from asr.heads.transducer import TransducerConfig, TransducerHead
+
+ENC_DIM = 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Every tensor here is tiny: intra-op threads only add barrier waits (milliseconds each on
+    a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_head(kind="rnnt", predictor="lstm", vocab=7, durations=(0, 1, 2, 3, 4), seed=0,
+              blank_bias=1.0, dur_bias=None) -> TransducerHead:
+    """A random float64 head in eval mode. ``blank_bias`` is added to the blank logit (random
+    heads otherwise emit a label almost everywhere); ``dur_bias`` (D,) to the duration logits."""
+    torch.manual_seed(seed)
+    cfg = TransducerConfig(predictor=predictor, pred_dim=8, joint_dim=10, context_size=2,
+                           durations=list(durations), dropout=0.0)
+    head = TransducerHead(kind, ENC_DIM, vocab, cfg).double().eval()
+    with torch.no_grad():
+        head.joint.out.weight.mul_(3.0)  # peakier distributions: more varied decisions
+        head.joint.out.bias[head.blank] += blank_bias
+        if dur_bias is not None and kind == "tdt":
+            head.joint.out.bias[vocab:] += torch.tensor(dur_bias, dtype=torch.float64)
+    return head
+
+
+def random_enc(B, T, seed, scale=1.5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, ENC_DIM, generator=g, dtype=torch.float64) * scale
+
+
+class Ref:
+    """Per-utterance access to a head: prediction output of a token sequence (memoized) and the
+    token / duration log-probs at a frame."""
+
+    def __init__(self, head, enc_1):
+        self.head = head
+        with torch.no_grad():
+            self.enc_p = head.joint.project_enc(enc_1)  # (T, J)
+        self.cache = {}
+
+    def pred(self, seq: tuple[int, ...]):
+        if seq not in self.cache:
+            with torch.no_grad():
+                if not seq:
+                    state = self.head.predictor.init_state(1)
+                    state = [s.double() if s.is_floating_point() else s for s in state]
+                    out, state = self.head.predictor.step(torch.tensor([self.head.blank]), state)
+                else:
+                    _, state = self.pred(seq[:-1])
+                    out, state = self.head.predictor.step(torch.tensor([seq[-1]]), state)
+            self.cache[seq] = (out, state)
+        return self.cache[seq]
+
+    def logprobs(self, t: int, seq: tuple[int, ...]):
+        """(token log-probs (V,), duration log-probs (D,) or None) as Python lists."""
+        V = self.head.vocab_size
+        with torch.no_grad():
+            logits = self.head.joint(self.enc_p[t], self.head.joint.project_pred(self.pred(seq)[0][0]))
+        tok = logits[:V].log_softmax(-1).tolist()
+        dur = logits[V:].log_softmax(-1).tolist() if self.head.durations is not None else None
+        return tok, dur
+
+
+def lae(a: float, b: float) -> float:
+    if a == -math.inf or b == -math.inf:
+        return max(a, b)
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
+def argmax(xs):
+    return max(range(len(xs)), key=lambda i: (xs[i], -i))
+
+
+def ref_greedy_rnnt(head, enc_1, max_symbols):
+    """for t in range(T): up to max_symbols labels, a blank moves to the next frame."""
+    r = Ref(head, enc_1)
+    seq, frames, score = (), [], 0.0
+    for t in range(enc_1.shape[0]):
+        for _ in range(max_symbols):
+            tok, _ = r.logprobs(t, seq)
+            k = argmax(tok)
+            score += tok[k]
+            if k == head.blank:
+                break
+            seq, frames = seq + (k,), frames + [t]
+    return Hypothesis(list(seq), frames, score)
+
+
+def ref_greedy_tdt(head, enc_1, max_symbols):
+    """A frame pointer t: blank moves by its duration (at least 1), a label by its duration;
+    after max_symbols labels on one frame, one frame on."""
+    r = Ref(head, enc_1)
+    seq, frames, score = (), [], 0.0
+    t, n = 0, 0
+    while t < enc_1.shape[0]:
+        tok, dur = r.logprobs(t, seq)
+        k, j = argmax(tok), argmax(dur)
+        d = head.durations[j]
+        score += tok[k] + dur[j]
+        if k == head.blank:
+            t, n = t + max(d, 1), 0
+            continue
+        seq, frames = seq + (k,), frames + [t]
+        if d > 0:
+            t, n = t + d, 0
+        else:
+            n += 1
+            if n >= max_symbols:
+                t, n = t + 1, 0
+    return Hypothesis(list(seq), frames, score)
+
+
+def ref_greedy(head, enc_1, max_symbols):
+    return (ref_greedy_rnnt if head.durations is None else ref_greedy_tdt)(head, enc_1, max_symbols)
+
+
+def exact_sequence_scores(head, enc_1, max_symbols=10):
+    """log P(sequence) summed over every path of the beam-search lattice, for every sequence.
+
+    RNN-T: every frame, one symbol (blank or a label), then the next frame. TDT: from (t, seq,
+    n) a blank of duration d goes to t + max(d, 1); a label of duration d to t + d, except that
+    the max_symbols-th label of duration 0 in a row goes to t + 1. A path ends past the last
+    frame."""
+    r = Ref(head, enc_1)
+    T, blank = enc_1.shape[0], head.blank
+    tdt = head.durations is not None
+    states = defaultdict(lambda: -math.inf)  # (t, n, seq) -> log mass
+    states[(0, 0, ())] = 0.0
+    final = defaultdict(lambda: -math.inf)
+
+    def add(table, key, v):
+        table[key] = lae(table[key], v)
+
+    for t in range(T):
+        for n in range(max_symbols):
+            for (tt, nn, seq), mass in list(states.items()):
+                if (tt, nn) != (t, n):
+                    continue
+                tok, dur = r.logprobs(t, seq)
+                moves = list(zip(head.durations, dur)) if tdt else [(1, 0.0)]
+                for v in range(head.vocab_size):
+                    for d, lpd in moves:
+                        lp = mass + tok[v] + lpd
+                        if v == blank:
+                            key = (t + max(d, 1), 0, seq)
+                        elif d > 0:
+                            key = (t + d, 0, seq + (v,))
+                        elif n + 1 >= max_symbols:
+                            key = (t + 1, 0, seq + (v,))
+                        else:
+                            key = (t, n + 1, seq + (v,))
+                        if key[0] >= T:
+                            add(final, key[2], lp)
+                        else:
+                            add(states, key, lp)
+    return dict(final)
+
+
+def _add_candidate(cands, key, score, frames):
+    c = cands.get(key)
+    if c is None:
+        cands[key] = [score, score, frames]
+    else:
+        c[0] = lae(c[0], score)
+        if score > c[1]:
+            c[1], c[2] = score, frames
+
+
+def ref_beam(head, enc_1, beam, max_symbols=10):
+    """modified_beam_search for one utterance with dicts: hypotheses keyed by (tokens, pointer);
+    each step expands those on the current frame t (the smallest pointer), carries the others,
+    log-adds candidates with equal keys (timestamps: the best member's), keeps the ``beam`` best."""
+    r = Ref(head, enc_1)
+    T, blank = enc_1.shape[0], head.blank
+    tdt = head.durations is not None
+    hyps = {((), 0): (0.0, [])}  # (seq, pointer) -> (log score, frames)
+    rounds, t = -1, 0  # rounds: steps already spent on frame t
+    while True:
+        t_new = min(p for _, p in hyps)
+        rounds = rounds + 1 if t_new == t else 0
+        t = t_new
+        if t >= T:
+            break
+        cands = {}  # key -> [log-added score, best member score, frames]
+        for (seq, p), (sc, fr) in hyps.items():
+            if p > t:
+                _add_candidate(cands, (seq, p), sc, fr)
+                continue
+            tok, dur = r.logprobs(t, seq)
+            for v in range(head.vocab_size):
+                for d, lpd in (zip(head.durations, dur) if tdt else [(1, 0.0)]):
+                    if v == blank:
+                        _add_candidate(cands, (seq, t + max(d, 1)), sc + tok[v] + lpd, fr)
+                    else:
+                        move = 1 if d == 0 and rounds + 1 >= max_symbols else d
+                        _add_candidate(cands, (seq + (v,), t + move), sc + tok[v] + lpd, fr + [t])
+        best = sorted(cands.items(), key=lambda kv: -kv[1][0])[:beam]
+        hyps = {k: (c[0], c[2]) for k, c in best}
+    groups = {}
+    for (seq, _), (sc, fr) in hyps.items():
+        g = groups.get(seq)
+        groups[seq] = (sc, sc, fr) if g is None else (lae(g[0], sc), *((sc, fr) if sc > g[1] else g[1:]))
+    seq, (score, _, frames) = max(groups.items(), key=lambda kv: kv[1][0])
+    return Hypothesis(list(seq), frames, score)
+
+
+def same_hyp(a: Hypothesis, b: Hypothesis, tol=1e-9):
+    return a.tokens == b.tokens and a.frames == b.frames and math.isclose(a.score, b.score, rel_tol=tol, abs_tol=tol)
+
+
+def assert_same_hyps(got, want, tol=1e-9):
+    assert len(got) == len(want)
+    for b, (g, w) in enumerate(zip(got, want)):
+        assert same_hyp(g, w, tol), f"utterance {b}: got {g}, want {w}"
+
+
+def decode_chunked(fn, head, enc, lens, splits, **kw):
+    """Decode with fn chunk by chunk: splits[b] = the frames of utterance b in each chunk."""
+    B = enc.shape[0]
+    n = len(splits[0])
+    state, hyps = None, None
+    offs = [0] * B
+    for i in range(n):
+        cl = [splits[b][i] for b in range(B)]
+        chunk = torch.zeros(B, max(cl), enc.shape[2], dtype=enc.dtype)
+        for b in range(B):
+            chunk[b, : cl[b]] = enc[b, offs[b]: offs[b] + cl[b]]
+            offs[b] += cl[b]
+        hyps, state = fn(head, chunk, torch.tensor(cl), state=state, **kw)
+    assert offs == [int(x) for x in lens]
+    return hyps, state
+
+
+def fixed_splits(lens, size):
+    n = max(1, math.ceil(max(lens) / size))
+    return [[min(size, max(0, L - i * size)) for i in range(n)] for L in lens]
+
+
+def random_splits(lens, rng: random.Random):
+    n = rng.randint(1, max(lens) + 3)
+    out = []
+    for L in lens:
+        cuts = sorted(rng.randint(0, L) for _ in range(n - 1))
+        bounds = [0] + cuts + [L]
+        out.append([bounds[i + 1] - bounds[i] for i in range(n)])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CTC
+
+
+def brute_force_ctc(lp, blank):
+    """All alignments of (T, V) log-probs summed per collapsed label sequence: the best
+    sequence, its log-prob, and the first-emission frames of its best alignment."""
+    T, V = lp.shape
+    total = defaultdict(lambda: -math.inf)
+    viterbi = {}
+    for path in itertools.product(range(V), repeat=T):
+        labels, frames, prev = [], [], None
+        for t, s in enumerate(path):
+            if s != blank and s != prev:
+                labels.append(s)
+                frames.append(t)
+            prev = s
+        score = sum(lp[t, s].item() for t, s in enumerate(path))
+        key = tuple(labels)
+        total[key] = lae(total[key], score)
+        if key not in viterbi or score > viterbi[key][0]:
+            viterbi[key] = (score, frames)
+    best = max(total, key=total.get)
+    return best, total[best], viterbi[best][1]
+
+
+@pytest.mark.parametrize("blank", [0, 2])
+def test_ctc_prefix_beam_search_is_exact_with_a_large_beam(blank):
+    g = torch.Generator().manual_seed(1 + blank)
+    for trial in range(6):
+        B, T, V = 3, 5, 3
+        lp = (torch.randn(B, T, V, generator=g, dtype=torch.float64) * 1.5).log_softmax(-1)
+        lens = torch.tensor([5, 1 + trial % 5, 0])
+        hyps = ctc_prefix_beam_search(lp, lens, beam=64, blank=blank)
+        for b in range(B):
+            labels, score, frames = brute_force_ctc(lp[b, : lens[b]], blank)
+            assert hyps[b].tokens == list(labels), (trial, b)
+            assert math.isclose(hyps[b].score, score, abs_tol=1e-10), (hyps[b].score, score)
+            assert hyps[b].frames == frames, (trial, b)  # first emissions of its best alignment
+
+
+def test_ctc_prefix_beam_search_frames_and_beam_one():
+    # a peaked distribution: the best prefix is the best path, frames as in greedy
+    g = torch.Generator().manual_seed(0)
+    B, T, V = 2, 12, 6
+    idx = torch.randint(0, V, (B, T), generator=g)
+    noise = torch.randn(B, T, V, generator=g, dtype=torch.float64)
+    lp = (torch.nn.functional.one_hot(idx, V).double() * 20 + noise).log_softmax(-1)
+    lens = torch.tensor([12, 7])
+    want = ctc_greedy(lp, lens)
+    got = ctc_prefix_beam_search(lp, lens, beam=4)
+    for w, h in zip(want, got):
+        assert h.tokens == w.tokens and h.frames == w.frames
+        assert h.score >= w.score - 1e-12  # the prefix sums over alignments, best path is one of them
+    # beam 1 keeps one prefix: each frame takes its best continuation
+    lp2 = torch.randn(1, 6, 4, generator=g, dtype=torch.float64).log_softmax(-1)
+    h1 = ctc_prefix_beam_search(lp2, torch.tensor([6]), beam=1)[0]
+    assert h1.score <= ctc_prefix_beam_search(lp2, torch.tensor([6]), beam=16)[0].score + 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# greedy
+
+
+@pytest.mark.parametrize("predictor", ["lstm", "stateless"])
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_greedy_matches_per_utterance_reference(kind, predictor):
+    for seed, (blank_bias, max_symbols) in enumerate([(1.5, 3), (0.0, 2), (3.0, 10), (0.5, 1), (-0.5, 4)]):
+        head = make_head(kind, predictor, seed=seed, blank_bias=blank_bias)
+        lens = torch.tensor([11, 4, 0, 9])
+        enc = random_enc(4, 11, seed)
+        hyps, state = greedy_search(head, enc, lens, max_symbols=max_symbols)
+        want = [ref_greedy(head, enc[b, : lens[b]], max_symbols) for b in range(4)]
+        assert_same_hyps(hyps, want)
+        assert state.frames_done.tolist() == lens.tolist()
+        assert sum(len(h.tokens) for h in hyps) > 0
+
+
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+@pytest.mark.parametrize("predictor", ["lstm", "stateless"])
+def test_greedy_streaming_equals_whole(kind, predictor):
+    head = make_head(kind, predictor, seed=3, blank_bias=1.0)
+    lens = [13, 5, 0, 10]
+    enc = random_enc(4, 13, 7)
+    whole, _ = greedy_search(head, enc, torch.tensor(lens), max_symbols=3)
+    assert sum(len(h.tokens) for h in whole) >= 5
+    rng = random.Random(0)
+    all_splits = [fixed_splits(lens, s) for s in (1, 3, 7)] + [random_splits(lens, rng) for _ in range(6)]
+    for splits in all_splits:
+        hyps, state = decode_chunked(greedy_search, head, enc, lens, splits, max_symbols=3)
+        assert_same_hyps(hyps, whole, tol=1e-12)
+        assert state.frames_done.tolist() == lens
+
+
+def test_tdt_streaming_carries_skips_across_chunks():
+    # durations biased to 4: most jumps cross a 1- or 2-frame chunk
+    head = make_head("tdt", "lstm", seed=5, blank_bias=0.5, dur_bias=[-3, -3, 0, 0, 4])
+    lens = [16, 9]
+    enc = random_enc(2, 16, 2)
+    whole, _ = greedy_search(head, enc, torch.tensor(lens))
+    gaps = [b - a for h in whole for a, b in zip(h.frames, h.frames[1:])]
+    assert max(gaps) >= 3
+    for size in (1, 2):
+        hyps, _ = decode_chunked(greedy_search, head, enc, lens, fixed_splits(lens, size))
+        assert_same_hyps(hyps, whole, tol=1e-12)
+    # the previous call's hypotheses are not changed by the next one
+    s1 = greedy_search(head, enc[:, :5], torch.tensor([5, 5]))
+    before = [Hypothesis(list(h.tokens), list(h.frames), h.score) for h in s1[0]]
+    greedy_search(head, enc[:, 5:], torch.tensor([11, 4]), state=s1[1])
+    assert_same_hyps(s1[0], before, tol=0)
+
+
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_greedy_batch_independence(kind):
+    head = make_head(kind, "lstm", seed=11, blank_bias=1.0)
+    lens = torch.tensor([8, 12, 3])
+    enc = random_enc(3, 12, 4)
+    batch, _ = greedy_search(head, enc, lens)
+    for b in range(3):
+        alone, _ = greedy_search(head, enc[b: b + 1, : lens[b]], lens[b: b + 1])
+        assert_same_hyps(alone, [batch[b]])
+
+
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_greedy_max_symbols_cap(kind):
+    # blank (and, for TDT, durations > 0) made very unlikely: every frame hits the cap
+    head = make_head(kind, "stateless", seed=2, blank_bias=-30.0, dur_bias=[30, 0, 0, 0, 0])
+    lens = torch.tensor([6, 2])
+    enc = random_enc(2, 6, 1)
+    for cap in (1, 2, 4):
+        hyps, _ = greedy_search(head, enc, lens, max_symbols=cap)
+        for b, h in enumerate(hyps):
+            assert h.frames == [t for t in range(int(lens[b])) for _ in range(cap)]
+        assert_same_hyps(hyps, [ref_greedy(head, enc[b, : lens[b]], cap) for b in range(2)])
+    with pytest.raises(ValueError, match="max_symbols"):
+        greedy_search(head, enc, lens, max_symbols=0)
+
+
+@pytest.mark.parametrize("predictor", ["lstm", "stateless"])
+def test_tdt_durations_without_zero(predictor):
+    head = make_head("tdt", predictor, durations=(1, 2, 4), seed=4, blank_bias=0.0)
+    lens = torch.tensor([14, 6, 1])
+    enc = random_enc(3, 14, 9)
+    hyps, _ = greedy_search(head, enc, lens)
+    assert_same_hyps(hyps, [ref_greedy(head, enc[b, : lens[b]], 10) for b in range(3)])
+    for h in hyps:  # no duration 0: one label per frame at most
+        assert all(b > a for a, b in zip(h.frames, h.frames[1:]))
+    assert any(b - a > 1 for h in hyps for a, b in zip(h.frames, h.frames[1:]))
+    chunked, _ = decode_chunked(greedy_search, head, enc, lens.tolist(), fixed_splits(lens.tolist(), 3))
+    assert_same_hyps(chunked, hyps, tol=1e-12)
+
+
+def test_greedy_rejects_bad_lengths():
+    head = make_head("rnnt")
+    enc = random_enc(2, 4, 0)
+    with pytest.raises(ValueError, match="enc_lens"):
+        greedy_search(head, enc, torch.tensor([5, 1]))
+    _, state = greedy_search(head, enc, torch.tensor([4, 1]))
+    with pytest.raises(ValueError, match="batch"):
+        greedy_search(head, enc[:1], torch.tensor([1]), state=state)
+
+
+# ---------------------------------------------------------------------------------------------
+# modified beam search
+
+
+@pytest.mark.parametrize("predictor", ["lstm", "stateless"])
+def test_beam_one_is_greedy_with_one_symbol_per_frame(predictor):
+    for seed in range(3):
+        head = make_head("rnnt", predictor, seed=seed, blank_bias=0.5)
+        lens = torch.tensor([9, 3, 0, 7])
+        enc = random_enc(4, 9, seed)
+        want, _ = greedy_search(head, enc, lens, max_symbols=1)
+        got, _ = modified_beam_search(head, enc, lens, beam=1)
+        assert_same_hyps(got, want)
+
+
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_beam_large_is_exact(kind):
+    """With a beam too large to prune, the best sequence and its score are the exact ones."""
+    T_max = 4 if kind == "rnnt" else 3
+    for seed in range(3):
+        head = make_head(kind, "lstm", vocab=3, durations=(0, 1, 2), seed=seed, blank_bias=0.3)
+        lens = torch.tensor([T_max, T_max - 1, 1])
+        enc = random_enc(3, T_max, seed + 10)
+        hyps, _ = modified_beam_search(head, enc, lens, beam=256, max_symbols=2)
+        for b in range(3):
+            exact = exact_sequence_scores(head, enc[b, : lens[b]], max_symbols=2)
+            seq, score = max(exact.items(), key=lambda kv: kv[1])
+            assert hyps[b].tokens == list(seq), (seed, b)
+            assert math.isclose(hyps[b].score, score, abs_tol=1e-9), (hyps[b].score, score)
+            assert math.isclose(math.fsum(math.exp(v) for v in exact.values()), 1.0, abs_tol=1e-9)
+            assert len(hyps[b].frames) == len(seq)
+
+
+KINDS_PREDICTORS = [("rnnt", "lstm"), ("rnnt", "stateless"), ("tdt", "lstm"), ("tdt", "stateless")]
+
+
+@pytest.mark.parametrize(("kind", "predictor"), KINDS_PREDICTORS)
+def test_beam_matches_per_utterance_reference(kind, predictor):
+    cases = [(2, 0.0, 2, (0, 1, 2, 3, 4)), (3, 1.0, 1, (0, 1, 2, 3, 4)), (4, 0.5, 3, (0, 2, 3)),
+             (3, 0.0, 2, (1, 2, 4)), (5, 0.5, 2, (0, 1, 2, 3, 4))]
+    for seed, (beam, blank_bias, max_symbols, durations) in enumerate(cases):
+        head = make_head(kind, predictor, vocab=5, durations=durations, seed=seed, blank_bias=blank_bias)
+        lens = torch.tensor([9, 0, 4, 7])
+        enc = random_enc(4, 9, seed + 30)
+        hyps, state = modified_beam_search(head, enc, lens, beam=beam, max_symbols=max_symbols)
+        assert_same_hyps(hyps, [ref_beam(head, enc[b, : lens[b]], beam, max_symbols) for b in range(4)])
+        # the beam never holds two slots with the same (tokens, pointer)
+        for b in range(4):
+            keys = [(tuple(state.history[b][k][0]), int(state.pointer[b, k]))
+                    for k in range(beam) if math.isfinite(state.scores[b, k])]
+            assert len(keys) == len(set(keys)) and len(keys) == min(beam, len(keys))
+
+
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_larger_beams_are_not_worse_than_beam_one(kind):
+    for seed in range(12):
+        head = make_head(kind, ("lstm", "stateless")[seed % 2], seed=seed, blank_bias=0.5)
+        lens = torch.tensor([10, 6])
+        enc = random_enc(2, 10, seed + 20)
+        one, _ = modified_beam_search(head, enc, lens, beam=1)
+        for beam in (2, 4, 8):
+            wide, _ = modified_beam_search(head, enc, lens, beam=beam)
+            for a, b in zip(one, wide):
+                assert b.score >= a.score - 1e-9, (seed, beam, a, b)
+
+
+@pytest.mark.parametrize(("kind", "predictor"), KINDS_PREDICTORS)
+def test_beam_streaming_equals_whole(kind, predictor):
+    head = make_head(kind, predictor, seed=6, blank_bias=0.5)
+    lens = [11, 4, 0, 8]
+    enc = random_enc(4, 11, 5)
+    whole, wstate = modified_beam_search(head, enc, torch.tensor(lens), beam=3, max_symbols=2)
+    rng = random.Random(1)
+    all_splits = [fixed_splits(lens, s) for s in (1, 3, 7)] + [random_splits(lens, rng) for _ in range(3)]
+    for splits in all_splits:
+        hyps, state = decode_chunked(modified_beam_search, head, enc, lens, splits, beam=3, max_symbols=2)
+        assert_same_hyps(hyps, whole, tol=1e-12)
+        assert state.history == wstate.history and torch.equal(state.pointer, wstate.pointer)
+        torch.testing.assert_close(state.scores, wstate.scores, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_beam_batch_independence(kind):
+    head = make_head(kind, "stateless", seed=8, blank_bias=0.5)
+    lens = torch.tensor([7, 10, 2])
+    enc = random_enc(3, 10, 3)
+    batch, _ = modified_beam_search(head, enc, lens, beam=4)
+    for b in range(3):
+        alone, _ = modified_beam_search(head, enc[b: b + 1, : lens[b]], lens[b: b + 1], beam=4)
+        assert_same_hyps(alone, [batch[b]])
