@@ -5,6 +5,13 @@ loaded per cut (lhotse resamples lazily to the feature rate), downmixed to mono,
 speed-perturbed and mixed with noise at a random SNR, turned into 80-bin fbank, and
 SpecAugment-ed. A cut whose audio cannot be read or is not finite is skipped and counted in the
 batch's ``"skipped"`` field; the trainer sums those counts and logs them.
+
+Reproducible augmentation: the trainer hands the dataset ``SeededCuts(cuts, seed)`` instead of a
+bare CutSet, with a seed derived from (run seed, epoch, batch index, rank). Every random draw of
+that batch's augmentation (speed, noise choice/SNR/offset, SpecAugment's masks) then comes from
+that seed alone, inside the batch, with the caller's global RNG states left untouched. So a batch
+looks the same whether it is made in the main process or in any data-loader worker, and whether
+or not the batches before it were made at all (a resumed run skips them).
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +34,7 @@ from lhotse.dataset.signal_transforms import SpecAugment
 from .features import FeatureConfig
 from .tokenizer import Tokenizer
 
-__all__ = ["AugmentConfig", "SamplerConfig", "ASRDataset", "make_sampler", "make_loader", "load_noise_cuts"]
+__all__ = ["ASRDataset", "AugmentConfig", "SamplerConfig", "SeededCuts", "batch_seed", "load_noise_cuts", "make_loader", "make_sampler"]
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +79,39 @@ def load_noise_cuts(path: str | Path) -> CutSet:
     return m.to_eager()
 
 
+class SeededCuts(NamedTuple):
+    """One sampler batch and the seed of all its augmentation draws (see the module doc)."""
+
+    cuts: CutSet
+    seed: int
+
+
+def batch_seed(*key: int) -> int:
+    """A well-mixed 63-bit seed from integers, e.g. ``batch_seed(seed, epoch, index, rank)``."""
+    return int(np.random.SeedSequence([int(k) % 2**63 for k in key]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@contextmanager
+def _isolated_global_rng(seed: int):
+    """Seed python's, numpy's and torch's global CPU RNGs for the body, then put back the
+    states they had (lhotse's SpecAugment draws from the global generators)."""
+    py, nps, ts = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(nps)
+        torch.set_rng_state(ts)
+
+
 class ASRDataset(torch.utils.data.Dataset):
     """Maps a CutSet (one batch from a sampler) to padded features and token ids.
+
+    The item is a CutSet (augmentation draws from the dataset's own generator, seeded once) or a
+    ``SeededCuts`` (every draw derived from its seed: reproducible, see the module doc).
 
     Returns a dict:
         features: (B, T, F) float32, zero-padded
@@ -92,17 +132,13 @@ class ASRDataset(torch.utils.data.Dataset):
         self.tokenizer = tokenizer
         self.features = features
         self.augment = augment
-        self.cut_transforms = []
+        self.noise = None
         self.spec_augment = None
         if augment is not None:
-            rng = random.Random(seed)
-            if augment.speed_prob > 0:
-                self.cut_transforms.append(PerturbSpeed(factors=augment.speed_factors, p=augment.speed_prob, randgen=rng))
             if augment.noise_prob > 0:
                 if not augment.noise_manifest:
                     raise ValueError("augment.noise_prob > 0 needs augment.noise_manifest (a noise RecordingSet)")
-                noise = load_noise_cuts(augment.noise_manifest)
-                self.cut_transforms.append(CutMix(cuts=noise, snr=augment.noise_snr, p=augment.noise_prob, seed=seed, random_mix_offset=True))
+                self.noise = load_noise_cuts(augment.noise_manifest)
             if augment.spec_augment:
                 self.spec_augment = SpecAugment(
                     time_warp_factor=augment.time_warp_factor or None,
@@ -112,6 +148,18 @@ class ASRDataset(torch.utils.data.Dataset):
                     frames_mask_size=augment.frame_mask_size,
                     max_frames_mask_fraction=augment.max_frames_mask_fraction,
                 )
+        self.cut_transforms = self._cut_transforms(random.Random(seed))
+
+    def _cut_transforms(self, rng: random.Random) -> list:
+        """Speed perturbation and noise mixing, both drawing from ``rng``."""
+        aug, out = self.augment, []
+        if aug is None:
+            return out
+        if aug.speed_prob > 0:
+            out.append(PerturbSpeed(factors=aug.speed_factors, p=aug.speed_prob, randgen=rng))
+        if self.noise is not None:
+            out.append(CutMix(cuts=self.noise, snr=aug.noise_snr, p=aug.noise_prob, seed=rng, random_mix_offset=True))
+        return out
 
     def load_features(self, cut) -> np.ndarray:
         """One cut's (T, F) features; raises ValueError when its audio is unusable."""
@@ -127,8 +175,14 @@ class ASRDataset(torch.utils.data.Dataset):
             raise ValueError("audio shorter than one feature window")
         return self.features.compute(audio)
 
-    def __getitem__(self, cuts: CutSet) -> dict:
-        for tf in self.cut_transforms:
+    def __getitem__(self, item: CutSet | SeededCuts) -> dict:
+        if isinstance(item, SeededCuts):
+            with _isolated_global_rng(item.seed):
+                return self._batch(item.cuts, self._cut_transforms(random.Random(item.seed)))
+        return self._batch(item, self.cut_transforms)
+
+    def _batch(self, cuts: CutSet, cut_transforms: list) -> dict:
+        for tf in cut_transforms:
             cuts = tf(cuts)
         skipped: Counter = Counter()
         feats, texts, ids = [], [], []
@@ -177,10 +231,13 @@ def make_sampler(cuts: CutSet, cfg: SamplerConfig, train: bool, seed: int = 0, w
 
 
 def make_loader(dataset: ASRDataset, sampler, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over a sampler's batches. It has a generator of its own: starting one draws
+    its worker base seed from that, not from torch's global RNG (which exact resume restores)."""
     return torch.utils.data.DataLoader(
         dataset,
         sampler=sampler,
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
     )

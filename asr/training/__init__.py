@@ -1,5 +1,6 @@
-"""Training: the trainer, LR schedules, checkpoints (DDP, AMP and exact resume are next)."""
+"""Training: the trainer (exact resume, DDP under torchrun, mixed precision), LR schedules."""
 
+from .schedules import lr_at
 from .trainer import DataConfig, OptimConfig, TrainConfig, Trainer, evaluate
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "Trainer", "evaluate"]
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "lr_at"]

@@ -1,27 +1,66 @@
 """One trainer for every model: config, loop, validation, checkpoints, logs and plots.
 
 Run by ``asr train --config conf.yaml``. Per step: a bucketed batch, the model's loss
-(mean per token over alignable utterances), AdamW with warmup, gradient clipping and
-optional accumulation. Steps whose loss or gradients are not finite never reach the weights:
-they are skipped, logged, and training stops after ``max_bad_steps`` in a row.
+(mean per token over alignable utterances), AdamW with a learning-rate schedule (noam, cosine,
+constant or Eden, see ``schedules``), gradient clipping and optional accumulation. Steps whose
+loss or gradients are not finite never reach the weights: they are skipped, logged, and training
+stops after ``max_bad_steps`` in a row. The trainer only needs a model whose
+``forward(x, lens, tokens)`` returns ``{"loss", "loss_sum", "tokens", "frames", "unalignable"}``
+and whose ``decode(x, lens)`` returns hypotheses.
 
 Each epoch logs the padding fraction (padded frames / all frames), the cuts skipped and why,
-validation loss and greedy WER. Checkpoints are written atomically every
-``save_every_steps`` and each epoch, the last ``keep_last`` kept; a run restarted on the same
-``exp_dir`` resumes from the newest readable one (a corrupt one falls back to the previous).
+validation loss and greedy WER (with substitutions, deletions and insertions) of each dev set.
+At the end ``valid_wer.md`` has the table of the last validation.
+
+Checkpoints and exact resume. Checkpoints are written atomically every ``save_every_steps``
+and each epoch, the last ``keep_last`` kept; a run restarted on the same ``exp_dir`` (after a
+crash or ``kill -9``) resumes from the newest readable one (a corrupt one falls back to the
+previous). A checkpoint holds the weights, the optimizer, the grad scaler, the step, the epoch
+and the number of batches of it already trained on (the sampler is deterministic per epoch and
+replays to that position), and the python, numpy, torch (and CUDA) RNG states of every rank.
+Data augmentation draws from a seed per batch, ``(seed, epoch, batch index, rank)`` (see
+``asr.data.dataset``), so it does not depend on the data-loader workers or on what was
+resumed. The learning rate is a function of step and epoch. A resumed run therefore follows
+the uninterrupted run's loss trajectory (bit for bit on CPU), and ``metrics.jsonl`` is cut back
+to the records written before the checkpoint, so it stays one trajectory.
+
+Distributed data parallel. Launch one process per GPU with torchrun:
+
+    torchrun --nproc_per_node 8 -m asr.cli train --config conf.yaml
+    # several nodes: the same on each node, plus
+    #   --nnodes 2 --node_rank R --rdzv_backend c10d --rdzv_endpoint HOST:PORT
+
+Each process reads ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``, joins the process group (NCCL on
+GPUs, gloo on CPU: torchrun on a CPU machine trains with several CPU processes) and wraps the
+model in ``DistributedDataParallel``. The bucketing sampler hands each rank its own batches
+(``max_duration`` is per rank: the global batch is ``WORLD_SIZE`` times larger). The loss of a
+step is the per-token mean over the global batch: each rank's loss sum is divided by the token
+count all-reduced over ranks and multiplied by the world size, which DDP's gradient averaging
+cancels. Only rank 0 writes checkpoints, logs, TensorBoard and runs validation while the other
+ranks wait at a barrier; on resume every rank reads the checkpoint rank 0 chose, so
+``exp_dir`` must be on a file system all nodes share.
+
+Mixed precision. ``precision: auto`` trains in bf16 autocast on a GPU that supports it and in
+fp32 otherwise; ``fp16`` uses autocast with a GradScaler (saved in checkpoints). Training on
+the CPU is always fp32 (a bf16/fp16 request logs a warning).
+
 At the end ``model.pt`` (weights averaged over the last ``average_last`` epoch checkpoints),
-``metrics.jsonl``, TensorBoard events and ``curves.png`` are in ``exp_dir``.
+``metrics.jsonl``, TensorBoard events, ``curves.png`` (loss and WER) and ``valid_wer.md`` are in
+``exp_dir``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -31,13 +70,15 @@ from lhotse import CutSet
 from tqdm import tqdm
 
 from ..config import save_yaml
-from ..data.dataset import ASRDataset, AugmentConfig, SamplerConfig, make_loader, make_sampler
+from ..data.dataset import ASRDataset, AugmentConfig, SamplerConfig, SeededCuts, batch_seed, make_loader, make_sampler
 from ..data.features import FeatureConfig
 from ..data.tokenizer import Tokenizer
 from ..decoding.wer import WER
 from ..models import ASRModel, ModelConfig, read_checkpoint, save_atomic
+from .distributed import Dist
+from .schedules import lr_at
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "lr_at"]
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "lr_at", "resolve_precision", "write_valid_table"]
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +103,13 @@ class OptimConfig:
     weight_decay: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 500
-    schedule: Literal["noam", "cosine", "constant"] = "noam"
-    total_steps: int = 0  # cosine decays to min_lr at this step (0: estimated from the budget)
+    schedule: Literal["noam", "cosine", "constant", "eden"] = "noam"
+    total_steps: int = 0  # cosine decays to min_lr at this step (0: max_steps)
     min_lr: float = 1e-5
-    grad_clip: float = 5.0
-    accum_grad: int = 1
+    lr_batches: float = 5000.0  # eden: steps over which the lr falls by 2^0.25 (icefall's lr_batches)
+    lr_epochs: float = 6.0  # eden: completed epochs over which it falls by 2^0.25 (icefall's lr_epochs)
+    grad_clip: float = 5.0  # max gradient norm; <= 0: no clipping
+    accum_grad: int = 1  # micro-batches per optimizer step (weighted equally)
 
 
 @dataclass
@@ -87,23 +130,28 @@ class TrainConfig:
     keep_last: int = 3
     average_last: int = 1
     max_bad_steps: int = 20
-    device: str = "auto"
+    device: str = "auto"  # auto: cuda (cuda:LOCAL_RANK under torchrun) when there is one, else cpu
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    # auto: bf16 autocast on a GPU that supports it, else fp32. fp16: autocast + GradScaler.
+    # The CPU always trains in fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    find_unused_parameters: bool = False  # DDP: set for models with parameters some steps do not use
+    ddp_timeout_minutes: float = 120.0  # a collective waiting longer (e.g. for validation) fails
 
 
-def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Learning rate for optimizer step ``step`` (1-based)."""
-    step = max(1, step)
-    warm = max(1, cfg.warmup_steps)
-    if cfg.schedule == "constant":
-        return cfg.lr * min(1.0, step / warm)
-    if cfg.schedule == "noam":  # linear warmup, then inverse square root, peak = lr
-        return cfg.lr * min(step / warm, math.sqrt(warm / step))
-    total = max(cfg.total_steps, warm + 1)
-    if step <= warm:
-        return cfg.lr * step / warm
-    frac = min(1.0, (step - warm) / (total - warm))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision training runs in: "fp32", "bf16" or "fp16"."""
+    if requested not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {requested!r}")
+    if device.type != "cuda":
+        if requested in ("bf16", "fp16"):
+            log.warning("precision %s was asked for, but training runs on %s: the CPU always trains in fp32", requested, device)
+        return "fp32"
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if requested == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; use fp16 or fp32")
+    return requested
 
 
 def _load_cuts(paths: list[str], max_duration: float | None = None) -> CutSet:
@@ -181,20 +229,44 @@ def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: 
 
 
 class Trainer:
+    """``Trainer(cfg).run()`` trains, validates, checkpoints and writes ``model.pt``.
+
+    The pieces are usable alone: ``setup(train_cuts)`` builds the model, optimizer and grad
+    scaler (and joins the process group under torchrun), ``wrap()`` puts the model in DDP, and
+    ``train_step(micro_batches, epoch)`` takes one optimizer step on batches from ``ASRDataset``.
+    """
+
     def __init__(self, cfg: TrainConfig, progress: bool = True):
         self.cfg = cfg
-        self.progress = progress
+        self.dist = Dist.from_env()
+        self.is_main = self.dist.is_main
+        self.progress = progress and self.is_main
         self.exp = Path(cfg.exp_dir)
         self.ckpt_dir = self.exp / "checkpoints"
-        self.exp.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.exp.mkdir(parents=True, exist_ok=True)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         # Tiny float32 gradients become denormals, which make CPU matmuls several times slower.
         torch.set_flush_denormal(True)
-        dev = cfg.device
-        self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
+        self.device = self.dist.device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.optim.accum_grad < 1:
+            raise ValueError(f"optim.accum_grad must be >= 1, got {cfg.optim.accum_grad}")
+        self.optim = cfg.optim
+        if cfg.optim.schedule == "cosine" and cfg.optim.total_steps <= 0:
+            if cfg.max_steps <= 0:
+                raise ValueError("schedule cosine needs optim.total_steps (or max_steps) to know where it ends")
+            self.optim = replace(cfg.optim, total_steps=cfg.max_steps)
         self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
         self.metrics_path = self.exp / "metrics.jsonl"
+        self.metrics_records = 0  # lines in metrics.jsonl (rank 0); checkpoints remember it
+        self.tb = None
+        self.model: ASRModel | None = None
+        self.ddp = None
+        self.step = 0
+        self.train_seconds = 0.0
+        self.wall_seconds = 0.0
 
     # ------------------------------------------------------------------ setup
     def _seed(self, seed: int) -> None:
@@ -202,36 +274,170 @@ class Trainer:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
+    def setup(self, train_cuts: CutSet | None = None) -> None:
+        """Process group (under torchrun), seeds, model with feature statistics from
+        ``train_cuts`` (computed on rank 0, broadcast), optimizer, grad scaler."""
+        cfg = self.cfg
+        self.dist.init(self.device, cfg.ddp_timeout_minutes)
+        # Ranks draw different dropout masks; their initial weights come from rank 0 (DDP).
+        self._seed(cfg.seed + self.dist.rank)
+        self.model = ASRModel(cfg.model, cfg.features, self.tokenizer).to(self.device)
+        if train_cuts is not None:
+            F = cfg.features.num_mel_bins
+            if self.is_main:
+                mean, std = feature_stats(train_cuts, cfg.features)
+                stats = torch.stack([mean, std]).to(self.device)
+            else:
+                stats = torch.zeros(2, F, device=self.device)
+            stats = self.dist.broadcast_tensor(stats)
+            self.model.set_feature_stats(stats[0], stats[1])
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("model: %s encoder + %s head, %.2fM parameters; %s, %s, %d process(es)", cfg.model.encoder, cfg.model.head,
+                 n_params / 1e6, self.device, self.precision, self.dist.world_size)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.step = 0
+        self.train_seconds = 0.0
+        self.wall_seconds = 0.0
+
+    def wrap(self) -> None:
+        """Wrap the model in DistributedDataParallel (after resuming: DDP starts every rank
+        from rank 0's weights)."""
+        if not self.dist.enabled:
+            self.ddp = None
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.ddp = DistributedDataParallel(
+            self.model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.cfg.find_unused_parameters,
+        )
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, micro_batches: list[dict], epoch: int) -> dict:
+        """One optimizer step on this rank's ``micro_batches`` (more than one: gradient
+        accumulation, each micro-batch weighted equally).
+
+        Each micro-batch's loss is the per-token mean over the global micro-batch of all ranks:
+        this rank's loss sum over the token count summed over ranks, times the world size,
+        which DDP's averaging of gradients over ranks cancels. Returns the step's global
+        per-token "loss", "tokens", "unalignable", "frames", "padded_frames", and "grad_norm"
+        and "lr", or "skipped" (the reason) when the update did not reach the weights.
+        Every rank takes the same branch.
+        """
+        net = self.ddp if self.ddp is not None else self.model
+        n = len(micro_batches)
+        res = {"loss_sum": 0.0, "tokens": 0.0, "unalignable": 0, "frames": 0, "padded_frames": 0}
+        extra: dict = {}
+        for i, batch in enumerate(micro_batches):
+            x = batch["features"].to(self.device, non_blocking=True)
+            lens = batch["feature_lens"].to(self.device)
+            res["frames"] += int(batch["feature_lens"].sum())
+            res["padded_frames"] += int(x.shape[0] * x.shape[1])
+            last = i == n - 1
+            with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+                with self._autocast():
+                    out = net(x, lens, batch["tokens"])
+                loss = out["loss"]
+                local_tokens = int(out["tokens"])
+                res["unalignable"] += int(out["unalignable"].sum())
+                finite = bool(torch.isfinite(loss))
+                g_sum, g_tokens, g_bad = self.dist.sum([float(out["loss_sum"]) if finite else 0.0, local_tokens, 0 if finite else 1], self.device)
+                if g_bad:
+                    self.opt.zero_grad(set_to_none=True)
+                    return {**res, "skipped": "nonfinite_loss", "loss": math.nan}
+                if self.dist.enabled:
+                    loss = loss * (local_tokens * self.dist.world_size / max(1.0, g_tokens))
+                if n > 1:
+                    loss = loss / n
+                self.scaler.scale(loss).backward()
+            res["loss_sum"] += g_sum
+            res["tokens"] += g_tokens
+            extra = {k: v for k, v in out.items() if k.endswith("_loss") and isinstance(v, float)}
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.opt)
+        max_norm = self.optim.grad_clip if self.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if not torch.isfinite(grad_norm):
+            if self.scaler.is_enabled():
+                self.scaler.update()  # fp16 overflow: a smaller loss scale next time
+            self.opt.zero_grad(set_to_none=True)
+            return {**res, "skipped": "nonfinite_grad", "grad_norm": float(grad_norm)}
+        self.step += 1
+        lr = lr_at(self.step, self.optim, epoch)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        res.update(extra)
+        res.update(loss=res["loss_sum"] / max(1.0, res["tokens"]), grad_norm=float(grad_norm), lr=lr)
+        return res
+
+    # ------------------------------------------------------------------ logs
     def _log_metrics(self, record: dict) -> None:
+        if not self.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.metrics_records += 1
         if self.tb is not None:
             step = record.get("step", 0)
             for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
                     self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, step)
 
+    def _truncate_metrics(self, keep: int, step: int) -> None:
+        """Keep the first ``keep`` records of metrics.jsonl (all if < 0), minus any record after
+        ``step``: what a killed run logged after its checkpoint goes."""
+        kept = []
+        if self.metrics_path.is_file():
+            for line in self.metrics_path.read_text().splitlines():
+                if 0 <= keep <= len(kept):
+                    break
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut short by the kill
+                if rec.get("step", 0) > step:
+                    break
+                kept.append(line)
+            tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp{os.getpid()}")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.metrics_path)
+        self.metrics_records = len(kept)
+
+    # ------------------------------------------------------------------ checkpoints
     def _checkpoints(self) -> list[Path]:
         return sorted(self.ckpt_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
 
-    def _save(self, epoch: int, batch_in_epoch: int, tag: str | None = None) -> None:
+    def _save(self, epoch: int, batch_in_epoch: int, tag: str | None = None, progress: dict | None = None) -> None:
+        """Checkpoint (collective: every rank's RNG states and epoch counters go in; rank 0
+        writes). ``progress``: this rank's counters of the epoch so far (mid-epoch saves)."""
+        ranks = self.dist.gather({"rng": _rng_state(self.device), "progress": progress or {}})
+        if not self.is_main:
+            return
         state = {
             "model": self.model.to_checkpoint(),
             "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
+            "world_size": self.dist.world_size,
+            "rng": [r["rng"] for r in ranks],  # one per rank
+            "epoch_progress": [r["progress"] for r in ranks],
+            "metrics_records": self.metrics_records,
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
         }
         path = self.ckpt_dir / f"ckpt-{self.step}.pt"
-        # python/numpy RNG states are tuples of ints and arrays: store them as tensors/lists
-        state["rng"] = _rng_to_tensors(state["rng"])
         save_atomic(state, path)
         if tag is not None:
             save_atomic({**state["model"], "meta": {"epoch": epoch, "step": self.step}}, self.ckpt_dir / f"{tag}.pt")
@@ -242,152 +448,220 @@ class Trainer:
         for old in epochs[:-keep_epochs]:
             old.unlink(missing_ok=True)
 
-    def _try_resume(self) -> tuple[int, int]:
-        for path in reversed(self._checkpoints()):
-            try:
-                state = read_checkpoint(path)
-                self.model.load_state_dict(state["model"]["state_dict"])
-                self.opt.load_state_dict(state["optimizer"])
-            except Exception as e:
-                log.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
-                continue
-            self.step = int(state["step"])
-            self.train_seconds = float(state.get("train_seconds", 0.0))
-            self.wall_seconds = float(state.get("wall_seconds", 0.0))
-            _rng_from_tensors(state["rng"])
-            log.info("resumed from %s: epoch %d, batch %d, step %d", path, state["epoch"], state["batch_in_epoch"], self.step)
-            return int(state["epoch"]), int(state["batch_in_epoch"])
-        return 1, 0
+    def _load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"]["state_dict"])
+        self.opt.load_state_dict(state["optimizer"])
+        scaler = state.get("scaler") or {}
+        if self.scaler.is_enabled() and scaler:
+            self.scaler.load_state_dict(scaler)
+
+    def resume(self) -> tuple[int, int]:
+        """Load the newest readable checkpoint (rank 0 picks it, every rank loads it).
+        Returns (epoch, batches of it already trained on); (1, 0) for a fresh start. The
+        counters of a part-trained epoch are left in ``self.resumed_progress``."""
+        self.resumed_progress = {}
+        chosen, state = None, None
+        if self.is_main:
+            paths = list(reversed(self._checkpoints()))
+            initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict())) if paths else None
+            for path in paths:
+                try:
+                    state = read_checkpoint(path)
+                    self._load_state(state)
+                except Exception as e:
+                    log.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
+                    state = None
+                    continue
+                chosen = str(path)
+                break
+            if chosen is None and initial is not None:
+                self.model.load_state_dict(initial[0])
+                self.opt.load_state_dict(initial[1])
+        chosen = self.dist.broadcast(chosen)
+        if chosen is None:
+            if self.is_main:
+                self._truncate_metrics(0, 0)  # a fresh start: one trajectory in the log
+            return 1, 0
+        if not self.is_main:
+            state = read_checkpoint(chosen)
+            self._load_state(state)
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.wall_seconds = float(state.get("wall_seconds", 0.0))
+        epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
+        rngs = state["rng"]
+        rngs = [rngs] if isinstance(rngs, dict) else list(rngs)
+        saved_world = int(state.get("world_size", len(rngs)))
+        if saved_world == self.dist.world_size and len(rngs) == saved_world:
+            _set_rng_state(rngs[self.dist.rank], self.device)
+            progress = state.get("epoch_progress") or [{}] * saved_world
+            self.resumed_progress = progress[self.dist.rank] if batch > 0 else {}
+        else:
+            log.warning("checkpoint %s was written by %d process(es), this run has %d: training goes on, but with fresh "
+                        "RNG streams and the epoch position rescaled, so not exactly as before", chosen, saved_world, self.dist.world_size)
+            self._seed(self.cfg.seed + self.dist.rank + 7919 * self.step)
+            batch = batch * saved_world // self.dist.world_size
+        if self.is_main:
+            self._truncate_metrics(int(state.get("metrics_records", -1)), self.step)
+        log.info("resumed from %s: epoch %d, batch %d, step %d", chosen, epoch, batch, self.step)
+        return epoch, batch
 
     # ------------------------------------------------------------------ run
     def run(self) -> ASRModel:
+        try:
+            return self._run()
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
+            self.dist.close()
+
+    def _run(self) -> ASRModel:
         cfg = self.cfg
-        self._seed(cfg.seed)
-        save_yaml(cfg, self.exp / "config.yaml")
+        W, R = self.dist.world_size, self.dist.rank
+        if self.is_main:
+            save_yaml(cfg, self.exp / "config.yaml")
         train_cuts = _load_cuts(cfg.data.train, cfg.data.max_cut_duration)
-        dev_sets = {Path(p).name.replace("cuts_", "").split(".")[0]: _load_cuts([p]) for p in cfg.data.dev}
+        dev_sets = {Path(p).name.replace("cuts_", "").split(".")[0]: _load_cuts([p]) for p in cfg.data.dev} if self.is_main else {}
         log.info("training on %d cuts (%.2f h)", len(train_cuts), sum(c.duration for c in train_cuts) / 3600)
 
-        self.model = ASRModel(cfg.model, cfg.features, self.tokenizer).to(self.device)
-        mean, std = feature_stats(train_cuts, cfg.features)
-        self.model.set_feature_stats(mean.to(self.device), std.to(self.device))
-        n_params = sum(p.numel() for p in self.model.parameters())
-        log.info("model: %s encoder + %s head, %.2fM parameters", cfg.model.encoder, cfg.model.head, n_params / 1e6)
+        self.setup(train_cuts)
+        start_epoch, skip_batches = self.resume()
+        self.wrap()
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-        self.step = 0
-        self.train_seconds = 0.0
-        self.wall_seconds = 0.0
-        start_epoch, skip_batches = self._try_resume()
-
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(self.exp / "tensorboard"))
+            # a resumed run drops the events the killed run wrote after its checkpoint
+            self.tb = SummaryWriter(str(self.exp / "tensorboard"), purge_step=self.step + 1 if self.step else None)
         dataset = ASRDataset(self.tokenizer, cfg.features, cfg.data.augment, seed=cfg.seed)
         eval_dataset = ASRDataset(self.tokenizer, cfg.features, None)
-        sampler = make_sampler(train_cuts, cfg.data.sampler, train=True, seed=cfg.seed)
+        sampler = make_sampler(train_cuts, cfg.data.sampler, train=True, seed=cfg.seed, world_size=W, rank=R)
         sorted_sampler = None
         if cfg.data.sortagrad_epochs > 0:
-            sorted_sampler = make_sampler(train_cuts.sort_by_duration(ascending=True), cfg.data.sampler, train=False)
+            sorted_sampler = make_sampler(train_cuts.sort_by_duration(ascending=True), cfg.data.sampler, train=False, world_size=W, rank=R)
         bad_in_a_row = 0
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
         wall0 = time.perf_counter() - self.wall_seconds  # resumed runs keep their spent time
-        stop = False
-        epoch = start_epoch
+        stop = bool(cfg.max_steps and self.step >= cfg.max_steps)  # a finished run started again
+        last_epoch = start_epoch - 1
         for epoch in range(start_epoch, cfg.max_epochs + 1):
+            if stop:
+                break
             epoch_sampler = sorted_sampler if epoch <= cfg.data.sortagrad_epochs else sampler
             epoch_sampler.set_epoch(epoch)
-            batches = _SkipFirst(epoch_sampler, skip_batches)
-            loader = make_loader(dataset, batches, cfg.data.sampler.num_workers)
-            stats = Counter()
-            skipped = Counter()
+            batches = _EpochBatches(epoch_sampler, skip_batches, cfg.seed, epoch, R)
+            it = iter(make_loader(dataset, batches, cfg.data.sampler.num_workers))
+            progress = getattr(self, "resumed_progress", {}) if skip_batches else {}
+            stats: Counter = Counter(progress.get("stats", {}))  # summed over the epoch
+            skipped: Counter = Counter(progress.get("skipped", {}))
             t_epoch = time.perf_counter()
-            pbar = tqdm(loader, desc=f"epoch {epoch}", disable=not self.progress, dynamic_ncols=True)
+            pbar = tqdm(desc=f"epoch {epoch}", unit="batch", disable=not self.progress, dynamic_ncols=True)
             batch_idx = skip_batches
             skip_batches = 0
-            for batch in pbar:
-                batch_idx += 1
+            exhausted = False
+            while not exhausted:
+                group: list[dict] = []
                 t0 = time.perf_counter()
-                skipped.update(batch["skipped"])
-                if not batch["cut_ids"]:
-                    continue
-                x = batch["features"].to(self.device)
-                lens = batch["feature_lens"].to(self.device)
-                stats["frames"] += int(lens.sum())
-                stats["padded_frames"] += int(x.shape[0] * x.shape[1])
-                out = self.model(x, lens, batch["tokens"])
-                n_bad = int(out["unalignable"].sum())
-                if n_bad:
-                    skipped["unalignable"] += n_bad
-                loss = out["loss"] / cfg.optim.accum_grad
-                if not torch.isfinite(loss):
+                while len(group) < cfg.optim.accum_grad:
+                    batch = next(it, None)
+                    # every rank must agree: the epoch ends for all when one rank runs dry, and a
+                    # batch whose cuts were all unreadable on one rank is skipped by all
+                    exhausted, empty = self.dist.any([batch is None, batch is not None and not batch["cut_ids"]], self.device)
+                    if exhausted:
+                        break
+                    batch_idx += 1
+                    pbar.update(1)
+                    skipped.update(batch["skipped"])
+                    if empty:
+                        if batch["cut_ids"]:
+                            skipped["batches_dropped_with_another_rank"] += 1
+                        continue
+                    group.append(batch)
+                if not group:
+                    break
+                res = self.train_step(group, epoch)
+                stats["frames"] += res["frames"]
+                stats["padded_frames"] += res["padded_frames"]
+                if res["unalignable"]:
+                    skipped["unalignable"] += res["unalignable"]
+                if "skipped" in res:
                     bad_in_a_row += 1
-                    skipped["nonfinite_loss_batches"] += 1
-                    log.warning("step %d: loss is %s; batch skipped (%d in a row)", self.step, float(loss), bad_in_a_row)
-                    self.opt.zero_grad(set_to_none=True)
+                    skipped[f"{res['skipped']}_batches"] += len(group)
+                    log.warning("step %d: %s (loss %s, grad norm %s); update skipped (%d in a row)", self.step, res["skipped"],
+                                res.get("loss"), res.get("grad_norm"), bad_in_a_row)
                     if bad_in_a_row >= cfg.max_bad_steps:
-                        raise RuntimeError(f"{bad_in_a_row} non-finite losses in a row: stopping (lower the lr?)")
-                    continue
-                loss.backward()
-                stats["micro"] += 1
-                stats["loss_sum"] += float(out["loss_sum"])
-                stats["tokens"] += out["tokens"]
-                if stats["micro"] % cfg.optim.accum_grad:
-                    continue
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-                if not torch.isfinite(grad_norm):
-                    bad_in_a_row += 1
-                    skipped["nonfinite_grad_batches"] += 1
-                    log.warning("step %d: gradient norm is %s; update skipped", self.step, float(grad_norm))
-                    self.opt.zero_grad(set_to_none=True)
-                    if bad_in_a_row >= cfg.max_bad_steps:
-                        raise RuntimeError(f"{bad_in_a_row} non-finite gradients in a row: stopping")
+                        what = "losses" if res["skipped"] == "nonfinite_loss" else "gradients"
+                        raise RuntimeError(f"{bad_in_a_row} non-finite {what} in a row: stopping (lower the lr?)")
                     continue
                 bad_in_a_row = 0
-                self.step += 1
-                lr = lr_at(self.step, cfg.optim)
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
+                stats["loss_sum"] += res["loss_sum"]
+                stats["tokens"] += res["tokens"]
                 self.train_seconds += time.perf_counter() - t0
                 if self.step % cfg.log_every == 0:
-                    rec = {"kind": "train", "epoch": epoch, "step": self.step, "loss": float(out["loss"].detach()), "lr": lr, "grad_norm": float(grad_norm)}
+                    rec = {"kind": "train", "epoch": epoch, "step": self.step, "loss": res["loss"], "lr": res["lr"], "grad_norm": res["grad_norm"]}
+                    rec.update({k: v for k, v in res.items() if k.endswith("_loss") and k != "loss"})
+                    if self.scaler.is_enabled():
+                        rec["loss_scale"] = float(self.scaler.get_scale())
                     self._log_metrics(rec)
-                    pbar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
+                    pbar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{res['lr']:.2e}")
                 if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
-                    self._save(epoch, batch_idx)
+                    self._save(epoch, batch_idx, progress={"stats": dict(stats), "skipped": dict(skipped)})
                 self.wall_seconds = time.perf_counter() - wall0
-                if (cfg.max_steps and self.step >= cfg.max_steps) or self.wall_seconds >= budget:
+                (over_budget,) = self.dist.any([self.wall_seconds >= budget], self.device)
+                if (cfg.max_steps and self.step >= cfg.max_steps) or over_budget:
                     stop = True
                     break
+            pbar.close()
+            del it  # stops the data-loader workers
             last = stop or epoch == cfg.max_epochs
-            pad = 1.0 - stats["frames"] / max(1, stats["padded_frames"])
+            frames, padded = self.dist.sum([stats["frames"], stats["padded_frames"]], self.device)
+            if self.dist.enabled:
+                skipped = sum((Counter(s) for s in self.dist.gather(dict(skipped))), Counter())
+            pad = 1.0 - frames / max(1.0, padded)
             train_loss = stats["loss_sum"] / max(1, stats["tokens"])
             rec = {"kind": "epoch", "epoch": epoch, "step": self.step, "train_loss": train_loss, "padding_fraction": pad,
                    "epoch_seconds": time.perf_counter() - t_epoch, "skipped": dict(skipped)}
             msg = f"epoch {epoch}: train loss {train_loss:.3f}, padding {100 * pad:.1f}%"
-            for name, cuts in dev_sets.items() if last or epoch % cfg.valid_every_epochs == 0 else ():
-                ev = evaluate(self.model, make_loader(eval_dataset, make_sampler(cuts.subset(first=min(len(cuts), cfg.data.dev_max_cuts)), cfg.data.sampler, train=False)))
-                rec[f"{name}_loss"] = ev["loss"]
-                rec[f"{name}_wer"] = ev["wer"]
-                msg += f", {name} loss {ev['loss']:.3f} WER {ev['wer']:.2f}%"
+            if self.is_main and (last or epoch % cfg.valid_every_epochs == 0):
+                for name, cuts in dev_sets.items():
+                    ev = self.validate(cuts, eval_dataset)
+                    d = ev["wer_detail"]
+                    rec.update({f"{name}_loss": ev["loss"], f"{name}_wer": ev["wer"], f"{name}_words": d["words"],
+                                f"{name}_sub": d["sub"], f"{name}_del": d["del"], f"{name}_ins": d["ins"]})
+                    msg += f", {name} loss {ev['loss']:.3f} WER {ev['wer']:.2f}%"
+            self.dist.barrier()  # the other ranks wait here while rank 0 validates
             if skipped:
                 msg += f", skipped {dict(skipped)}"
-            log.info(msg)
-            self._log_metrics(rec)
+            if self.is_main:
+                log.info(msg)
             self.wall_seconds = time.perf_counter() - wall0
             rec["wall_seconds"] = round(self.wall_seconds, 1)
+            self._log_metrics(rec)
             if last or epoch % cfg.save_every_epochs == 0:
                 self._save(epoch + 1, 0, tag=f"epoch-{epoch}")
-            if stop:
-                break
-        self.tb.close()
-        final = self._final_model(epoch)
-        final.save(self.exp / "model.pt", meta={"epochs": epoch, "steps": self.step, "train_seconds": round(self.train_seconds, 1), "wall_seconds": round(self.wall_seconds, 1)})
-        plot_curves(self.metrics_path, self.exp / "curves.png")
-        log.info("wrote %s and %s", self.exp / "model.pt", self.exp / "curves.png")
-        return final
+            last_epoch = epoch
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        final = self.model
+        if self.is_main:
+            final = self._final_model(last_epoch)
+            final.save(self.exp / "model.pt", meta={"epochs": last_epoch, "steps": self.step, "train_seconds": round(self.train_seconds, 1),
+                                                    "wall_seconds": round(self.wall_seconds, 1), "world_size": W, "precision": self.precision})
+            plot_curves(self.metrics_path, self.exp / "curves.png")
+            table = write_valid_table(self.metrics_path, self.exp / "valid_wer.md")
+            if table:
+                log.info("validation at the end of training:\n%s", table)
+            log.info("wrote %s, %s and %s", self.exp / "model.pt", self.exp / "curves.png", self.exp / "valid_wer.md")
+        self.dist.barrier()
+        return final.cpu().eval()
+
+    def validate(self, cuts: CutSet, dataset: ASRDataset) -> dict:
+        """Loss and greedy WER of the (unwrapped) model on the first ``dev_max_cuts`` cuts."""
+        cuts = cuts.subset(first=min(len(cuts), self.cfg.data.dev_max_cuts))
+        # world_size/rank given: lhotse would otherwise take rank 0's share of torchrun's WORLD_SIZE
+        sampler = make_sampler(cuts, self.cfg.data.sampler, train=False, world_size=1, rank=0)
+        return evaluate(self.model, make_loader(dataset, sampler))
 
     def _final_model(self, last_epoch: int) -> ASRModel:
         n = max(1, self.cfg.average_last)
@@ -405,34 +679,60 @@ class Trainer:
         return self.model.cpu().eval()
 
 
-class _SkipFirst:
-    """Iterates a sampler, dropping its first ``n`` batches (mid-epoch resume)."""
+class _EpochBatches:
+    """One epoch of a sampler's batches, the first ``skip`` dropped (mid-epoch resume), each
+    with the seed of its augmentation: ``batch_seed(seed, epoch, index, rank)``."""
 
-    def __init__(self, sampler, n: int):
-        self.sampler, self.n = sampler, n
+    def __init__(self, sampler, skip: int, seed: int, epoch: int, rank: int):
+        self.sampler, self.skip, self.seed, self.epoch, self.rank = sampler, skip, seed, epoch, rank
 
     def __iter__(self):
-        for i, batch in enumerate(self.sampler):
-            if i >= self.n:
-                yield batch
+        for i, cuts in enumerate(self.sampler):
+            if i >= self.skip:
+                yield SeededCuts(cuts, batch_seed(self.seed, self.epoch, i, self.rank))
 
 
-def _rng_to_tensors(rng: dict) -> dict:
-    py = rng["python"]
-    np_state = rng["numpy"]
-    return {
+def _rng_state(device: torch.device) -> dict:
+    """This process's python, numpy, torch (and CUDA) RNG states as tensors and builtins
+    (what ``torch.load(weights_only=True)`` reads back)."""
+    py = random.getstate()
+    npy = np.random.get_state()
+    state = {
         "python": [py[0], torch.tensor(py[1], dtype=torch.int64), py[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": rng["torch"],
+        "numpy": [npy[0], torch.from_numpy(npy[1].astype(np.int64)), int(npy[2]), int(npy[3]), float(npy[4])],
+        "torch": torch.get_rng_state(),
     }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _rng_from_tensors(rng: dict) -> None:
-    py = rng["python"]
-    random.setstate((py[0], tuple(int(v) for v in py[1].tolist()), py[2]))
-    n = rng["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(rng["torch"])
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    py = state["python"]
+    random.setstate((int(py[0]), tuple(int(v) for v in py[1].tolist()), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def write_valid_table(metrics_path: Path, out_md: Path) -> str:
+    """The last validation in metrics.jsonl as a markdown table (split, loss, WER, words,
+    sub/del/ins), written to ``out_md``; returns it ("" when there was no validation)."""
+    recs = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.is_file() else []
+    rec = next((r for r in reversed(recs) if r.get("kind") == "epoch" and any(k.endswith("_wer") for k in r)), None)
+    if rec is None:
+        return ""
+    splits = sorted(k[: -len("_wer")] for k in rec if k.endswith("_wer"))
+    lines = [f"Validation after epoch {rec['epoch']} (step {rec['step']}), greedy decoding.", "",
+             "| split | loss | WER % | words | sub | del | ins |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in splits:
+        lines.append(f"| {s} | {rec[f'{s}_loss']:.4f} | {rec[f'{s}_wer']:.2f} | {rec.get(f'{s}_words', '')} | "
+                     f"{rec.get(f'{s}_sub', '')} | {rec.get(f'{s}_del', '')} | {rec.get(f'{s}_ins', '')} |")
+    table = "\n".join(lines) + "\n"
+    out_md.write_text(table)
+    return table
 
 
 def plot_curves(metrics_path: Path, out_png: Path) -> None:

@@ -1,0 +1,119 @@
+"""Data-parallel plumbing for the trainer: the torchrun environment and a few collectives.
+
+``torchrun`` (``python -m torch.distributed.run``) starts one process per device and sets
+``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; on several nodes
+it sets them for every node. ``Dist.from_env`` reads them (a plain ``python`` run is one process
+of rank 0) and ``Dist.init`` joins the process group: NCCL when training on CUDA, gloo on CPU.
+Every helper here is a no-op in a single process, so the trainer has one code path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Dist"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dist:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        def num(name: str, default: int) -> int:
+            value = os.environ.get(name, "")
+            try:
+                return int(value) if value else default
+            except ValueError:
+                raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+        world = num("WORLD_SIZE", 1)
+        rank = num("RANK", 0)
+        local = num("LOCAL_RANK", rank)
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"bad torchrun environment: WORLD_SIZE={world}, RANK={rank}")
+        return cls(world, rank, local)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, requested: str) -> torch.device:
+        """The device of this process: ``auto`` is ``cuda:LOCAL_RANK`` when CUDA is there, else CPU."""
+        if requested == "auto":
+            requested = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(requested)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return dev
+
+    def init(self, device: torch.device, timeout_minutes: float = 120.0) -> None:
+        """Join the process group (NCCL on CUDA, gloo otherwise); nothing in a single process."""
+        if not self.enabled or dist.is_initialized():
+            return
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes), **kwargs)
+        log.info("rank %d of %d (local rank %d) joined the %s process group", self.rank, self.world_size, self.local_rank, backend)
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ------------------------------------------------------------------ collectives
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """Element-wise sum over ranks (float64)."""
+        if not self.enabled:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def any(self, flags: list[bool], device: torch.device) -> list[bool]:
+        """Element-wise logical or over ranks: every rank takes the same branch."""
+        if not self.enabled:
+            return [bool(f) for f in flags]
+        t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def gather(self, obj) -> list:
+        """``obj`` of every rank, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def broadcast_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.broadcast(t, src=0)
+        return t

@@ -1,0 +1,468 @@
+"""The trainer: LR schedules, precision, reproducible augmentation, exact resume after kill -9,
+DDP's step equal to a single process's on the same global batch, the validation table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asr.training.schedules import eden_factor, lr_at
+from asr.training.trainer import OptimConfig, TrainConfig, resolve_precision, write_valid_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------- schedules
+def _lrs(cfg: OptimConfig, steps, epoch: int = 1) -> np.ndarray:
+    return np.array([lr_at(s, cfg, epoch) for s in steps])
+
+
+def test_constant_and_noam_shapes():
+    c = OptimConfig(lr=1e-3, warmup_steps=100, schedule="constant")
+    assert lr_at(50, c) == pytest.approx(5e-4) and lr_at(100, c) == pytest.approx(1e-3)
+    assert np.allclose(_lrs(c, range(100, 5000, 97)), 1e-3)
+    n = OptimConfig(lr=1e-3, warmup_steps=100, schedule="noam")
+    warm = _lrs(n, range(1, 101))
+    assert np.all(np.diff(warm) > 0) and warm[-1] == pytest.approx(1e-3)
+    assert lr_at(25, n) == pytest.approx(2.5e-4)
+    assert lr_at(400, n) == pytest.approx(5e-4)  # 1/sqrt(step) after the peak
+    assert lr_at(10000, n) == pytest.approx(1e-4)
+    assert np.all(np.diff(_lrs(n, range(100, 3000))) < 0)
+
+
+def test_cosine_shape():
+    c = OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, total_steps=1100, schedule="cosine")
+    assert lr_at(50, c) == pytest.approx(5e-4) and lr_at(100, c) == pytest.approx(1e-3)
+    assert lr_at(600, c) == pytest.approx(0.5 * (1e-3 + 1e-5))  # half way down
+    assert lr_at(1100, c) == pytest.approx(1e-5) and lr_at(5000, c) == pytest.approx(1e-5)
+    assert np.all(np.diff(_lrs(c, range(100, 1101))) < 0)
+
+
+def test_eden_shape():
+    e = OptimConfig(lr=1e-3, warmup_steps=100, schedule="eden", lr_batches=1000, lr_epochs=4)
+    # linear warmup, times the (close to 1) step factor
+    assert lr_at(50, e) == pytest.approx(0.5e-3 * eden_factor(50, 0, 1000, 4))
+    assert np.all(np.diff(_lrs(e, range(1, 101))) > 0)
+    # after warmup: falls with steps; lr_batches steps in it is down by 2^-0.25 ...
+    assert np.all(np.diff(_lrs(e, range(100, 20000, 50))) < 0)
+    assert lr_at(1000, e) == pytest.approx(1e-3 * 2**-0.25)
+    # ... and for step >> lr_batches as step^-0.5
+    assert lr_at(400_000, e) / lr_at(100_000, e) == pytest.approx(0.5, rel=1e-3)
+    # the epoch factor: epoch counts completed epochs (epoch 1 = 0 completed, factor 1)
+    assert lr_at(1000, e, epoch=1) == pytest.approx(1e-3 * 2**-0.25)
+    assert lr_at(1000, e, epoch=5) == pytest.approx(1e-3 * 2**-0.25 * 2**-0.25)
+    assert lr_at(1000, e, epoch=401) / lr_at(1000, e, epoch=101) == pytest.approx(0.5, rel=1e-3)
+    by_epoch = [lr_at(3000, e, epoch=k) for k in range(1, 30)]
+    assert all(a > b for a, b in zip(by_epoch, by_epoch[1:]))
+    with pytest.raises(ValueError, match="lr_batches"):
+        lr_at(10, OptimConfig(schedule="eden", lr_batches=0))
+
+
+def test_precision_on_cpu_is_fp32(caplog):
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("fp32", cpu) == "fp32"
+    with caplog.at_level("WARNING"):
+        assert resolve_precision("bf16", cpu) == "fp32"
+        assert resolve_precision("fp16", cpu) == "fp32"
+    assert sum("always trains in fp32" in r.message for r in caplog.records) == 2
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", cpu)
+
+
+# ---------------------------------------------------------------------- helpers
+def _tiny_model() -> dict:
+    return {"encoder": "lstm", "encoder_config": {"preset": "small", "num_layers": 1, "hidden_size": 64, "proj_size": 32, "input_size": 64}}
+
+
+def _augment(tiny_data: Path) -> dict:
+    noise = tiny_data / "corpus/noise/recordings.jsonl.gz"
+    assert noise.is_file(), noise
+    return {"speed_prob": 0.5, "noise_manifest": str(noise), "noise_prob": 0.5, "noise_snr": [5.0, 15.0],
+            "spec_augment": True, "num_frame_masks": 2, "frame_mask_size": 20}
+
+
+def _records(exp: Path) -> list[dict]:
+    return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+
+
+def _ckpt_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_same_weights(a: dict, b: dict, rtol: float, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k].double(), b[k].double(), rtol=rtol, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+# ---------------------------------------------------------------------- augmentation seeds
+def test_seeded_batches_are_reproducible_and_leave_global_rng_alone(tiny_data):
+    from lhotse import CutSet
+
+    from asr.data.dataset import ASRDataset, AugmentConfig, SeededCuts, make_loader
+    from asr.data.features import FeatureConfig
+    from asr.data.tokenizer import Tokenizer
+
+    cuts = CutSet.from_file(tiny_data / "manifests/cuts_train.jsonl.gz").subset(first=3)
+    aug = AugmentConfig(**_augment(tiny_data))
+    ds = ASRDataset(Tokenizer.load(tiny_data / "lang_bpe48"), FeatureConfig(), aug, seed=1)
+    random.seed(3)
+    torch.manual_seed(3)
+    before = (random.getstate(), torch.get_rng_state())
+    a = ds[SeededCuts(cuts, 11)]
+    assert random.getstate() == before[0] and torch.equal(torch.get_rng_state(), before[1])
+    random.random(), torch.rand(5), np.random.rand()  # whatever the caller's RNGs do meanwhile
+    b = ds[SeededCuts(cuts, 11)]
+    c = ds[SeededCuts(cuts, 12)]
+    assert torch.equal(a["features"], b["features"])
+    assert a["features"].shape != c["features"].shape or not torch.equal(a["features"], c["features"])
+    # in a data-loader worker the same seed gives the same batch
+    (w,) = list(make_loader(ds, [SeededCuts(cuts, 11)], num_workers=1))
+    assert torch.equal(w["features"], a["features"])
+
+
+# ---------------------------------------------------------------------- exact resume
+RESUME_STEPS = 14
+SAVE_EVERY = 4
+
+
+def _resume_config(tiny_data: Path, tmp: Path) -> Path:
+    """Tiny LSTM (dropout on), every augmentation on, about 5 batches an epoch."""
+    import yaml
+
+    cfg = {
+        "seed": 7,
+        "data": {
+            "train": [str(tiny_data / "manifests/cuts_train.jsonl.gz")],
+            "dev": [str(tiny_data / "manifests/cuts_dev.jsonl.gz")],
+            "tokenizer": str(tiny_data / "lang_bpe48"),
+            "sampler": {"max_duration": 25.0, "num_buckets": 2, "num_workers": 0},
+            "augment": _augment(tiny_data),
+            "dev_max_cuts": 3,
+        },
+        "model": {**_tiny_model(), "dropout": 0.2},
+        "optim": {"lr": 3e-3, "warmup_steps": 3, "schedule": "eden", "lr_batches": 6, "lr_epochs": 1},
+        "max_epochs": 100, "max_steps": RESUME_STEPS, "log_every": 1, "save_every_steps": SAVE_EVERY,
+        "valid_every_epochs": 100, "keep_last": 3, "average_last": 2, "threads": 1, "precision": "fp32",
+    }
+    path = tmp / "conf.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _start(cfg: Path, exp: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(k, None)
+    return subprocess.Popen([sys.executable, "-m", "asr.cli", "train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress",
+                             "--set", *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_after_step(proc: subprocess.Popen, exp: Path, step: int, timeout: float = 120.0) -> None:
+    """SIGKILL ``proc`` as soon as metrics.jsonl shows a train record with ``step``."""
+    t0 = time.monotonic()
+    metrics = exp / "metrics.jsonl"
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended (rc {proc.returncode}) before it could be killed:\n{proc.stderr.read()[-3000:]}")
+        if metrics.is_file() and any(f'"step": {step},' in line and '"kind": "train"' in line for line in metrics.read_text().splitlines()):
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            assert proc.returncode == -signal.SIGKILL
+            proc.stderr.close()
+            return
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no step {step} within {timeout} s")
+
+
+def _newest_ckpt(exp: Path) -> Path:
+    return max((exp / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def test_resume_after_kill_9_follows_the_uninterrupted_trajectory(tiny_data, tmp_path):
+    from asr.cli import main
+
+    cfg = _resume_config(tiny_data, tmp_path)
+    ref = tmp_path / "uninterrupted"
+    threads = torch.get_num_threads()
+    try:
+        main(["train", "--config", str(cfg), "--exp-dir", str(ref), "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
+    ref_recs = _records(ref)
+    ref_train = [r for r in ref_recs if r["kind"] == "train"]
+    assert [r["step"] for r in ref_train] == list(range(1, RESUME_STEPS + 1))
+    epoch_ends = [r["step"] for r in ref_recs if r["kind"] == "epoch"]
+    assert len(epoch_ends) >= 3, epoch_ends  # the run crosses epoch boundaries
+
+    # The same config in a subprocess (its batches made in a data-loader worker), killed with
+    # SIGKILL twice, the second time with the newest checkpoint then corrupted.
+    exp = tmp_path / "killed"
+    workers = "data.sampler.num_workers=1"
+    proc = _start(cfg, exp, workers)
+    _kill_after_step(proc, exp, SAVE_EVERY + 1)
+    first = _ckpt_state(_newest_ckpt(exp))
+    assert first["step"] == SAVE_EVERY and first["batch_in_epoch"] > 0  # a mid-epoch checkpoint
+    assert max(r["step"] for r in _records(exp)) > SAVE_EVERY  # records the resumed run must drop
+
+    proc = _start(cfg, exp, workers)
+    _kill_after_step(proc, exp, 2 * SAVE_EVERY + 1)
+    newest = _newest_ckpt(exp)
+    second = _ckpt_state(newest)
+    assert second["step"] == 2 * SAVE_EVERY and second["batch_in_epoch"] > 0 and second["epoch"] > first["epoch"]
+    newest.write_bytes(newest.read_bytes()[:5000])  # corrupt: the restart falls back to an older one
+
+    proc = _start(cfg, exp, workers)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "cannot resume from" in err and "resumed from" in err
+
+    recs = _records(exp)
+    train = [r for r in recs if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, RESUME_STEPS + 1))  # one clean trajectory
+    np.testing.assert_allclose([r["loss"] for r in train], [r["loss"] for r in ref_train], rtol=1e-5)
+    np.testing.assert_allclose([r["grad_norm"] for r in train], [r["grad_norm"] for r in ref_train], rtol=1e-5)
+    np.testing.assert_allclose([r["lr"] for r in train], [r["lr"] for r in ref_train], rtol=1e-12)
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert [r["step"] for r in epochs] == epoch_ends
+    ref_epochs = [r for r in ref_recs if r["kind"] == "epoch"]
+    for key in ("train_loss", "padding_fraction"):  # an epoch's counters survive a mid-epoch kill
+        np.testing.assert_allclose([r[key] for r in epochs], [r[key] for r in ref_epochs], rtol=1e-5)
+    assert [r["skipped"] for r in epochs] == [r["skipped"] for r in ref_epochs]
+    for key in ("dev_loss", "dev_wer", "dev_sub", "dev_del", "dev_ins"):
+        assert epochs[-1][key] == pytest.approx(ref_epochs[-1][key], rel=1e-5)
+    # final weights: the last checkpoint and model.pt (an average of the last 2 epochs)
+    _assert_same_weights(_ckpt_state(_newest_ckpt(exp))["model"]["state_dict"], _ckpt_state(_newest_ckpt(ref))["model"]["state_dict"], 1e-5, 1e-7)
+    _assert_same_weights(_ckpt_state(exp / "model.pt")["state_dict"], _ckpt_state(ref / "model.pt")["state_dict"], 1e-5, 1e-7)
+    for name in ("curves.png", "valid_wer.md"):
+        assert (exp / name).is_file()
+
+
+# ---------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_config(tiny_data: Path, exp: Path) -> TrainConfig:
+    from asr.config import from_dict
+
+    return from_dict(TrainConfig, {
+        "exp_dir": str(exp), "seed": 3, "threads": 1, "precision": "fp32",
+        "data": {"train": [str(tiny_data / "manifests/cuts_train.jsonl.gz")], "tokenizer": str(tiny_data / "lang_bpe48")},
+        "model": {"encoder": "lstm", "encoder_config": {**_tiny_model()["encoder_config"], "dropout": 0.0}, "dropout": 0.0},
+        "optim": {"lr": 1e-3, "warmup_steps": 1, "schedule": "constant", "grad_clip": 1000.0},
+    })
+
+
+def _global_batch(tiny_data: Path):
+    from lhotse import CutSet
+
+    cuts = CutSet.from_file(tiny_data / "manifests/cuts_train.jsonl.gz")
+    return cuts, cuts.subset(first=6)
+
+
+def _step_result(trainer, res: dict) -> dict:
+    opt = trainer.opt
+    grads = [opt.state[p]["exp_avg"].detach().cpu() / (1 - opt.defaults["betas"][0]) for p in trainer.model.parameters()]
+    return {"res": {k: res[k] for k in ("loss", "tokens", "grad_norm")}, "grads": grads,
+            "weights": {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}}
+
+
+def _ddp_rank(rank: int, world: int, port: int, tiny_data: str, exp: str, out: str) -> None:
+    """One rank: environment as torchrun sets it, then one optimizer step on its share."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    from asr.data.dataset import ASRDataset
+    from asr.training.trainer import Trainer
+
+    tiny_data = Path(tiny_data)
+    train_cuts, batch_cuts = _global_batch(tiny_data)
+    trainer = Trainer(_ddp_config(tiny_data, Path(exp)), progress=False)
+    assert trainer.dist.world_size == world and trainer.dist.rank == rank
+    trainer.setup(train_cuts)
+    trainer.wrap()
+    assert trainer.ddp is not None
+    share = batch_cuts.subset(first=2) if rank == 0 else batch_cuts.subset(last=4)  # unequal token counts
+    batch = ASRDataset(trainer.tokenizer, trainer.cfg.features, None)[share]
+    res = trainer.train_step([batch], epoch=1)
+    assert "skipped" not in res
+    torch.save({**_step_result(trainer, res), "local_tokens": sum(map(len, batch["tokens"]))}, Path(out) / f"rank{rank}.pt")
+    trainer.dist.close()
+
+
+def test_ddp_step_equals_single_process_step_on_the_global_batch(tiny_data, tmp_path):
+    import torch.multiprocessing as mp
+
+    from asr.data.dataset import ASRDataset
+    from asr.training.trainer import Trainer
+
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        assert k not in os.environ
+    mp.spawn(_ddp_rank, args=(2, _free_port(), str(tiny_data), str(tmp_path / "ddp"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["local_tokens"] != ranks[1]["local_tokens"]
+
+    threads = torch.get_num_threads()
+    try:
+        train_cuts, batch_cuts = _global_batch(tiny_data)
+        single = Trainer(_ddp_config(tiny_data, tmp_path / "single"), progress=False)
+        assert not single.dist.enabled
+        single.setup(train_cuts)
+        single.wrap()
+        ds = ASRDataset(single.tokenizer, single.cfg.features, None)
+        init = {k: v.clone() for k, v in single.model.state_dict().items()}
+        ref = _step_result(single, single.train_step([ds[batch_cuts]], epoch=1))
+
+        # What a per-rank mean averaged over ranks would give instead (the wrong normalization):
+        # the test must be able to tell the two apart.
+        single.model.load_state_dict(init)
+        naive = 0.0
+        for part in (batch_cuts.subset(first=2), batch_cuts.subset(last=4)):
+            b = ds[part]
+            out = single.model(b["features"], b["feature_lens"], b["tokens"])
+            naive = naive + 0.5 * out["loss"]
+        naive_grads = torch.autograd.grad(naive, list(single.model.parameters()))
+    finally:
+        torch.set_num_threads(threads)
+
+    for r in ranks:  # both ranks hold the same weights after the step
+        assert r["res"]["tokens"] == ref["res"]["tokens"]
+        assert r["res"]["loss"] == pytest.approx(ref["res"]["loss"], rel=1e-6)
+        assert r["res"]["grad_norm"] == pytest.approx(ref["res"]["grad_norm"], rel=1e-5)
+        # the gradient (from Adam's first moment) equals the global batch's to float rounding
+        flat = torch.cat([g.flatten() for g in r["grads"]]).double()
+        flat_ref = torch.cat([g.flatten() for g in ref["grads"]]).double()
+        assert (flat - flat_ref).norm() <= 1e-6 * flat_ref.norm(), float((flat - flat_ref).norm() / flat_ref.norm())
+        # Adam's first step is about lr * sign(gradient): on elements whose gradient is near 0
+        # rounding moves the update by a fraction of lr (1e-3), hence the absolute 1e-6
+        _assert_same_weights(r["weights"], ref["weights"], rtol=1e-6, atol=1e-6)
+    flat_naive = torch.cat([g.flatten() for g in naive_grads]).double()
+    assert (flat_ref - flat_naive).norm() > 1e-2 * flat_ref.norm()  # the wrong normalization is far off
+
+
+def test_torchrun_two_processes_train_checkpoint_and_resume(tiny_data, tmp_path):
+    """The whole run under torchrun (gloo, 2 CPU processes): rank 0 alone writes logs,
+    checkpoints (with both ranks' RNG states) and validates; after losing the last checkpoint
+    the restarted pair resumes mid-epoch and retraces the same steps."""
+    import yaml
+
+    cfg = {
+        "seed": 5,
+        "data": {"train": [str(tiny_data / "manifests/cuts_train.jsonl.gz")], "dev": [str(tiny_data / "manifests/cuts_dev.jsonl.gz")],
+                 "tokenizer": str(tiny_data / "lang_bpe48"), "sampler": {"max_duration": 25.0, "num_buckets": 2, "num_workers": 0},
+                 "augment": {"spec_augment": True}, "dev_max_cuts": 2},
+        "model": _tiny_model(),
+        "optim": {"lr": 3e-3, "warmup_steps": 2, "schedule": "noam"},
+        "max_epochs": 100, "max_steps": 7, "log_every": 1, "save_every_steps": 3, "threads": 1,
+    }
+    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(cfg))
+    exp = tmp_path / "exp"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "asr.cli", "train", "--config", str(tmp_path / "conf.yaml"),
+           "--exp-dir", str(exp), "--no-progress"]
+
+    def train() -> list[dict]:
+        r = subprocess.run(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return _records(exp)
+
+    first = train()
+    steps = [r["step"] for r in first if r["kind"] == "train"]
+    assert steps == list(range(1, 8))
+    log = (exp / "train.log").read_text()
+    assert "rank 0 of 2" in log and "rank 1 of 2" not in log  # one writer
+    assert "dev_wer" in [r for r in first if r["kind"] == "epoch"][-1]
+    mid = _ckpt_state(exp / "checkpoints" / "ckpt-6.pt")
+    assert mid["world_size"] == 2 and len(mid["rng"]) == 2 and mid["batch_in_epoch"] > 0
+    assert not torch.equal(mid["rng"][0]["torch"], mid["rng"][1]["torch"])  # each rank's own stream
+    (exp / "checkpoints" / "ckpt-7.pt").unlink()  # as if killed before its last checkpoint
+
+    again = train()
+    assert "resumed from" in (log := (exp / "train.log").read_text()) and "ckpt-6.pt: epoch 2, batch" in log
+    assert [r["step"] for r in again if r["kind"] == "train"] == steps
+    for a, b in zip(first, again):
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            if k not in ("epoch_seconds", "wall_seconds"):
+                assert v == (pytest.approx(b[k], rel=1e-6) if isinstance(v, float) else b[k]), (k, a, b)
+
+
+# ---------------------------------------------------------------------- guards and grad scaler
+def test_nonfinite_steps_never_reach_the_weights_and_the_scaler_state_is_checkpointed(tiny_data, tmp_path):
+    from lhotse import CutSet
+
+    from asr.data.dataset import ASRDataset
+    from asr.training.trainer import Trainer
+
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(_ddp_config(tiny_data, tmp_path / "exp"), progress=False)
+        trainer.setup(None)
+        # the fp16 machinery, exercised on the CPU (where training itself is always fp32)
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
+        cuts = CutSet.from_file(tiny_data / "manifests/cuts_train.jsonl.gz").subset(first=2)
+        batch = ASRDataset(trainer.tokenizer, trainer.cfg.features, None)[cuts]
+        w0 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+        bad = {**batch, "features": batch["features"].clone()}
+        bad["features"][0, 3, 5] = float("nan")
+        res = trainer.train_step([bad], epoch=1)
+        assert res["skipped"] == "nonfinite_loss" and trainer.step == 0
+
+        p = next(trainer.model.parameters())
+        hook = p.register_hook(lambda g: g * float("inf"))
+        res = trainer.train_step([batch], epoch=1)
+        hook.remove()
+        assert res["skipped"] == "nonfinite_grad" and trainer.step == 0
+        assert trainer.scaler.get_scale() == 512.0  # an overflow halves the loss scale
+        _assert_same_weights(trainer.model.state_dict(), w0, rtol=0, atol=0)
+        assert all(q.grad is None for q in trainer.model.parameters())
+
+        res = trainer.train_step([batch], epoch=1)
+        assert "skipped" not in res and trainer.step == 1 and math.isfinite(res["loss"])
+        assert not torch.equal(trainer.model.state_dict()["encoder.input_proj.weight"], w0["encoder.input_proj.weight"])
+        trainer._save(1, 1, progress={"stats": {"tokens": 3.0}})
+
+        again = Trainer(_ddp_config(tiny_data, tmp_path / "exp"), progress=False)
+        again.setup(None)
+        again.scaler = torch.amp.GradScaler("cpu", enabled=True)
+        assert again.resume() == (1, 1) and again.step == 1
+        assert again.scaler.get_scale() == 512.0 and again.resumed_progress == {"stats": {"tokens": 3.0}}
+        _assert_same_weights(again.model.state_dict(), trainer.model.state_dict(), rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------- validation table
+def test_valid_table_from_the_last_validation(tmp_path):
+    m = tmp_path / "metrics.jsonl"
+    recs = [
+        {"kind": "train", "epoch": 1, "step": 1, "loss": 3.0},
+        {"kind": "epoch", "epoch": 1, "step": 5, "train_loss": 2.0, "dev_loss": 2.5, "dev_wer": 90.0, "dev_words": 10, "dev_sub": 7, "dev_del": 1, "dev_ins": 1},
+        {"kind": "epoch", "epoch": 2, "step": 9, "train_loss": 1.5, "dev_loss": 1.25, "dev_wer": 50.0, "dev_words": 10, "dev_sub": 3, "dev_del": 1, "dev_ins": 1,
+         "test_loss": 1.5, "test_wer": 60.0, "test_words": 5, "test_sub": 2, "test_del": 1, "test_ins": 0},
+        {"kind": "epoch", "epoch": 3, "step": 12, "train_loss": 1.0},  # no validation this epoch
+    ]
+    m.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    table = write_valid_table(m, tmp_path / "valid_wer.md")
+    assert (tmp_path / "valid_wer.md").read_text() == table
+    assert "epoch 2 (step 9)" in table
+    assert "| dev | 1.2500 | 50.00 | 10 | 3 | 1 | 1 |" in table
+    assert "| test | 1.5000 | 60.00 | 5 | 2 | 1 | 0 |" in table
+    assert write_valid_table(tmp_path / "missing.jsonl", tmp_path / "x.md") == ""
