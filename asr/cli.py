@@ -4,6 +4,9 @@
     asr train     train a model from a YAML config
     asr decode    WER of a model on cut manifests, with per-utterance results
     asr transcribe  text (and timestamps) for audio files
+    asr tokenizer   train a sentencepiece tokenizer on cut manifests
+    asr prepare-noise  MUSAN -> noise manifest for augmentation
+    asr info        describe a model file
 
 Each subcommand has ``--help``.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -99,7 +103,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         skipped = SkipCounter()
         cuts = load_cuts(source, parts=[name] if kind == "librispeech" else None, skipped=skipped, num_jobs=args.jobs)
         is_train = name in train_parts
-        if is_train and tokenizer is None:
+        if is_train and tokenizer is None and not args.no_tokenizer:
             cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration)
             tok_dir = out / ("lang_char" if args.model_type == "char" else f"lang_{args.model_type}{args.vocab_size}")
             # Trained on exactly these texts (character coverage 1.0): every cut is spellable.
@@ -126,7 +130,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.exp_dir:
         overrides["exp_dir"] = args.exp_dir
     cfg = load_yaml(TrainConfig, args.config, overrides)
-    _setup_logging(args.verbose, Path(cfg.exp_dir) / "train.log")
+    rank = int(os.environ.get("RANK", "0") or 0)  # torchrun: only rank 0 writes train.log
+    _setup_logging(args.verbose, Path(cfg.exp_dir) / "train.log" if rank == 0 else None)
+    if rank != 0 and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
     Trainer(cfg, progress=not args.no_progress).run()
 
 
@@ -195,6 +202,83 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+# ---------------------------------------------------------------------- tokenizer
+def cmd_tokenizer(args: argparse.Namespace) -> None:
+    from lhotse import CutSet
+
+    from .data.tokenizer import Tokenizer
+
+    def texts():
+        for path in args.cuts:
+            if not Path(path).is_file():
+                raise SystemExit(f"cut manifest not found: {path} (run `asr prepare` first)")
+            for cut in CutSet.from_file(path):
+                for sup in cut.supervisions:
+                    if sup.text:
+                        yield sup.text
+
+    tok = Tokenizer.train(texts(), args.vocab_size, args.model_type, args.out)
+    print(f"{args.model_type} tokenizer with {len(tok)} tokens -> {args.out}/bpe.model, {args.out}/tokens.txt")
+
+
+# ---------------------------------------------------------------------- prepare-noise
+def cmd_prepare_noise(args: argparse.Namespace) -> None:
+    """MUSAN (or any dir of audio files) -> one lhotse RecordingSet for noise augmentation."""
+    from lhotse import RecordingSet
+
+    src, out = Path(args.musan), Path(args.out)
+    if not src.is_dir():
+        raise SystemExit(f"not a directory: {src}")
+    parts = [src / p for p in args.parts if (src / p).is_dir()] or [src]
+    recs = RecordingSet.from_dir(parts[0], pattern="*.wav", num_jobs=args.jobs)
+    for p in parts[1:]:
+        recs = recs + RecordingSet.from_dir(p, pattern="*.wav", num_jobs=args.jobs)
+    if len(recs) == 0:
+        raise SystemExit(f"no .wav files under {', '.join(map(str, parts))}")
+    out.mkdir(parents=True, exist_ok=True)
+    recs.to_file(out / "recordings.jsonl.gz")
+    print(f"{len(recs)} noise recordings ({sum(r.duration for r in recs) / 3600:.1f} h) -> {out / 'recordings.jsonl.gz'}")
+
+
+# ---------------------------------------------------------------------- info
+def cmd_info(args: argparse.Namespace) -> None:
+    from .models import load
+
+    try:
+        model = load(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    enc = model.encoder
+    contexts = getattr(enc, "contexts", None)
+    if args.contexts:  # for scripts: the trained [left, right] contexts, or "-" when not a Conformer
+        print(" ".join(f"{left},{right}" for left, right in contexts) if contexts else "-")
+        return
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    print(f"model:       {args.model}")
+    print(f"encoder:     {cfg.encoder} ({enc.subsampling}x, {enc.output_dim} dims)")
+    head = cfg.head + (f" + CTC (weight {cfg.ctc_weight})" if cfg.head != "ctc" and cfg.ctc_weight > 0 else "")
+    print(f"head:        {head}")
+    if cfg.head == "tdt":
+        print(f"durations:   {cfg.transducer.durations}")
+    print(f"parameters:  {n / 1e6:.2f}M")
+    print(f"vocabulary:  {cfg.vocab_size} tokens")
+    if contexts:
+        ms = enc.subsampling * model.features.frame_shift * 1000
+        print("contexts:    " + ", ".join(f"[{left}, {right}] ({right * ms:.0f} ms look-ahead)" for left, right in contexts))
+    p = enc.streaming_params()
+    print(f"streaming:   window {p['window']} frames, shift {p['shift']} frames")
+    meta = read_meta(args.model)
+    if meta:
+        print(f"training:    {json.dumps(meta)}")
+
+
+def read_meta(path: str) -> dict:
+    from .models import read_checkpoint
+
+    return read_checkpoint(path).get("meta") or {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asr", description="Streaming speech recognition toolkit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -211,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--train-parts", nargs="*", help="parts the tokenizer is trained on (mini: train)")
     sp.add_argument("--name", help="part name for a single-manifest corpus (default: file stem)")
     sp.add_argument("--tokenizer", help="use this existing bpe.model instead of training one")
+    sp.add_argument("--no-tokenizer", action="store_true", help="write manifests only (train one later with `asr tokenizer`)")
     sp.add_argument("--vocab-size", type=int, default=256)
     sp.add_argument("--model-type", choices=["bpe", "unigram", "char"], default="bpe")
     sp.add_argument("--min-duration", type=float, default=0.1, help="shorter cuts are skipped (seconds)")
@@ -219,7 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, default=2)
     sp.set_defaults(func=cmd_prepare)
 
-    sp = sub.add_parser("train", help="train a model", description="Train from a YAML TrainConfig; resumes from exp_dir's checkpoints.")
+    sp = sub.add_parser("train", help="train a model", formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+        "Train from a YAML TrainConfig (see recipes/*/conf). A run started again on the same exp_dir, e.g. after a\n"
+        "crash or kill -9, resumes exactly from its newest readable checkpoint.\n\n"
+        "Several GPUs (or CPU processes) with DistributedDataParallel, one process per device:\n"
+        "  torchrun --nproc_per_node N -m asr.cli train --config conf.yaml\n"
+        "Several nodes: run that on every node with --nnodes M --node_rank R --rdzv_backend c10d\n"
+        "--rdzv_endpoint HOST:PORT added (exp_dir on a shared file system). data.sampler.max_duration is per\n"
+        "process. Mixed precision: --set precision=bf16|fp16|fp32 (default auto: bf16 where the GPU has it;\n"
+        "the CPU always trains in fp32)."))
     sp.add_argument("--config", required=True, help="YAML config (see recipes/*/conf)")
     sp.add_argument("--exp-dir", help="override exp_dir")
     sp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. optim.lr=1e-3 max_epochs=2")
@@ -239,6 +332,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg)")
     sp.add_argument("--timestamps", action="store_true", help="print token@seconds")
     sp.set_defaults(func=cmd_transcribe)
+    sp = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on cut manifests", description=(
+        "Train a sentencepiece tokenizer (<blk>=0, <unk>=1) on the transcripts of cut manifests; "
+        "writes OUT/bpe.model and OUT/tokens.txt."))
+    sp.add_argument("--cuts", nargs="+", required=True, help="training cut manifests")
+    sp.add_argument("--vocab-size", type=int, default=500)
+    sp.add_argument("--model-type", choices=["bpe", "unigram", "char"], default="bpe")
+    sp.add_argument("--out", required=True, help="output dir, e.g. data/librispeech/lang_bpe500")
+    sp.set_defaults(func=cmd_tokenizer)
+
+    sp = sub.add_parser("prepare-noise", help="MUSAN -> noise manifest for augmentation", description=(
+        "Collect the .wav files of MUSAN (its music/, noise/ and speech/ parts, or any dir) into "
+        "OUT/recordings.jsonl.gz, for data.augment.noise_manifest."))
+    sp.add_argument("--musan", required=True, help="MUSAN dir")
+    sp.add_argument("--parts", nargs="*", default=["music", "noise", "speech"])
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--jobs", type=int, default=2)
+    sp.set_defaults(func=cmd_prepare_noise)
+
+    sp = sub.add_parser("info", help="describe a model file", description="Encoder, head, size, contexts and training summary of a model file.")
+    sp.add_argument("model", help="model file (model.pt)")
+    sp.add_argument("--contexts", action="store_true", help="only print the trained Conformer contexts as 'left,right ...' ('-' if none)")
+    sp.set_defaults(func=cmd_info)
     return p
 
 
