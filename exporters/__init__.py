@@ -1,1 +1,6 @@
-"""ONNX export of every model type, int8 quantization and metadata (not yet implemented)."""
+"""ONNX export of every model: streaming and offline graphs, decoder/joiner, CTC, int8
+quantization, metadata, and files in the contracts sherpa-onnx loads (see README.md)."""
+
+from .onnx_export import export, export_file, lookahead_choices, select_context
+
+__all__ = ["export", "export_file", "lookahead_choices", "select_context"]
