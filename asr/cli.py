@@ -7,6 +7,7 @@
     asr tokenizer   train a sentencepiece tokenizer on cut manifests
     asr prepare-noise  MUSAN -> noise manifest for augmentation
     asr info        describe a model file
+    asr export      ONNX files (streaming, offline, int8, sherpa-onnx) of a model file
 
 Each subcommand has ``--help``.
 """
@@ -142,14 +143,28 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from lhotse import CutSet
 
     from .data.dataset import ASRDataset, SamplerConfig, make_loader, make_sampler
+    from .decoding.streaming import chunkwise_decode
     from .models import load
     from .training.trainer import evaluate
 
-    model = load(args.model)
+    try:
+        model = load(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    setting = _set_context(model, args.context)
+    mode = "chunkwise" if args.chunkwise else "whole-utterance"
+    what = f"{args.method}{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}, {mode}{setting}"
+    print(f"decoding: {what}")
+
+    def decode(x, lens):
+        if args.chunkwise:
+            return chunkwise_decode(model, x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc)
+        return model.decode(x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc)
+
     out_dir = Path(args.out) if args.out else Path(args.model).parent / "decode"
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = ASRDataset(model.tokenizer, model.features, None)
@@ -161,16 +176,33 @@ def cmd_decode(args: argparse.Namespace) -> None:
         name = p.name.replace("cuts_", "").split(".")[0]
         cuts = CutSet.from_file(p)
         loader = make_loader(ds, make_sampler(cuts, SamplerConfig(max_duration=args.max_duration), train=False))
-        ev = evaluate(model, loader, progress=True, desc=name)
+        ev = evaluate(model, loader, progress=True, desc=name, decode=decode, compute_loss=False)
         with open(out_dir / f"results_{name}.txt", "w") as f:
             for r in ev["results"]:
                 f.write(f"{r['id']}\tREF: {r['ref']}\n{r['id']}\tHYP: {r['hyp']}\n")
         table[name] = {**ev["wer_detail"], "rtfx": round(ev["rtfx"], 1), "skipped": ev["skipped"]}
-    (out_dir / "wer.json").write_text(json.dumps(table, indent=2))
+    (out_dir / "wer.json").write_text(json.dumps({"decoding": what, "splits": table}, indent=2))
     print(f"{'split':<14}{'WER %':>8}{'words':>8}{'sub':>7}{'del':>7}{'ins':>7}{'RTFx':>8}")
     for name, r in table.items():
         print(f"{name:<14}{r['wer']:>8.2f}{r['words']:>8}{r['sub']:>7}{r['del']:>7}{r['ins']:>7}{r['rtfx']:>8.1f}")
     print(f"(per-utterance results in {out_dir})")
+
+
+def _set_context(model, context: str | None) -> str:
+    """Apply ``--context left,right`` to a Conformer; a description for the log."""
+    enc = model.encoder
+    if context is None:
+        ctx = getattr(enc, "context", None)
+        return f", context {list(ctx)}" if ctx is not None else ""
+    if not hasattr(enc, "set_context"):
+        raise SystemExit(f"--context applies to Conformer encoders; this model's encoder is {model.config.encoder}")
+    try:
+        left, right = (int(v) for v in context.split(","))
+        enc.set_context(left, right)
+    except ValueError as e:
+        raise SystemExit(f"--context expects LEFT,RIGHT encoder frames (trained: {' '.join(f'{a},{b}' for a, b in enc.contexts)}): {e}") from None
+    ms = right * enc.subsampling * model.features.frame_shift * 1000
+    return f", context [{left}, {right}] ({ms:.0f} ms look-ahead)"
 
 
 # ---------------------------------------------------------------------- transcribe
@@ -273,6 +305,29 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"training:    {json.dumps(meta)}")
 
 
+# ---------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> None:
+    from exporters import export_file
+
+    try:
+        card = export_file(args.model, args.out, int8=args.int8, lookahead_ms=args.lookahead, sherpa=not args.no_sherpa)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    out = Path(args.out)
+    print(f"{card['encoder']} {card['head']} model -> {out}/ (window {card['window']} frames, shift "
+          f"{card['shift']}, look-ahead {card['lookahead_ms']} ms)")
+    for key, f in card["files"].items():
+        extra = f" (+ {f['int8']})" if "int8" in f else ""
+        print(f"  {key:<16} {f['path']}{extra}")
+    for kind, info in card["sherpa_onnx"].items():
+        if "unsupported" in info:
+            print(f"  sherpa-onnx {kind}: not exported: {info['unsupported']}")
+        else:
+            mt = f" (model_type {info['model_type']})" if "model_type" in info else ""
+            print(f"  sherpa-onnx {kind}: {info['api']}{mt}")
+    print(f"  metadata card  {out / 'model.json'}")
+
+
 def read_meta(path: str) -> dict:
     from .models import read_checkpoint
 
@@ -319,10 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("decode", help="WER on cut manifests", description="Greedy-decode cut manifests and report WER with sub/del/ins.")
+    sp = sub.add_parser("decode", help="WER on cut manifests", description=(
+        "Decode cut manifests and report WER with sub/del/ins and RTFx (audio seconds per decoding "
+        "second). Greedy or beam search (CTC prefix beam / transducer modified beam), whole-utterance "
+        "or --chunkwise (real streaming: encoder caches and decoder state carried window by window)."))
     sp.add_argument("--model", required=True, help="model file (model.pt)")
     sp.add_argument("--cuts", nargs="+", required=True, help="cut manifests (cuts_<name>.jsonl.gz)")
     sp.add_argument("--out", help="results dir (default: next to the model)")
+    sp.add_argument("--method", choices=["greedy", "beam"], default="greedy")
+    sp.add_argument("--beam", type=int, default=4, help="beam size for --method beam")
+    sp.add_argument("--use-ctc", action="store_true", help="decode a hybrid model's CTC head")
+    sp.add_argument("--context", help="Conformer attention context LEFT,RIGHT in encoder frames (see `asr info`)")
+    sp.add_argument("--chunkwise", action="store_true", help="stream window by window through forward_chunk")
     sp.add_argument("--max-duration", type=float, default=300.0, help="seconds of audio per batch")
     sp.add_argument("--threads", type=int, default=0)
     sp.set_defaults(func=cmd_decode)
@@ -354,6 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", help="model file (model.pt)")
     sp.add_argument("--contexts", action="store_true", help="only print the trained Conformer contexts as 'left,right ...' ('-' if none)")
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("export", help="export a model to ONNX", description=(
+        "Write the ONNX files of a model file: streaming encoder (caches as inputs/outputs, raw fbank "
+        "in), whole-utterance variants, decoder and joiner (transducers), CTC, tokens.txt, metadata "
+        "(model.json and each file's metadata_props), and OUT/sherpa-onnx/ with the files sherpa-onnx "
+        "loads where the model fits its contracts. See exporters/README.md."))
+    sp.add_argument("--model", required=True, help="model file (model.pt)")
+    sp.add_argument("--out", required=True, help="output directory")
+    sp.add_argument("--int8", action="store_true", help="also write dynamically quantized *.int8.onnx files")
+    sp.add_argument("--lookahead", type=int, metavar="MS", help=(
+        "Conformer: export the trained context with this look-ahead in ms (right * subsampling * 10); "
+        "default: the model's inference context"))
+    sp.add_argument("--no-sherpa", action="store_true", help="skip the sherpa-onnx/ files")
+    sp.set_defaults(func=cmd_export)
     return p
 
 

@@ -189,16 +189,21 @@ def feature_stats(cuts: CutSet, features: FeatureConfig, max_cuts: int = 300) ->
 
 
 @torch.no_grad()
-def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: bool = False, desc: str = "decode") -> dict:
-    """Loss and greedy WER over a loader. Returns a dict with 'loss', 'wer', 'results'."""
+def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: bool = False, desc: str = "decode",
+             decode=None, compute_loss: bool = True) -> dict:
+    """Loss and WER over a loader. ``decode(x, lens) -> hypotheses`` defaults to greedy
+    ``model.decode``. Returns 'loss' (None without ``compute_loss``), 'wer', 'wer_detail',
+    'results' and 'rtfx' (audio seconds per second of decoding: encoder + search, the loss
+    excluded)."""
+    was_training = model.training
     model.eval()
+    decode = decode or model.decode
     wer = WER()
     loss_sum, tokens = 0.0, 0
     results = []
     skipped: Counter = Counter()
     device = model.feat_mean.device
-    frames = 0
-    t0 = time.perf_counter()
+    decode_seconds = 0.0
     audio_seconds = 0.0
     for i, batch in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
         if max_batches is not None and i >= max_batches:
@@ -208,23 +213,26 @@ def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: 
             continue
         x, lens = batch["features"].to(device), batch["feature_lens"].to(device)
         audio_seconds += float(lens.sum()) * model.features.frame_shift
-        out = model(x, lens, batch["tokens"])
-        loss_sum += float(out["loss_sum"])
-        tokens += out["tokens"]
-        frames += out["frames"]
-        for cid, ref, hyp in zip(batch["cut_ids"], batch["texts"], model.decode(x, lens)):
+        if compute_loss:
+            with torch.no_grad():
+                out = model(x, lens, batch["tokens"])
+            loss_sum += float(out["loss_sum"])
+            tokens += out["tokens"]
+        t0 = time.perf_counter()
+        hyps = decode(x, lens)
+        decode_seconds += time.perf_counter() - t0
+        for cid, ref, hyp in zip(batch["cut_ids"], batch["texts"], hyps):
             text = model.tokenizer.decode(hyp.tokens)
             s, d, ins = wer.add(ref, text)
             results.append({"id": cid, "ref": ref, "hyp": text, "sub": s, "del": d, "ins": ins})
-    elapsed = time.perf_counter() - t0
-    model.train()
+    model.train(was_training)
     return {
-        "loss": loss_sum / max(1, tokens),
+        "loss": loss_sum / max(1, tokens) if compute_loss else None,
         "wer": wer.wer,
         "wer_detail": wer.as_dict(),
         "results": results,
         "skipped": dict(skipped),
-        "rtfx": audio_seconds / max(elapsed, 1e-9),
+        "rtfx": audio_seconds / max(decode_seconds, 1e-9),
     }
 
 

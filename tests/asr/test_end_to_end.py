@@ -56,7 +56,7 @@ def test_training_loss_falls_and_outputs_exist(trained):
 
 def test_decode_is_not_empty_on_training_audio(trained, tiny_data, capsys):
     main(["decode", "--model", str(trained / "model.pt"), "--cuts", str(trained / "cuts_few.jsonl.gz"), "--out", str(trained / "dec")])
-    table = json.loads((trained / "dec" / "wer.json").read_text())
+    table = json.loads((trained / "dec" / "wer.json").read_text())["splits"]
     assert table["few"]["words"] > 0
     lines = (trained / "dec" / "results_few.txt").read_text().splitlines()
     refs = [l.split("REF: ", 1)[1] for l in lines if "REF: " in l]
@@ -68,6 +68,40 @@ def test_decode_is_not_empty_on_training_audio(trained, tiny_data, capsys):
     char_errors = sum(sum(word_errors(list(r), list(h))) for r, h in zip(refs, hyps))
     cer = char_errors / sum(len(r) for r in refs)
     assert cer < 0.7, (cer, hyps)
+
+
+@pytest.fixture(scope="module")
+def trained_tdt(tiny_data, trained, tmp_path_factory) -> Path:
+    exp = tmp_path_factory.mktemp("exp_tdt")
+    cfg = exp / "conf.yaml"
+    cfg.write_text(
+        f"data:\n  train: [{trained}/cuts_few.jsonl.gz]\n"
+        f"  dev: [{tiny_data}/manifests/cuts_dev.jsonl.gz]\n  tokenizer: {tiny_data}/lang_bpe48\n"
+    )
+    main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *TINY_TRAIN,
+          "max_steps=200", "model.head=tdt", "model.ctc_weight=0.3",
+          "model.transducer={predictor: stateless, pred_dim: 64, joint_dim: 64}"])
+    return exp
+
+
+def test_hybrid_tdt_trains_and_decodes_every_way(trained_tdt, trained, capsys):
+    recs = [json.loads(line) for line in open(trained_tdt / "metrics.jsonl")]
+    steps = [r for r in recs if r["kind"] == "train"]
+    assert {"transducer_loss", "ctc_loss"} <= steps[0].keys()
+    first, last = np.mean([r["loss"] for r in steps[:3]]), np.mean([r["loss"] for r in steps[-3:]])
+    assert last < 0.5 * first, (first, last)
+    cuts = str(trained / "cuts_few.jsonl.gz")
+    hyps = {}
+    for name, extra in [("greedy", []), ("beam", ["--method", "beam"]), ("chunkwise", ["--chunkwise"]),
+                        ("ctc", ["--use-ctc"])]:
+        out = trained_tdt / f"dec_{name}"
+        main(["decode", "--model", str(trained_tdt / "model.pt"), "--cuts", cuts, "--out", str(out), *extra])
+        lines = (out / "results_few.txt").read_text().splitlines()
+        hyps[name] = [l.split("HYP: ", 1)[1] for l in lines if "HYP: " in l]
+        assert json.loads((out / "wer.json").read_text())["splits"]["few"]["words"] > 0
+    assert hyps["chunkwise"] == hyps["greedy"]  # real streaming == whole utterance
+    assert all(h.strip() for h in hyps["greedy"]), hyps
+    assert "decoding: beam (beam 4)" in capsys.readouterr().out
 
 
 def test_model_file_is_self_contained_and_safe(trained):
