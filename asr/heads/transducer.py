@@ -38,7 +38,10 @@ __all__ = ["TransducerConfig", "TransducerHead", "LSTMPredictor", "StatelessPred
 
 @dataclass
 class TransducerConfig:
-    predictor: Literal["lstm", "stateless"] = "lstm"
+    # "stateless" (icefall's embedding + conv over the last context_size tokens) is the default:
+    # it exports to sherpa-onnx's transducer contract; an LSTM prediction network does not load
+    # there (sherpa routes stateful decoders to its NeMo path, see exporters/README.md).
+    predictor: Literal["lstm", "stateless"] = "stateless"
     pred_dim: int = 320  # embedding and LSTM size (stateless: embedding size)
     pred_layers: int = 1  # LSTM layers
     context_size: int = 2  # stateless: tokens of left context (icefall uses 2)
