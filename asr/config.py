@@ -145,20 +145,48 @@ def set_path(data: dict, dotted: str, value: Any) -> dict:
 
 def load_yaml(cls: type[T], path: str | Path, overrides: dict | None = None) -> T:
     """Load ``cls`` from a YAML file. ``overrides`` maps dotted keys to values that replace
-    the file's (``{"optim.lr": 1e-3, "model.encoder_config": {...}}``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    the file's (``{"optim.lr": 1e-3, "model.encoder_config": {...}}``).
+
+    A file may start from others: a top-level ``base: other.yaml`` (or a list, paths relative
+    to the file) loads those first and merges this file's mappings into them key by key
+    (lists and scalars replace)."""
+    data = read_yaml_tree(Path(path))
     for key, value in (overrides or {}).items():
         set_path(data, key, value)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML mapping with its ``base`` files merged under it (see :func:`load_yaml`)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files include each other in a cycle")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    merged: dict = {}
+    for b in [bases] if isinstance(bases, str) else bases:
+        if not isinstance(b, str):
+            raise ConfigError(f"{path}: base: expected a file name or a list of them, got {b!r}")
+        _merge(merged, read_yaml_tree(path.parent / b, seen + (path.resolve(),)))
+    _merge(merged, data)
+    return merged
+
+
+def _merge(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

@@ -107,3 +107,18 @@ def test_ctc_greedy_collapses_repeats_and_respects_lengths():
     hyps = ctc_greedy(lp, torch.tensor([7, 3]))
     assert hyps[0].tokens == [1, 1, 2] and hyps[0].frames == [0, 3, 4]
     assert hyps[1].tokens == [1]
+
+
+def test_config_base_files_merge_key_by_key(tmp_path):
+    (tmp_path / "common.yaml").write_text("name: base\ninner:\n  lr: 0.5\n  steps: 3\nsizes: [1, 2]\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "run.yaml").write_text("base: ../common.yaml\ninner:\n  steps: 9\nsizes: [7]\n")
+    cfg = load_yaml(Outer, tmp_path / "sub" / "run.yaml", overrides={"name": "x"})
+    assert cfg.inner == Inner(lr=0.5, steps=9) and cfg.sizes == [7] and cfg.name == "x"
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_yaml(Outer, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_yaml(Outer, tmp_path / "c.yaml")

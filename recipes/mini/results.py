@@ -1,0 +1,180 @@
+"""The mini results grid: every encoder family x {CTC, RNN-T, TDT, hybrid TDT+CTC}.
+
+    python recipes/mini/results.py                           # the whole grid (about 5 h on 2 cores)
+    python recipes/mini/results.py --families conformer --heads tdt hybrid --minutes 15
+    python recipes/mini/results.py --table                   # only rebuild results.md from results.json
+
+Each cell trains ``recipes/mini/conf/<family>.yaml`` with the head set by ``--set`` for at most
+``--minutes`` of wall clock (validation included), then decodes test-seen and test-unseen:
+
+- greedy WER of the main head (the hybrid's transducer head; its CTC head is reported too);
+- streaming: for the Conformer, WER at its smallest trained look-ahead against its largest,
+  decoded chunk-wise (real streaming); the causal families (LSTM, Citrinet, SSM) have one
+  context, so their streaming WER is their WER (their whole-utterance forward *is* the stream);
+- decoding speed as RTFx (audio seconds per second of encoder + search, one process).
+
+It also times TDT greedy against RNN-T greedy on the same family's encoder output (search only)
+when both cells exist. Finished cells are skipped (``--force`` retrains), so the grid can be run
+across sessions. Results go to ``--out``/results.json and results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FAMILIES = ["conformer", "citrinet", "lstm", "ssm"]
+HEADS = {
+    "ctc": ["model.head=ctc", "model.ctc_weight=0.0"],
+    "rnnt": ["model.head=rnnt", "model.ctc_weight=0.0"],
+    "tdt": ["model.head=tdt", "model.ctc_weight=0.0"],
+    "hybrid": ["model.head=tdt", "model.ctc_weight=0.3"],
+}
+SPLITS = ["test-seen", "test-unseen"]
+
+
+def sh(cmd: list[str], log: Path | None = None) -> None:
+    print("+", " ".join(cmd), flush=True)
+    if log is None:
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        return
+    with open(log, "a") as f:
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+
+
+def decode(model: Path, data: Path, out: Path, *extra: str) -> dict:
+    cuts = [str(data / "manifests" / f"cuts_{s}.jsonl.gz") for s in SPLITS]
+    if not (out / "wer.json").is_file():
+        sh([sys.executable, "-m", "asr.cli", "decode", "--model", str(model), "--cuts", *cuts, "--out", str(out), *extra])
+    return json.loads((out / "wer.json").read_text())["splits"]
+
+
+def run_cell(family: str, head: str, args) -> dict:
+    exp = args.out / f"{family}_{head}"
+    model = exp / "model.pt"
+    if args.force and exp.exists():
+        import shutil
+
+        shutil.rmtree(exp)
+    exp.mkdir(parents=True, exist_ok=True)
+    if not model.is_file():
+        t0 = time.time()
+        sh([sys.executable, "-m", "asr.cli", "train", "--config", str(ROOT / "recipes/mini/conf" / f"{family}.yaml"),
+            "--exp-dir", str(exp), "--no-progress", "--set", f"max_minutes={args.minutes}",
+            f"data.train=[{args.data}/manifests/cuts_train.jsonl.gz]", f"data.dev=[{args.data}/manifests/cuts_dev.jsonl.gz]",
+            f"data.tokenizer={args.data}/lang_bpe256",
+            f"data.augment.noise_manifest={args.data}/corpus/noise/recordings.jsonl.gz", *HEADS[head]],
+           log=exp / "run.log")
+        print(f"  trained {family}/{head} in {(time.time() - t0) / 60:.1f} min", flush=True)
+    import torch
+
+    ckpt = torch.load(model, map_location="cpu", weights_only=True)
+    cell = {"family": family, "head": head, "meta": ckpt.get("meta", {}),
+            "params_M": round(sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.startswith("feat_")) / 1e6, 2)}
+    cell["greedy"] = decode(model, args.data, exp / "decode_greedy")
+    if head == "hybrid":
+        cell["ctc_head"] = decode(model, args.data, exp / "decode_ctc", "--use-ctc")
+    contexts = subprocess.run([sys.executable, "-m", "asr.cli", "info", str(model), "--contexts"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.split()
+    if contexts and contexts[0] != "-":
+        by_look = sorted(contexts, key=lambda c: int(c.split(",")[1]))
+        cell["streaming_smallest"] = {"context": by_look[0], **{"splits": decode(model, args.data, exp / f"decode_chunkwise_{by_look[0]}", "--chunkwise", "--context", by_look[0])}}
+        cell["streaming_largest"] = {"context": by_look[-1], **{"splits": decode(model, args.data, exp / f"decode_chunkwise_{by_look[-1]}", "--chunkwise", "--context", by_look[-1])}}
+    return cell
+
+
+def tdt_vs_rnnt(family: str, args) -> dict | None:
+    """Greedy search time (encoder excluded) of the TDT and RNN-T cells of one family on test-seen."""
+    import torch
+    from lhotse import CutSet
+
+    from asr.data.dataset import ASRDataset, SamplerConfig, make_sampler
+    from asr.decoding.bench import time_decoder
+    from asr.decoding.transducer import greedy_search
+    from asr.models import load
+
+    paths = {h: args.out / f"{family}_{h}" / "model.pt" for h in ("rnnt", "tdt")}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    torch.set_num_threads(1)
+    out = {}
+    cuts = CutSet.from_file(args.data / "manifests" / "cuts_test-seen.jsonl.gz")
+    for head, path in paths.items():
+        model = load(path)
+        ds = ASRDataset(model.tokenizer, model.features, None)
+        total = {"seconds": 0.0, "audio": 0.0, "labels": 0, "frames": 0}
+        for batch_cuts in make_sampler(cuts, SamplerConfig(max_duration=120), train=False):
+            b = ds[batch_cuts]
+            with torch.inference_mode():
+                enc, lens = model.encode(b["features"], b["feature_lens"])
+            r = time_decoder(greedy_search, model.transducer, enc, lens, model.frame_seconds)
+            total["seconds"] += r["seconds"]
+            total["frames"] += int(lens.sum())
+            total["audio"] += float(b["feature_lens"].sum()) * model.features.frame_shift
+            total["labels"] += round(r["labels_per_frame"] * int(lens.sum()))
+        out[head] = {"search_seconds": round(total["seconds"], 3), "search_rtfx": round(total["audio"] / total["seconds"], 1),
+                     "labels_per_frame": round(total["labels"] / max(1, total["frames"]), 3)}
+    out["speedup"] = round(out["rnnt"]["search_seconds"] / out["tdt"]["search_seconds"], 2)
+    return out
+
+
+def table(results: dict) -> str:
+    lines = ["| encoder | head | params | steps (min) | test-seen WER | test-unseen WER | streaming: smallest vs largest look-ahead (test-seen) | RTFx |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(results["cells"], key=lambda k: (FAMILIES.index(k.split("_")[0]), list(HEADS).index(k.split("_")[1]))):
+        c = results["cells"][key]
+        g = c["greedy"]
+        head = {"hybrid": "hybrid TDT+CTC", "rnnt": "RNN-T", "tdt": "TDT", "ctc": "CTC"}[c["head"]]
+        if "ctc_head" in c:
+            head += f" (CTC head: {c['ctc_head']['test-seen']['wer']:.1f} / {c['ctc_head']['test-unseen']['wer']:.1f})"
+        if "streaming_smallest" in c:
+            s, l_ = c["streaming_smallest"], c["streaming_largest"]
+            stream = f"{s['splits']['test-seen']['wer']:.1f} [{s['context']}] vs {l_['splits']['test-seen']['wer']:.1f} [{l_['context']}]"
+        else:
+            stream = "= WER (causal)"
+        meta = c.get("meta", {})
+        minutes = f"{meta.get('steps', '?')} ({meta.get('wall_seconds', 0) / 60:.0f})"
+        lines.append(f"| {c['family']} | {head} | {c['params_M']}M | {minutes} | {g['test-seen']['wer']:.1f} | "
+                     f"{g['test-unseen']['wer']:.1f} | {stream} | {g['test-seen']['rtfx']:.0f} |")
+    for fam, r in results.get("tdt_vs_rnnt", {}).items():
+        if r:
+            lines.append("")
+            lines.append(f"TDT vs RNN-T greedy search on {fam} encoder output (test-seen, 1 thread, search only): "
+                         f"RNN-T {r['rnnt']['search_seconds']} s ({r['rnnt']['labels_per_frame']} labels/frame), "
+                         f"TDT {r['tdt']['search_seconds']} s: **{r['speedup']}x**.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
+    ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    ap.add_argument("--minutes", type=float, default=15.0)
+    ap.add_argument("--data", type=Path, default=Path("data/mini"))
+    ap.add_argument("--out", type=Path, default=Path("exp/mini/results"))
+    ap.add_argument("--force", action="store_true", help="retrain cells that exist")
+    ap.add_argument("--table", action="store_true", help="only rewrite results.md")
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    args.out.mkdir(parents=True, exist_ok=True)
+    res_path = args.out / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.is_file() else {"cells": {}, "tdt_vs_rnnt": {}}
+    if not args.table:
+        for family in args.families:
+            for head in args.heads:
+                results["cells"][f"{family}_{head}"] = run_cell(family, head, args)
+                res_path.write_text(json.dumps(results, indent=2))  # nothing lost on a crash
+            results["tdt_vs_rnnt"][family] = tdt_vs_rnnt(family, args)
+            res_path.write_text(json.dumps(results, indent=2))
+    (args.out / "results.md").write_text(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
