@@ -79,7 +79,7 @@ def trained_tdt(tiny_data, trained, tmp_path_factory) -> Path:
         f"  dev: [{tiny_data}/manifests/cuts_dev.jsonl.gz]\n  tokenizer: {tiny_data}/lang_bpe48\n"
     )
     main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *TINY_TRAIN,
-          "max_steps=200", "model.head=tdt", "model.ctc_weight=0.3",
+          "max_steps=300", "model.head=tdt", "model.ctc_weight=0.3",
           "model.transducer={predictor: stateless, pred_dim: 64, joint_dim: 64}"])
     return exp
 
