@@ -3,7 +3,8 @@
     asr prepare   corpus -> cleaned lhotse cut manifests (+ tokenizer); builds the mini corpus
     asr train     train a model from a YAML config
     asr decode    WER of a model on cut manifests, with per-utterance results
-    asr transcribe  text (and timestamps) for audio files
+    asr transcribe  text (and timestamps) for audio files (--onnx DIR: the torch-free runtime)
+    asr stream      live recognition simulated from a file with the ONNX runtime
     asr tokenizer   train a sentencepiece tokenizer on cut manifests
     asr prepare-noise  MUSAN -> noise manifest for augmentation
     asr info        describe a model file
@@ -207,6 +208,10 @@ def _set_context(model, context: str | None) -> str:
 
 # ---------------------------------------------------------------------- transcribe
 def cmd_transcribe(args: argparse.Namespace) -> None:
+    if args.onnx:
+        return _transcribe_onnx(args)
+    if args.model is None or not args.audio:
+        raise SystemExit("error: transcribe needs a model file and audio files (or --onnx DIR and audio files)")
     from .data.audio import read_audio
     from .models import load
 
@@ -232,6 +237,99 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
         log.debug("%s: %.2f s audio in %.3f s", path, len(samples) / model.features.sample_rate, time.perf_counter() - t0)
     if failed:
         raise SystemExit(1)
+
+
+def _onnx_recognizer(args: argparse.Namespace, endpoint):
+    """A ``serve.Recognizer`` for ``--onnx DIR`` (the torch-free runtime: no torch import)."""
+    from serve import Recognizer
+
+    try:
+        return Recognizer(args.onnx, decoding=args.method, beam=args.beam, num_threads=args.threads, int8=args.int8,
+                          use_ctc=args.use_ctc, endpoint=endpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _transcribe_onnx(args: argparse.Namespace) -> None:
+    """``asr transcribe --onnx DIR files...``: streaming decoding with the exported files, one
+    segment per file (no endpointing), exactly the torch StreamingRecognizer's result."""
+    from serve import EndpointConfig
+
+    from .data.audio import read_audio
+
+    files = ([args.model] if args.model else []) + list(args.audio)
+    if not files:
+        raise SystemExit("error: no audio files given")
+    rec = _onnx_recognizer(args, EndpointConfig(enabled=False))
+    failed = 0
+    for path in files:
+        try:
+            samples = read_audio(path, rec.sample_rate)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        t0 = time.perf_counter()
+        res = rec.transcribe(samples)
+        if args.timestamps:
+            stamps = " ".join(f"{tok}@{ts:.2f}" for tok, ts in zip(res.tokens, res.timestamps))
+            print(f"{path}\t{res.text}\t[{stamps}]")
+        else:
+            print(f"{path}\t{res.text}")
+        log.debug("%s: %.2f s audio in %.3f s", path, len(samples) / rec.sample_rate, time.perf_counter() - t0)
+    if failed:
+        raise SystemExit(1)
+
+
+# ---------------------------------------------------------------------- stream
+def cmd_stream(args: argparse.Namespace) -> None:
+    """Live recognition simulated from a file with the exported ONNX files (torch-free)."""
+    import soundfile as sf
+
+    from serve import EndpointConfig, EndpointRule
+    from serve.simulate import simulate
+
+    from .data.audio import read_audio
+
+    if args.piece_ms <= 0:
+        raise SystemExit(f"error: --piece-ms must be positive, got {args.piece_ms}")
+    try:
+        endpoint = EndpointConfig(
+            enabled=not args.no_endpoint,
+            rule1=EndpointRule(False, args.rule1, 0.0),
+            rule2=EndpointRule(True, args.rule2, 0.0),
+            rule3=EndpointRule(False, 0.0, args.rule3),
+        )
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    rec = _onnx_recognizer(args, endpoint)
+    try:
+        rate = sf.info(args.audio).samplerate  # fed at its own rate: the runtime resamples
+    except Exception:
+        rate = rec.sample_rate  # read_audio names the problem
+    try:
+        samples = read_audio(args.audio, rate)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"{rec}\nstreaming {args.audio}: {len(samples) / rate:.2f} s at {rate} Hz in {args.piece_ms:g} ms pieces"
+          f"{' (real time)' if args.realtime else ''}", flush=True)
+
+    def partial(r) -> None:
+        print(f"partial {r.end:7.2f}s | {r.text}", flush=True)
+
+    def final(r) -> None:
+        why = f" ({r.endpoint})" if r.endpoint else ""
+        print(f"final   {r.start:7.2f}-{r.end:.2f}s{why} | {r.text}", flush=True)
+
+    stats, stream = simulate(rec, samples, rate, piece_seconds=args.piece_ms / 1000, realtime=args.realtime,
+                             on_partial=partial if not args.quiet else None, on_final=final)
+    st = stats.summary()
+    print(f"text: {stream.transcript().text}")
+    print(f"audio {st['audio_s']:.2f} s, compute {st['compute_s']:.3f} s, RTF {st['rtf']:.4f}, {st['windows']} windows "
+          f"of {rec.window_seconds * 1000:.0f} ms (shift {rec.chunk_seconds * 1000:.0f} ms)")
+    print(f"latency: per piece p50 {st['piece_ms_p50']:.2f} ms p95 {st['piece_ms_p95']:.2f} ms max {st['piece_ms_max']:.2f} ms; "
+          f"per window p50 {st['window_ms_p50']:.2f} ms p95 {st['window_ms_p95']:.2f} ms; "
+          f"token p50 {st['token_latency_ms_p50']:.0f} ms p95 {st['token_latency_ms_p95']:.0f} ms; final {st['final_ms']:.2f} ms")
 
 
 # ---------------------------------------------------------------------- tokenizer
@@ -334,6 +432,15 @@ def read_meta(path: str) -> dict:
     return read_checkpoint(path).get("meta") or {}
 
 
+def _onnx_args(sp: argparse.ArgumentParser, required: bool) -> None:
+    sp.add_argument("--onnx", metavar="DIR", required=required, help="an `asr export` directory: run its ONNX files (no torch)")
+    sp.add_argument("--int8", action="store_true", help="with --onnx: the *.int8.onnx files")
+    sp.add_argument("--method", choices=["greedy", "beam"], default="greedy", help="with --onnx: decoding method")
+    sp.add_argument("--beam", type=int, default=4, help="with --onnx: beam size for --method beam")
+    sp.add_argument("--use-ctc", action="store_true", help="with --onnx: decode a hybrid model's CTC head")
+    sp.add_argument("--threads", type=int, default=1, help="with --onnx: onnxruntime threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asr", description="Streaming speech recognition toolkit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -390,11 +497,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=0)
     sp.set_defaults(func=cmd_decode)
 
-    sp = sub.add_parser("transcribe", help="transcribe audio files", description="Print the transcript of each audio file (any rate, any channels).")
-    sp.add_argument("model", help="model file (model.pt)")
-    sp.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg)")
+    sp = sub.add_parser("transcribe", help="transcribe audio files", description=(
+        "Print the transcript of each audio file (any rate, any channels): `asr transcribe model.pt FILES` "
+        "(PyTorch, whole utterance) or `asr transcribe --onnx DIR FILES` (the exported ONNX files run by the "
+        "torch-free streaming runtime, see docs/runtime.md)."))
+    sp.add_argument("model", nargs="?", help="model file (model.pt); with --onnx, the first audio file")
+    sp.add_argument("audio", nargs="*", help="audio files (wav, flac, ogg)")
     sp.add_argument("--timestamps", action="store_true", help="print token@seconds")
+    _onnx_args(sp, required=False)
     sp.set_defaults(func=cmd_transcribe)
+
+    sp = sub.add_parser("stream", help="simulate live recognition from a file (ONNX runtime)", description=(
+        "Feed an audio file to the torch-free streaming runtime in small pieces, as a microphone would, "
+        "printing partial results as they change and final segments at endpoints, then the real-time "
+        "factor and latencies (per piece, per window, per token, final). See docs/runtime.md."))
+    sp.add_argument("audio", help="audio file (any rate: the runtime resamples)")
+    _onnx_args(sp, required=True)
+    sp.add_argument("--realtime", action="store_true", help="feed each piece when it would have been recorded")
+    sp.add_argument("--piece-ms", type=float, default=100.0, help="piece size in ms (default 100)")
+    sp.add_argument("--no-endpoint", action="store_true", help="no endpoint detection: one segment")
+    sp.add_argument("--rule1", type=float, default=2.4, help="endpoint after this much silence with nothing decoded (s)")
+    sp.add_argument("--rule2", type=float, default=1.2, help="endpoint after this much silence following speech (s)")
+    sp.add_argument("--rule3", type=float, default=20.0, help="endpoint when a segment reaches this length (s)")
+    sp.add_argument("--quiet", action="store_true", help="print final segments only, no partial results")
+    sp.set_defaults(func=cmd_stream)
     sp = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on cut manifests", description=(
         "Train a sentencepiece tokenizer (<blk>=0, <unk>=1) on the transcripts of cut manifests; "
         "writes OUT/bpe.model and OUT/tokens.txt."))

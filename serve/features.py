@@ -1,0 +1,182 @@
+"""Audio in, fbank frames out, incrementally: input checks, a streaming resampler, kaldi-native-fbank.
+
+- :func:`check_samples` turns whatever the caller passed into float32 mono samples or raises a
+  ``ValueError`` naming the problem (NaN/inf, integer PCM, several channels, a bad rate).
+- :class:`StreamingResampler` is a polyphase FIR resampler that keeps its input history
+  between pieces. Fed in pieces of any size and flushed at the end, it returns exactly what
+  ``scipy.signal.resample_poly`` returns on the whole signal (same Kaiser-window filter, same
+  centring, zeros beyond both ends), so a live stream at 8/44.1/48 kHz gets the features a
+  file resampled by ``asr.data.audio.read_audio`` gets.
+- :class:`OnlineFeatures` wraps ``kaldi_native_fbank.OnlineFbank`` configured from the model's
+  ``features`` (``asr.data.features.FeatureConfig.kaldi_native_options()``, the settings that
+  reproduce training's lhotse fbank), hands out new frames as they become ready and frees them
+  inside kaldi-native-fbank.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["check_sample_rate", "check_samples", "StreamingResampler", "OnlineFeatures"]
+
+
+def check_sample_rate(sample_rate) -> int:
+    """A positive integer rate in Hz, or ValueError naming the value."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
+        raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate!r}")
+    if not math.isfinite(float(sample_rate)) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if float(sample_rate) != int(sample_rate):
+        raise ValueError(f"sample_rate must be a whole number of Hz, got {sample_rate}")
+    return int(sample_rate)
+
+
+def check_samples(samples) -> np.ndarray:
+    """(N,) float32 samples in [-1, 1] from an array or sequence; ValueError otherwise."""
+    arr = np.asarray(samples)
+    if arr.dtype == object:
+        raise ValueError("samples must be numbers (a 1-D float array), got objects")
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise ValueError(f"expected mono samples of shape (N,), got shape {arr.shape}; downmix first (e.g. x.mean(axis=1))")
+    if arr.dtype.kind in "iub":
+        raise ValueError(
+            f"expected float samples in [-1, 1], got {arr.dtype} samples; divide integer PCM by its full scale (32768 for int16)"
+        )
+    if arr.dtype.kind == "c":
+        raise ValueError("expected real samples, got complex numbers")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"audio has NaN or inf samples (first at index {i} of this piece of {arr.size} samples)")
+    return arr
+
+
+class StreamingResampler:
+    """Resample a stream piece by piece; the concatenated output equals
+    ``scipy.signal.resample_poly(whole, up, down)`` (float64 arithmetic, float32 out).
+
+    Output sample ``n`` is ``sum_j h[j] u[n*down + L - j]`` where ``u`` is the input upsampled by
+    zero insertion and ``h`` the ``2L+1``-tap low-pass of ``resample_poly`` (``L = 10 max(up,
+    down)``, Kaiser beta 5, gain ``up``). It needs input up to index ``(n*down + L) // up``, so
+    the output lags the input by about ``L / up`` input samples (0.6 ms for 8 kHz -> 16 kHz,
+    1.7 ms from 44.1 kHz) until :meth:`flush` pads the end with zeros.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int):
+        from scipy.signal import firwin
+
+        from_rate, to_rate = check_sample_rate(from_rate), check_sample_rate(to_rate)
+        g = math.gcd(from_rate, to_rate)
+        self.up, self.down = to_rate // g, from_rate // g
+        self.from_rate, self.to_rate = from_rate, to_rate
+        half = 10 * max(self.up, self.down)
+        h = firwin(2 * half + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0)) * self.up
+        self.half = half
+        self.taps = -(-len(h) // self.up)  # taps per phase
+        table = np.zeros((self.up, self.taps))
+        for p in range(self.up):
+            coeffs = h[p :: self.up]
+            table[p, : len(coeffs)] = coeffs
+        self.table = table
+        self.buf = np.zeros(0)  # input samples [base, base + len(buf))
+        self.base = 0
+        self.n_in = 0  # input samples received
+        self.n_out = 0  # output samples produced
+        self.flushed = False
+
+    def _emit(self, n_end: int) -> np.ndarray:
+        """Output samples [n_out, n_end) from the buffered input (zeros outside it)."""
+        if n_end <= self.n_out:
+            return np.zeros(0, np.float32)
+        n = np.arange(self.n_out, n_end, dtype=np.int64)
+        pos = n * self.down + self.half
+        i0, phase = pos // self.up, pos % self.up
+        idx = i0[:, None] - np.arange(self.taps)[None, :] - self.base
+        ok = (idx >= 0) & (idx < len(self.buf))
+        vals = np.where(ok, self.buf[np.clip(idx, 0, max(len(self.buf) - 1, 0))] if len(self.buf) else 0.0, 0.0)
+        y = (self.table[phase] * vals).sum(axis=1)
+        self.n_out = n_end
+        # keep only the history the next output needs
+        need = (self.n_out * self.down + self.half) // self.up - (self.taps - 1)
+        drop = min(max(0, need - self.base), len(self.buf))
+        if drop:
+            self.buf = self.buf[drop:]
+            self.base += drop
+        return y.astype(np.float32)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        if self.flushed:
+            raise ValueError("the resampler was flushed; create a new one")
+        if len(x):
+            self.buf = np.concatenate([self.buf, np.asarray(x, dtype=np.float64)])
+            self.n_in += len(x)
+        # outputs whose newest input sample has arrived: (n*down + half) // up < n_in
+        n_end = max(0, -(-(self.n_in * self.up - self.half) // self.down))
+        return self._emit(n_end)
+
+    def flush(self) -> np.ndarray:
+        """The remaining output (input treated as zero past its end), ``ceil(n_in * up / down)``
+        samples in all."""
+        if self.flushed:
+            return np.zeros(0, np.float32)
+        self.flushed = True
+        return self._emit(-(-(self.n_in * self.up) // self.down))
+
+
+class OnlineFeatures:
+    """kaldi-native-fbank's OnlineFbank with the model's feature settings.
+
+    ``accept(samples)`` (float32 at the model's rate) and ``finish()`` return the frames that
+    became ready, ``(n, num_mel_bins)`` float32, copied out and released inside the extractor.
+    """
+
+    def __init__(self, features: dict):
+        import kaldi_native_fbank as knf
+
+        from asr.data.features import FeatureConfig
+
+        try:
+            config = FeatureConfig(**features)
+        except TypeError as e:
+            raise ValueError(f"model.json 'features' does not describe FeatureConfig: {e}") from None
+        opts = knf.FbankOptions()
+        for key, value in config.kaldi_native_options().items():
+            obj = opts
+            *path, last = key.split(".")
+            for p in path:
+                obj = getattr(obj, p)
+            setattr(obj, last, value)
+        self.config = config
+        self.sample_rate = config.sample_rate
+        self.dim = config.num_mel_bins
+        self._fbank = knf.OnlineFbank(opts)
+        self._next = 0  # index of the next frame to hand out
+        self.finished = False
+
+    def _take(self) -> np.ndarray:
+        ready = self._fbank.num_frames_ready
+        if ready <= self._next:
+            return np.zeros((0, self.dim), np.float32)
+        # get_frame returns a view of the extractor's storage: copy before pop() frees it
+        frames = np.stack([np.array(self._fbank.get_frame(i), dtype=np.float32) for i in range(self._next, ready)])
+        self._fbank.pop(ready - self._next)
+        self._next = ready
+        return frames
+
+    def accept(self, samples: np.ndarray) -> np.ndarray:
+        if len(samples):
+            # a list converts faster than an array through the binding's Sequence[float]
+            self._fbank.accept_waveform(self.sample_rate, samples.tolist())
+        return self._take()
+
+    def finish(self) -> np.ndarray:
+        if not self.finished:
+            self.finished = True
+            self._fbank.input_finished()
+        return self._take()

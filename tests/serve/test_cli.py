@@ -1,0 +1,154 @@
+"""The runtime and its commands without torch, ``asr transcribe --onnx``, ``asr stream``, and the
+benchmark on its tiny setting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.cli import main
+from asr.data.audio import read_audio
+
+from ..conftest import speak
+from .helpers import build, synthetic_audio, torch_stream
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_audio")
+    speech = speak("the quick brown fox jumps over the lazy dog", root / "fox.wav")  # 22050 Hz
+    synth = root / "synth.wav"
+    sf.write(str(synth), synthetic_audio(1.7, seed=50), 16000)
+    return speech, synth
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, wavs):
+    """An emitting tiny transducer set on the speech and synthetic audio."""
+    calib = np.concatenate([read_audio(wavs[0], 16000), synthetic_audio(2.5, seed=0)])
+    return build(tmp_path_factory.mktemp("cli"), "conformer", "rnnt", calib=calib)
+
+
+NO_TORCH = """
+import json, sys
+import soundfile as sf
+import serve
+from serve import Recognizer
+rec = Recognizer(sys.argv[1], endpoint=None)
+x, sr = sf.read(sys.argv[2], dtype="float32")
+s = rec.create_stream()
+for i in range(0, len(x), 1000):
+    s.accept_waveform(sr, x[i : i + 1000])
+    rec.decode([s])
+s.input_finished()
+rec.decode([s])
+print("API", json.dumps(s.result().token_ids))
+from asr.cli import main
+main(["transcribe", "--onnx", sys.argv[1], sys.argv[2], "--timestamps"])
+main(["stream", "--onnx", sys.argv[1], sys.argv[2], "--piece-ms", "50"])
+assert "torch" not in sys.modules, "torch was imported"
+print("NO_TORCH")
+"""
+
+
+def test_runtime_and_commands_run_without_torch(model_dir, wavs):
+    """A fresh interpreter: import serve, decode a file (22.05 kHz: the runtime resamples),
+    run `asr transcribe --onnx` and `asr stream`, and torch is never imported. The tokens equal
+    torch streaming decoding of the same file."""
+    model, out = model_dir
+    speech, _ = wavs
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(out), str(speech)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "NO_TORCH" in proc.stdout
+    lines = proc.stdout.splitlines()
+    api = json.loads(next(line for line in lines if line.startswith("API "))[4:])
+    ref = torch_stream(model, read_audio(speech, 16000))
+    assert len(set(ref.tokens)) >= 3
+    assert api == ref.tokens
+    text = model.hyp_to_transcript(ref)
+    line = next(line for line in lines if line.startswith(str(speech)))
+    stamps = " ".join(f"{t}@{ts:.2f}" for t, ts in zip(text.tokens, text.timestamps))
+    assert line == f"{speech}\t{text.text}\t[{stamps}]"
+    assert any(line.startswith("final ") for line in lines)
+    assert any(line.startswith("audio ") and "RTF" in line for line in lines)
+
+
+def test_transcribe_onnx_several_files_and_errors(model_dir, wavs, tmp_path, capsys):
+    model, out = model_dir
+    speech, synth = wavs
+    missing = tmp_path / "missing.wav"
+    with pytest.raises(SystemExit) as e:
+        main(["transcribe", "--onnx", str(out), str(synth), str(missing), str(speech)])
+    assert e.value.code == 1
+    cap = capsys.readouterr()
+    assert f"audio file not found: {missing}" in cap.err
+    got = dict(line.split("\t") for line in cap.out.splitlines())
+    for path in (synth, speech):
+        ref = torch_stream(model, read_audio(path, 16000))
+        assert got[str(path)] == model.hyp_to_transcript(ref).text
+    with pytest.raises(SystemExit, match="error: model directory not found"):
+        main(["transcribe", "--onnx", str(tmp_path / "nowhere"), str(synth)])
+    with pytest.raises(SystemExit, match="error"):
+        main(["transcribe", str(synth)])  # neither a model file nor --onnx
+
+
+def test_stream_command_segments_and_realtime(model_dir, wavs, tmp_path, capsys):
+    """`asr stream`: partial results, final segments at endpoints (speech, a pause, speech),
+    the summary; with --realtime it takes at least the audio's duration."""
+    _, out = model_dir
+    speech = read_audio(wavs[0], 16000)
+    pause = 0.01 * np.random.default_rng(0).standard_normal(16000)
+    wav = tmp_path / "pause.wav"
+    sf.write(str(wav), np.concatenate([speech, pause, speech]).astype(np.float32), 16000)
+    main(["stream", "--onnx", str(out), str(wav), "--rule2", "0.6"])
+    lines = capsys.readouterr().out.splitlines()
+    finals = [line for line in lines if line.startswith("final ")]
+    assert len(finals) >= 2 and "(rule2)" in finals[0]
+    assert any(line.startswith("partial ") for line in lines)
+    summary = next(line for line in lines if line.startswith("latency:"))
+    assert "per piece p50" in summary and "token p50" in summary
+    text = next(line for line in lines if line.startswith("text: "))[6:]
+    assert text == " ".join(f.split(" | ", 1)[1] for f in finals if f.split(" | ", 1)[1])
+
+    short = tmp_path / "short.wav"
+    sf.write(str(short), speech[:8000], 16000)
+    t0 = time.perf_counter()
+    main(["stream", "--onnx", str(out), str(short), "--realtime", "--quiet"])
+    assert time.perf_counter() - t0 >= 0.5 - 0.02
+    lines = capsys.readouterr().out.splitlines()
+    assert "(real time)" in lines[1] and not any(line.startswith("partial ") for line in lines)
+    with pytest.raises(SystemExit, match="piece-ms"):
+        main(["stream", "--onnx", str(out), str(wav), "--piece-ms", "0"])
+    with pytest.raises(SystemExit, match="audio file not found"):
+        main(["stream", "--onnx", str(out), str(tmp_path / "nope.wav")])
+
+
+def test_bench_tiny_setting_runs(tmp_path):
+    """The benchmark on one tiny model: our runtime and sherpa-onnx on the same exported files,
+    fp32 and int8, and the long-stream latency; the report is complete."""
+    from serve.bench import main as bench
+
+    out = tmp_path / "bench.json"
+    res = bench(["--tiny", "--models", "conformer-tiny", "--seconds", "2", "--long-minutes", "0.2",
+                 "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert [(r["model"], r["precision"], r["threads"]) for r in res["rows"]] == [("conformer-tiny", "fp32", 1), ("conformer-tiny", "int8", 1)]
+    for r in res["rows"]:
+        assert r["ours"]["rtf"] > 0 and r["ours"]["windows"] > 0 and r["ours"]["tokens"] > 0
+        assert r["sherpa"]["rtf"] > 0 and r["sherpa"]["tokens"] > 0 and r["ours_over_sherpa"] > 0
+        assert r["ours"]["size_mb"] > 0
+    long = res["long"]["conformer-tiny"]
+    assert long["first_ms_p50"] > 0 and long["last_ms_p50"] > 0
+    assert res["targets"] and all(isinstance(t["ok"], bool) and t["value"] > 0 for t in res["targets"])
+    meta = json.loads((tmp_path / "work" / "conformer-tiny" / "bench.json").read_text())
+    assert 0.1 <= meta["emission"]["tokens_per_frame"] <= 0.3 and meta["emission"]["distinct_tokens"] >= 3

@@ -1,0 +1,244 @@
+"""The ONNX runtime reproduces torch streaming: tokens and frames of
+``asr.decoding.streaming.StreamingRecognizer`` for every head and decoder, encoder outputs of
+``forward_chunk``, with streams fed in random pieces at several sample rates and decoded
+together; int8 files run; the last word survives; endpoints follow the documented policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asr.data.audio import resample
+from asr.decoding.beam import modified_beam_search
+from asr.decoding.transducer import greedy_search
+from serve import EndpointConfig, EndpointRule, Recognizer
+
+from .helpers import build, feed, knf_features, synthetic_audio, torch_stream
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    cache: dict = {}
+
+    def get(**kw):
+        key = tuple(sorted(kw.items()))
+        if key not in cache:
+            cache[key] = build(tmp_path_factory.mktemp("serve"), **kw)
+        return cache[key]
+
+    return get
+
+
+NO_ENDPOINT = EndpointConfig(enabled=False)
+RATES = [16000, 8000, 44100]
+
+# name -> (build arguments, [(decoding, use_ctc), ...])
+CASES = {
+    "conformer-ctc": (dict(family="conformer", head="ctc"), [("greedy", True)]),
+    "lstm-ctc": (dict(family="lstm", head="ctc"), [("greedy", True)]),
+    "conformer-rnnt": (dict(family="conformer", head="rnnt"), [("greedy", False), ("beam", False)]),
+    "lstm-rnnt-lstm-predictor": (dict(family="lstm", head="rnnt", predictor="lstm"), [("greedy", False), ("beam", False)]),
+    "conformer-tdt": (dict(family="conformer", head="tdt"), [("greedy", False), ("beam", False)]),
+    "lstm-tdt-lstm-predictor": (dict(family="lstm", head="tdt", predictor="lstm"), [("greedy", False), ("beam", False)]),
+    "conformer-hybrid-ctc-head": (dict(family="conformer", head="rnnt", ctc_weight=0.3), [("greedy", True), ("greedy", False)]),
+    "lstm-hybrid-tdt-ctc-head": (dict(family="lstm", head="tdt", ctc_weight=0.3), [("greedy", True)]),
+    "conformer-noncausal-subsampling": (dict(family="conformer", head="rnnt", causal_subsampling=False), [("greedy", False)]),
+    # raw random transducers: up to max_symbols=10 labels on one frame
+    "lstm-rnnt-random": (dict(family="lstm", head="rnnt", emitting=False), [("greedy", False)]),
+    "conformer-tdt-random": (dict(family="conformer", head="tdt", emitting=False, seed=1), [("greedy", False)]),
+}
+
+
+def _audios(seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Three recordings at 16, 8 and 44.1 kHz (lengths that end inside a window), and what
+    they are at 16 kHz after whole-file resampling (what the torch reference decodes)."""
+    raw = [synthetic_audio(1.63 + 0.44 * i, seed=20 + i + seed, sr=r) for i, r in enumerate(RATES)]
+    return raw, [resample(a, r, 16000) for a, r in zip(raw, RATES)]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_runtime_equals_torch_streaming(case, built):
+    kw, decodings = CASES[case]
+    model, out = built(**kw)
+    raw, at16k = _audios()
+    emitting = kw.get("emitting", True)
+    for decoding, use_ctc in decodings:
+        rec = Recognizer(out, decoding=decoding, use_ctc=use_ctc, endpoint=NO_ENDPOINT)
+        streams = [rec.create_stream() for _ in raw]
+        assert feed(rec, streams, raw, rates=RATES, seed=len(case)) > 0, "no encoder call batched several streams"
+        got = []
+        for s, audio in zip(streams, at16k):
+            ref = torch_stream(model, audio, decoding, use_ctc=use_ctc)
+            r = s.result()
+            assert r.is_final and not rec.is_ready(s)
+            assert (r.token_ids, r.frames) == (ref.tokens, ref.frames), f"{case} {decoding} ctc={use_ctc}"
+            assert r.score == pytest.approx(ref.score, rel=1e-4, abs=1e-3)
+            t = model.hyp_to_transcript(ref)
+            assert (r.text, r.tokens, r.timestamps) == (t.text, t.tokens, t.timestamps)
+            got.append(r.token_ids)
+        if emitting:
+            assert len({tok for g in got for tok in g}) >= 3, f"the test model should emit several tokens: {got}"
+            assert len({tuple(g) for g in got}) == len(got), "every stream should have its own transcript"
+        elif not use_ctc:
+            most = max(np.bincount(s.result().frames).max() for s in streams if s.result().frames)
+            assert most == 10, "the random model should hit max_symbols on a frame"
+
+
+@pytest.mark.parametrize("family, encoder", [("conformer", {}), ("conformer", {"causal_subsampling": False}), ("lstm", {}),
+                                             ("ssm", {}), ("citrinet", {})])
+def test_encoder_output_equals_torch_forward_chunk(family, encoder, built):
+    """The runtime's windowing (pieces -> features -> windows of ``window`` frames advanced by
+    ``shift``, zero-padded last windows with their valid lengths, states batched and split)
+    gives torch's streaming encoder output within 1e-4 (fp32)."""
+    model, out = built(family=family, head="rnnt", emitting=False, **encoder)
+    _, audios = _audios(seed=1)
+    rec = Recognizer(out, endpoint=NO_ENDPOINT, keep_encoder_out=True)
+    streams = [rec.create_stream() for _ in audios]
+    feed(rec, streams, audios, seed=3)
+    p = model.encoder.streaming_params()
+    W, S = p["window"], p["shift"]
+    for s, audio in zip(streams, audios):
+        x = model.normalize(torch.from_numpy(knf_features(audio, model.features)))
+        state, want = model.encoder.init_state(1), []
+        with torch.no_grad():
+            for i in range(0, x.shape[0], S):
+                valid = min(x.shape[0] - i, W)
+                win = torch.nn.functional.pad(x[i : i + W], (0, 0, 0, W - valid))
+                y, yl, state = model.encoder.forward_chunk(win[None], torch.tensor([valid]), state)
+                want.append(y[0, : int(yl[0])])
+        want = torch.cat(want).numpy()
+        got = s.encoder_out()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-4
+        assert s.windows_run == len(range(0, x.shape[0], S))
+
+
+def test_int8_files_run(built):
+    _, out = built(family="conformer", head="rnnt", ctc_weight=0.3, int8=True)
+    _, audios = _audios(seed=2)
+    fp32 = Recognizer(out, endpoint=NO_ENDPOINT, keep_encoder_out=True)
+    for use_ctc in (False, True):
+        rec = Recognizer(out, int8=True, use_ctc=use_ctc, endpoint=NO_ENDPOINT, keep_encoder_out=True)
+        assert all(p.name.endswith(".int8.onnx") for p in rec.model.files.values())
+        assert rec.model.size_bytes() > 0
+        streams = [rec.create_stream() for _ in audios]
+        feed(rec, streams, audios, seed=4)
+        assert all(s.result().is_final and s.result().token_ids for s in streams)
+        if not use_ctc:  # the quantized encoder ran: close to fp32, not equal
+            ref = fp32.create_stream()
+            ref.accept_waveform(16000, audios[0])
+            ref.input_finished()
+            fp32.decode(ref)
+            a, b = streams[0].encoder_out(), ref.encoder_out()
+            rel = np.sqrt(((a - b) ** 2).mean() / (b**2).mean())
+            assert 0 < rel < 0.1, f"int8 encoder output relative RMS error {rel:.3g}"
+
+
+def test_last_word_is_not_dropped(built):
+    """Audio that ends in the middle of a token: the zero-padded final windows decode it, and
+    the result equals torch's whole-utterance decoding; only full windows would lose it."""
+    model, out = built(family="conformer", head="rnnt")
+    full = synthetic_audio(3.0, seed=31)
+    p = model.encoder.streaming_params()
+    for n in range(16000, len(full), 480):  # the first cut whose last encoder frame emits
+        audio = full[:n]
+        feats = torch.from_numpy(knf_features(audio, model.features))
+        with torch.no_grad():
+            whole = model.decode(feats[None], torch.tensor([feats.shape[0]]))[0]
+        last = -(-feats.shape[0] // model.encoder.subsampling) - 1
+        if whole.frames and whole.frames[-1] == last and feats.shape[0] % p["shift"]:
+            break
+    else:
+        pytest.fail("no cut of the audio ends on an emitting frame")
+    rec = Recognizer(out, endpoint=NO_ENDPOINT)
+    s = rec.create_stream()
+    s.accept_waveform(16000, audio)
+    s.input_finished()
+    rec.decode(s)
+    r = s.result()
+    assert (r.token_ids, r.frames) == (whole.tokens, whole.frames)
+    full_windows = (feats.shape[0] - p["window"]) // p["shift"] + 1
+    assert s.windows_run > full_windows
+    assert r.frames[-1] >= full_windows * p["shift"] // model.encoder.subsampling, "the last token lies past the full windows"
+
+
+def _torch_segments(model, audio: np.ndarray, config: EndpointConfig, frame_seconds: float, decoding: str) -> list[tuple]:
+    """The documented endpoint policy, in torch: windows through forward_chunk (encoder state
+    never reset), the decoder (greedy or beam search) continued window by window; after every
+    window the rules on the current segment; at an endpoint the segment closes and the decoder
+    restarts."""
+    x = model.normalize(torch.from_numpy(knf_features(audio, model.features)))
+    p = model.encoder.streaming_params()
+    W, S = p["window"], p["shift"]
+    state, dec, seg_start, done, segments = model.encoder.init_state(1), None, 0, 0, []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], S):
+            valid = min(x.shape[0] - i, W)
+            y, yl, state = model.encoder.forward_chunk(torch.nn.functional.pad(x[i : i + W], (0, 0, 0, W - valid))[None],
+                                                       torch.tensor([valid]), state)
+            if decoding == "greedy":
+                hyps, dec = greedy_search(model.transducer, y, yl, state=dec)
+            else:
+                hyps, dec = modified_beam_search(model.transducer, y, yl, beam=4, state=dec)
+            done += int(yl[0])
+            frames = [f + seg_start for f in hyps[0].frames]
+            last = frames[-1] - seg_start if frames else None
+            rule = config.detect(done - seg_start, last, frame_seconds)
+            if rule is not None:
+                segments.append((hyps[0].tokens, frames, rule))
+                dec, seg_start = None, done
+    if hyps[0].tokens and dec is not None:
+        segments.append((hyps[0].tokens, [f + seg_start for f in hyps[0].frames], None))
+    return segments
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "beam"])
+def test_endpoints_close_segments_and_restart_the_decoder(built, decoding):
+    """Two streams decoded together: speech, a pause (rule2), speech; and a long silence
+    first (rule1, an empty segment), then speech. Segments, their tokens, frames and rules
+    equal the policy computed in torch."""
+    model, out = built(family="conformer", head="rnnt")
+    rng = np.random.default_rng(5)
+
+    def quiet(sec):
+        return (1e-2 * rng.standard_normal(int(sec * 16000))).astype(np.float32)  # background noise
+
+    a = np.concatenate([synthetic_audio(1.4, seed=41), quiet(1.5), synthetic_audio(1.2, seed=42), quiet(0.3)])
+    b = np.concatenate([quiet(3.0), synthetic_audio(1.0, seed=43)])
+    config = EndpointConfig(rule2=EndpointRule(True, 0.8, 0.0))
+    rec = Recognizer(out, decoding=decoding, endpoint=config)
+    streams = [rec.create_stream() for _ in (a, b)]
+    feed(rec, streams, [a, b], seed=6)
+    for s, audio, first_rule in zip(streams, (a, b), ("rule2", "rule1")):
+        want = _torch_segments(model, audio, config, rec.frame_seconds, decoding)
+        got = [(r.token_ids, r.frames, r.endpoint) for r in s.segments]
+        assert got == want
+        assert want[0][2] == first_rule and len(want) >= 2 and any(w[0] for w in want)
+        assert all(r.is_final for r in s.segments) and s.result().is_final
+        assert [r.segment for r in s.segments] == list(range(len(s.segments)))
+        assert s.segments[1].start == s.segments[0].end > 0
+        assert s.transcript().token_ids == [t for w in want for t in w[0]]
+    assert streams[1].segments[0].text == "" and streams[1].segments[0].endpoint == "rule1"
+
+
+def test_endpoint_rules():
+    c, fs = EndpointConfig(), 0.04
+    assert c.detect(59, None, fs) is None  # 2.36 s of nothing
+    assert c.detect(60, None, fs) == "rule1"  # 2.4 s of nothing
+    assert c.detect(99, 69, fs) is None  # speech up to frame 69, then 29 frames = 1.16 s of silence
+    assert c.detect(100, 69, fs) == "rule2"  # 30 frames = 1.2 s
+    assert c.detect(100, 70, fs) is None
+    assert c.detect(499, 498, fs) is None and c.detect(500, 499, fs) == "rule3"  # 20 s, still talking
+    assert EndpointConfig(enabled=False).detect(10_000, None, fs) is None
+    assert c.detect(0, None, fs) is None
+    with pytest.raises(ValueError):
+        EndpointRule(True, -1.0, 0.0)
