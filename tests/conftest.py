@@ -66,3 +66,13 @@ def tiny_data(tmp_path_factory) -> Path:
     build_mini_librispeech(out / "corpus", MiniCorpusConfig(**TINY_CORPUS), num_jobs=2, progress=False)
     main(["prepare", "--corpus", str(out / "corpus" / "LibriSpeech"), "--out", str(out), "--train-parts", "train", "--vocab-size", "48"])
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded (OpenMP barriers dominate their ops), especially
+    on a shared 2-core machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

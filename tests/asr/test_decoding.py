@@ -27,14 +27,7 @@ from asr.heads.transducer import TransducerConfig, TransducerHead
 ENC_DIM = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Every tensor here is tiny: intra-op threads only add barrier waits (milliseconds each on
-    a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add barrier waits
 
 
 # ---------------------------------------------------------------------------------------------

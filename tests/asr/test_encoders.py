@@ -11,16 +11,7 @@ from asr.encoders.base import make_pad_mask
 
 ATOL = 1e-4
 
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded, especially on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings("ignore:LSTM with projections"), pytest.mark.usefixtures("one_thread")]
 
 # family -> tiny config (fast) for the exactness tests.
 TINY: dict[str, dict] = {

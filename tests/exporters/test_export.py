@@ -18,12 +18,7 @@ from exporters import export, export_file
 from .helpers import ATOL, FAMILIES, tiny_model, tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest single-threaded
 
 
 @pytest.fixture(scope="module")

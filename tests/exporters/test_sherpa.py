@@ -36,12 +36,7 @@ from .helpers import (
 TAIL = 8000  # 0.5 s of silence
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest single-threaded
 
 
 def _audio(seed: int) -> np.ndarray:

@@ -17,12 +17,7 @@ from serve import EndpointConfig, EndpointRule, Recognizer
 from .helpers import build, feed, knf_features, synthetic_audio, torch_stream
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest single-threaded
 
 
 @pytest.fixture(scope="module")
