@@ -19,7 +19,6 @@ across chunk boundaries).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -99,22 +98,11 @@ class _ChunkDecoder:
 def chunkwise_decode(model, x: Tensor, x_lens: Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False) -> list[Hypothesis]:
     """Decode a padded batch of features (B, T, F) window by window through the encoder's
     ``forward_chunk`` and the decoder's state (the encoder's current context/chunk size)."""
-    from ..encoders.base import mask_frames
+    from ..encoders.base import stream_chunks
 
-    enc = model.encoder
-    enc.check_input(x, x_lens, "chunkwise_decode")
-    x_lens = x_lens.to(torch.int64)
-    p = enc.streaming_params()
-    window, shift = p["window"], p["shift"]
-    b, t, _ = x.shape
-    n = max(1, math.ceil(t / shift))
-    x = torch.nn.functional.pad(mask_frames(model.normalize(x), x_lens), (0, 0, 0, (n - 1) * shift + window - t))
-    state = enc.init_state(b)
     decoder = _ChunkDecoder(model, method, beam, use_ctc)
-    hyps = [Hypothesis() for _ in range(b)]
-    for i in range(n):
-        lens = (x_lens - i * shift).clamp(0, window)
-        y, yl, state = enc.forward_chunk(x[:, i * shift : i * shift + window], lens, state)
+    hyps = [Hypothesis() for _ in range(x.shape[0])]
+    for y, yl in stream_chunks(model.encoder, model.normalize(x), x_lens, "chunkwise_decode"):
         hyps = decoder(y, yl)
     return hyps
 

@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["StreamingEncoder", "stream", "make_pad_mask", "mask_frames", "ceil_div"]
+__all__ = ["StreamingEncoder", "stream", "stream_chunks", "make_pad_mask", "mask_frames", "ceil_div"]
 
 FRAME_SHIFT_MS = 10
 
@@ -218,6 +218,26 @@ class StreamingEncoder(nn.Module):
 
 
 @torch.no_grad()
+def stream_chunks(encoder: StreamingEncoder, x: Tensor, x_lens: Tensor, where: str = "stream"):
+    """Yield ``(y, y_lens)`` of every ``forward_chunk`` call over a padded batch, in order:
+    frames past each length are zeroed, the last window is zero-padded to ``window`` frames,
+    and the encoder state is carried. The chunk loop of :func:`stream` and of chunk-wise
+    decoding (``asr.decoding.streaming``)."""
+    encoder.check_input(x, x_lens, where)
+    x_lens = x_lens.to(torch.int64)
+    p = encoder.streaming_params()
+    window, shift = p["window"], p["shift"]
+    b, t, _ = x.shape
+    n = max(1, math.ceil(t / shift))
+    x = torch.nn.functional.pad(mask_frames(x, x_lens), (0, 0, 0, (n - 1) * shift + window - t))
+    state = encoder.init_state(b)
+    for i in range(n):
+        lens = (x_lens - i * shift).clamp(0, window)
+        y, yl, state = encoder.forward_chunk(x[:, i * shift : i * shift + window], lens, state)
+        yield y, yl
+
+
+@torch.no_grad()
 def stream(encoder: StreamingEncoder, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
     """Run a padded batch window by window through ``encoder.forward_chunk``.
 
@@ -226,20 +246,9 @@ def stream(encoder: StreamingEncoder, x: Tensor, x_lens: Tensor) -> tuple[Tensor
     zero-padded to ``window`` frames. In eval mode the result equals ``encoder(x, x_lens)`` on
     the valid frames. Runs under ``torch.no_grad()``; uses the encoder's current context.
     """
-    encoder.check_input(x, x_lens, "stream")
-    x_lens = x_lens.to(torch.int64)
-    p = encoder.streaming_params()
-    window, shift = p["window"], p["shift"]
-    b, t, f = x.shape
-    n = max(1, math.ceil(t / shift))
-    total = (n - 1) * shift + window
-    x = torch.nn.functional.pad(mask_frames(x, x_lens), (0, 0, 0, total - t))
-    state = encoder.init_state(b)
-    ys, y_lens = [], torch.zeros_like(x_lens)
-    for i in range(n):
-        lens = (x_lens - i * shift).clamp(0, window)
-        y, yl, state = encoder.forward_chunk(x[:, i * shift : i * shift + window], lens, state)
+    ys, y_lens = [], torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    for y, yl in stream_chunks(encoder, x, x_lens):
         ys.append(y)
         y_lens = y_lens + yl
-    y = torch.cat(ys, dim=1)[:, : math.ceil(t / encoder.subsampling)]
+    y = torch.cat(ys, dim=1)[:, : math.ceil(x.shape[1] / encoder.subsampling)]
     return y, y_lens
