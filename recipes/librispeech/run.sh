@@ -27,16 +27,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
-stage=0
-stop_stage=100
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --stage) stage="$2"; shift 2 ;;
-        --stop-stage) stop_stage="$2"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
-        *) echo "unknown option $1 (see --help)" >&2; exit 1 ;;
-    esac
-done
+source scripts/stages.sh "$@"
 
 DL_DIR="${DL_DIR:-download}"
 LIBRISPEECH="${LIBRISPEECH:-$DL_DIR/LibriSpeech}"
@@ -54,8 +45,6 @@ TRAIN_ARGS="${TRAIN_ARGS:-}"
 CONTEXTS="${CONTEXTS:-}"
 LANG_DIR="$DATA/lang_bpe$VOCAB"
 
-run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-banner() { printf '\n\033[1;34m== stage %s: %s ==\033[0m\n' "$1" "$2"; }
 manifests() { local out=(); for p in $1; do out+=("$DATA/manifests/cuts_$p.jsonl.gz"); done; echo "${out[@]}"; }
 yaml_list() { local out=""; for f in $1; do out+="${out:+, }$f"; done; echo "[$out]"; }
 

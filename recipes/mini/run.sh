@@ -14,24 +14,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
-stage=0
-stop_stage=100
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --stage) stage="$2"; shift 2 ;;
-        --stop-stage) stop_stage="$2"; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-        *) echo "unknown option $1 (see --help)" >&2; exit 1 ;;
-    esac
-done
+source scripts/stages.sh "$@"
 
 DATA="${DATA:-data/mini}"
 CONFIG="${CONFIG:-recipes/mini/conf/conformer.yaml}"
 EXP="${EXP:-exp/mini/$(basename "$CONFIG" .yaml)}"
 TEST_SETS="test-seen test-unseen dev"
 
-run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-banner() { printf '\n\033[1;34m== stage %s: %s ==\033[0m\n' "$1" "$2"; }
 
 source scripts/bootstrap.sh  # stage 0 always runs: it is a no-op when .venv is up to date
 
