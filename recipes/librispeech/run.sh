@@ -28,6 +28,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
 source scripts/stages.sh "$@"
+set --  # the options are parsed; later `source`s must not see them
 
 DL_DIR="${DL_DIR:-download}"
 LIBRISPEECH="${LIBRISPEECH:-$DL_DIR/LibriSpeech}"

@@ -15,6 +15,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
 source scripts/stages.sh "$@"
+set --  # the options are parsed; later `source`s must not see them
 
 DATA="${DATA:-data/mini}"
 CONFIG="${CONFIG:-recipes/mini/conf/conformer.yaml}"
