@@ -145,13 +145,7 @@ class OnlineFeatures:
             config = FeatureConfig(**features)
         except TypeError as e:
             raise ValueError(f"model.json 'features' does not describe FeatureConfig: {e}") from None
-        opts = knf.FbankOptions()
-        for key, value in config.kaldi_native_options().items():
-            obj = opts
-            *path, last = key.split(".")
-            for p in path:
-                obj = getattr(obj, p)
-            setattr(obj, last, value)
+        opts = fbank_options(config)
         self.config = config
         self.sample_rate = config.sample_rate
         self.dim = config.num_mel_bins
@@ -180,3 +174,18 @@ class OnlineFeatures:
             self.finished = True
             self._fbank.input_finished()
         return self._take()
+
+
+def fbank_options(config):
+    """``kaldi_native_fbank.FbankOptions`` set from a ``FeatureConfig`` (its
+    ``kaldi_native_options()``, dotted keys such as ``frame_opts.dither``)."""
+    import kaldi_native_fbank as knf
+
+    opts = knf.FbankOptions()
+    for key, value in config.kaldi_native_options().items():
+        obj = opts
+        *path, last = key.split(".")
+        for p in path:
+            obj = getattr(obj, p)
+        setattr(obj, last, value)
+    return opts

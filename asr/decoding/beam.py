@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .ctc import Hypothesis
-from .transducer import check_lengths, initial_pred
+from .transducer import begin_chunk, initial_pred
 
 __all__ = ["BeamState", "modified_beam_search"]
 
@@ -186,13 +186,9 @@ def modified_beam_search(
     if max_symbols < 1:
         raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
     with torch.inference_mode():
-        lens = check_lengths(enc, enc_lens)
+        lens, state = begin_chunk(enc, enc_lens, state, lambda B: _initial_state(head, B, beam, enc.device))
         B, T = enc.shape[:2]
         device = enc.device
-        if state is None:
-            state = _initial_state(head, B, beam, device)
-        elif state.batch_size != B:
-            raise ValueError(f"state is for a batch of {state.batch_size}, enc has {B}")
         K = state.beam
         pred = head.predictor
         blank, V = head.blank, head.vocab_size

@@ -108,6 +108,18 @@ def check_lengths(enc: Tensor, enc_lens: Tensor) -> Tensor:
     return lens
 
 
+def begin_chunk(enc: Tensor, enc_lens: Tensor, state, new_state):
+    """Checked lengths and the state to continue from: ``new_state(B)`` for a new batch, else
+    ``state`` after checking it belongs to a batch of the same size."""
+    lens = check_lengths(enc, enc_lens)
+    B = enc.shape[0]
+    if state is None:
+        return lens, new_state(B)
+    if state.batch_size != B:
+        raise ValueError(f"state is for a batch of {state.batch_size}, enc has {B}")
+    return lens, state
+
+
 def append_emissions(
     hyps: list[Hypothesis], scores: Tensor, steps: list[tuple[Tensor, Tensor, Tensor]]
 ) -> list[Hypothesis]:
@@ -159,13 +171,9 @@ def greedy_search(
     if max_symbols < 1:
         raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
     with torch.inference_mode():
-        lens = check_lengths(enc, enc_lens)
+        lens, state = begin_chunk(enc, enc_lens, state, lambda B: _initial_state(head, B, enc.device))
         B, T = enc.shape[:2]
         device = enc.device
-        if state is None:
-            state = _initial_state(head, B, device)
-        elif state.batch_size != B:
-            raise ValueError(f"state is for a batch of {state.batch_size}, enc has {B}")
         pred = head.predictor
         blank, V = head.blank, head.vocab_size
         tdt = head.durations is not None

@@ -82,14 +82,9 @@ def knf_features(samples: np.ndarray, features: FeatureConfig) -> np.ndarray:
     """kaldi-native-fbank with FeatureConfig.kaldi_native_options(): the runtime's features."""
     import kaldi_native_fbank as knf
 
-    opts = knf.FbankOptions()
-    for key, value in features.kaldi_native_options().items():
-        obj = opts
-        *path, last = key.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        setattr(obj, last, value)
-    fb = knf.OnlineFbank(opts)
+    from serve.features import fbank_options
+
+    fb = knf.OnlineFbank(fbank_options(features))
     fb.accept_waveform(features.sample_rate, samples.tolist())
     fb.input_finished()
     return np.stack([fb.get_frame(i) for i in range(fb.num_frames_ready)]).astype(np.float32)
