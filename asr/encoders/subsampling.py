@@ -55,6 +55,25 @@ class ConvSubsampling(nn.Module):
             f = (f - 1) // 2 + 1
         self.conv = nn.Sequential(*layers)
         self.out = nn.Linear(channels * f, out_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Variance-preserving initialization (He for the convolutions that feed a ReLU,
+        LeCun for the depthwise ones and the output Linear), zero biases.
+
+        PyTorch's default (uniform with ``a=sqrt(5)``) shrinks the signal about 3x per layer
+        while the biases stay: at initialization the output of the 8x, 144-channel stack was
+        ~98% one constant vector (the time-varying part held 1.7% of its energy; 38% with this
+        initialization), so every frame looked nearly the same to the layers above.
+        """
+        convs = [m for m in self.conv if isinstance(m, nn.Conv2d)]
+        for m in convs:
+            depthwise = m.groups > 1
+            feeds_relu = not depthwise  # depthwise convs feed the pointwise conv, not a ReLU
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu" if feeds_relu else "linear")
+            nn.init.zeros_(m.bias)
+        nn.init.kaiming_normal_(self.out.weight, mode="fan_in", nonlinearity="linear")
+        nn.init.zeros_(self.out.bias)
 
     def _run(self, x: Tensor) -> Tensor:
         """x (B, factor*C + pad, F) -> (B, C, out_dim)."""

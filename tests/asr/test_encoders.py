@@ -583,3 +583,18 @@ def test_s4d_matches_complex_recurrence():
     assert (chunked.double() - ref).abs().max() < 1e-4
     final = torch.complex(state[0].double(), state[1].double())
     assert (final - h).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+def test_subsampling_output_varies_with_the_input_at_init(factor):
+    """At initialization the subsampling's output must carry the input, not a constant vector:
+    with PyTorch's default init it was ~98% one static vector (time-varying energy 1.7%)."""
+    from asr.encoders.subsampling import ConvSubsampling
+
+    torch.manual_seed(0)
+    sub = ConvSubsampling(80, 144, factor, 144, causal=True)
+    x = torch.randn(2, 800, 80)  # standardized features
+    y = sub(x)
+    varying = (y - y.mean(dim=1, keepdim=True)).pow(2).mean() / y.pow(2).mean()
+    assert varying > 0.2, float(varying)
+    assert 0.3 < float(y.pow(2).mean().sqrt()) < 3.0  # the scale is preserved, roughly
