@@ -4,7 +4,9 @@
     asr train     train a model from a YAML config
     asr decode    WER of a model on cut manifests, with per-utterance results
     asr transcribe  text (and timestamps) for audio files (--onnx DIR: the torch-free runtime)
-    asr stream      live recognition simulated from a file with the ONNX runtime
+    asr stream      live recognition from a microphone (--mic) or simulated from a file (ONNX runtime)
+    asr serve       live recognition server: WebSocket + web page (ONNX runtime)
+    asr bench       benchmarks: runtime (serve.bench), server load (serve.loadtest)
     asr tokenizer   train a sentencepiece tokenizer on cut manifests
     asr prepare-noise  MUSAN -> noise manifest for augmentation
     asr info        describe a model file
@@ -283,25 +285,97 @@ def _transcribe_onnx(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------- stream
 def cmd_stream(args: argparse.Namespace) -> None:
-    """Live recognition simulated from a file with the exported ONNX files (torch-free)."""
+    """Live recognition with the exported ONNX files (torch-free): from a microphone (--mic), or
+    simulated from a file."""
+    if args.list_devices:
+        from serve.mic import MicError, format_devices, list_input_devices
+
+        try:
+            print(format_devices(list_input_devices()))
+        except MicError as e:
+            raise SystemExit(f"error: {e}") from None
+        return
+    if args.mic == bool(args.audio):
+        raise SystemExit("error: give an audio file or --mic (not both)" if args.mic else
+                         "error: give an audio file to stream, or --mic to listen to a microphone")
+    if not args.onnx:
+        raise SystemExit("error: --onnx DIR is required (an `asr export` directory)")
+    if not args.mic:
+        for name in ("device", "seconds", "save"):
+            if getattr(args, name) is not None:
+                raise SystemExit(f"error: --{name} applies to --mic only")
+    elif args.realtime:
+        raise SystemExit("error: --realtime applies to files (a microphone is real time)")
+    if args.piece_ms <= 0:
+        raise SystemExit(f"error: --piece-ms must be positive, got {args.piece_ms}")
+    if args.seconds is not None and not args.seconds > 0:
+        raise SystemExit(f"error: --seconds must be positive, got {args.seconds}")
+    endpoint = _endpoint_config(args)
+    if args.mic:
+        _stream_mic(args, endpoint)
+    else:
+        _stream_file(args, endpoint)
+
+
+def _stream_mic(args: argparse.Namespace, endpoint) -> None:
+    """``asr stream --mic``: partial text as it changes, a final line per segment; stops after
+    --seconds or at Ctrl-C, after decoding the last words (serve/mic.py)."""
+    import math
+
+    from serve.mic import LiveDisplay, MicError, Microphone, run_live
+
+    try:
+        mic = Microphone(args.device, block_seconds=args.piece_ms / 1000)  # the device's own rate
+    except MicError as e:
+        raise SystemExit(f"error: {e}") from None
+    rec = _onnx_recognizer(args, endpoint)
+    print(f"{rec}\n{mic}", file=sys.stderr, flush=True)
+
+    def started() -> None:
+        until = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
+        print(f"listening {until} ...", file=sys.stderr, flush=True)
+
+    save = None
+    if args.save:
+        import soundfile as sf
+
+        try:  # float samples: decoding the file gives exactly what was shown live
+            save = sf.SoundFile(args.save, "w", samplerate=mic.rate, channels=1, subtype="FLOAT")
+        except (OSError, RuntimeError, ValueError) as e:
+            raise SystemExit(f"error: cannot write --save {args.save}: {e}") from None
+    t0 = time.perf_counter()
+    try:
+        stream = run_live(rec, mic, LiveDisplay(partials=not args.quiet), seconds=args.seconds, on_start=started,
+                          on_audio=save.write if save is not None else None)
+    except MicError as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:  # a second Ctrl-C: abort without the last words
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        if save is not None:
+            save.close()
+    wall = time.perf_counter() - t0
+    print(f"text: {stream.transcript().text}", flush=True)
+    audio = mic.samples / mic.rate
+    peak = 20 * math.log10(mic.peak) if mic.peak > 0 else float("-inf")
+    print(f"captured {audio:.2f} s at {mic.rate} Hz (peak {peak:.1f} dBFS) in {wall:.2f} s; "
+          f"at most {mic.max_backlog:.2f} s of audio waited for decoding"
+          + (f"; {mic.overflows} blocks overflowed (samples lost: the machine was too busy)" if mic.overflows else ""),
+          file=sys.stderr, flush=True)
+    if mic.peak == 0:
+        print("warning: the device delivered only silence: is the microphone muted? (--list-devices)",
+              file=sys.stderr, flush=True)
+
+
+def _stream_file(args: argparse.Namespace, endpoint) -> None:
+    """``asr stream FILE``: live recognition simulated from a file, with timings."""
     import soundfile as sf
 
-    from serve import EndpointConfig, EndpointRule
     from serve.simulate import simulate
 
     from .data.audio import read_audio
 
-    if args.piece_ms <= 0:
-        raise SystemExit(f"error: --piece-ms must be positive, got {args.piece_ms}")
-    try:
-        endpoint = EndpointConfig(
-            enabled=not args.no_endpoint,
-            rule1=EndpointRule(False, args.rule1, 0.0),
-            rule2=EndpointRule(True, args.rule2, 0.0),
-            rule3=EndpointRule(False, 0.0, args.rule3),
-        )
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
     rec = _onnx_recognizer(args, endpoint)
     try:
         rate = sf.info(args.audio).samplerate  # fed at its own rate: the runtime resamples
@@ -330,6 +404,61 @@ def cmd_stream(args: argparse.Namespace) -> None:
     print(f"latency: per piece p50 {st['piece_ms_p50']:.2f} ms p95 {st['piece_ms_p95']:.2f} ms max {st['piece_ms_max']:.2f} ms; "
           f"per window p50 {st['window_ms_p50']:.2f} ms p95 {st['window_ms_p95']:.2f} ms; "
           f"token p50 {st['token_latency_ms_p50']:.0f} ms p95 {st['token_latency_ms_p95']:.0f} ms; final {st['final_ms']:.2f} ms")
+
+
+def _endpoint_config(args: argparse.Namespace):
+    """``serve.EndpointConfig`` from ``--rule1/--rule2/--rule3/--no-endpoint``."""
+    from serve import EndpointConfig, EndpointRule
+
+    try:
+        return EndpointConfig(
+            enabled=not args.no_endpoint,
+            rule1=EndpointRule(False, args.rule1, 0.0),
+            rule2=EndpointRule(True, args.rule2, 0.0),
+            rule3=EndpointRule(False, 0.0, args.rule3),
+        )
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+# ---------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> None:
+    """WebSocket server and web page for live recognition (torch-free; see docs/live.md)."""
+    from serve.server import ServerConfig, serve
+
+    try:
+        config = ServerConfig(
+            host=args.host, port=args.port, token=args.token, max_connections=args.max_connections,
+            max_message_bytes=args.max_message_bytes, max_buffered_seconds=args.max_buffered_seconds,
+            idle_timeout=args.idle_timeout, max_stream_seconds=args.max_stream_seconds,
+            certfile=args.certfile, keyfile=args.keyfile, web=not args.no_web,
+        )
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    rec = _onnx_recognizer(args, _endpoint_config(args))
+    if not args.verbose:
+        logging.getLogger("websockets").setLevel(logging.WARNING)  # not a line per connection
+
+    def ready(server) -> None:
+        ws = server.url.replace("http", "ws", 1) + "ws"
+        page = f"page {server.url}{'?token=...' if config.token else ''}, " if config.web else ""
+        print(f"{rec}\nlistening on {server.url} ({page}WebSocket {ws}); Ctrl-C stops", flush=True)
+
+    try:
+        serve(rec, config, ready=ready)
+    except OSError as e:  # the port is taken, the address is not this machine's, ...
+        raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {e}") from None
+
+
+# ---------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> None:
+    """``asr bench runtime ...`` = ``python -m serve.bench ...``; ``asr bench serve ...`` =
+    ``python -m serve.loadtest ...`` (the options are passed on)."""
+    if args.what == "runtime":
+        from serve.bench import main as bench_main
+    else:
+        from serve.loadtest import main as bench_main
+    bench_main(args.rest)
 
 
 # ---------------------------------------------------------------------- tokenizer
@@ -477,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the CPU always trains in fp32)."))
     sp.add_argument("--config", required=True, help="YAML config (see recipes/*/conf)")
     sp.add_argument("--exp-dir", help="override exp_dir")
-    sp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. optim.lr=1e-3 max_epochs=2")
+    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config keys, e.g. optim.lr=1e-3 max_epochs=2 (may be repeated; later keys win)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_train)
 
@@ -507,20 +637,67 @@ def build_parser() -> argparse.ArgumentParser:
     _onnx_args(sp, required=False)
     sp.set_defaults(func=cmd_transcribe)
 
-    sp = sub.add_parser("stream", help="simulate live recognition from a file (ONNX runtime)", description=(
-        "Feed an audio file to the torch-free streaming runtime in small pieces, as a microphone would, "
-        "printing partial results as they change and final segments at endpoints, then the real-time "
-        "factor and latencies (per piece, per window, per token, final). See docs/runtime.md."))
-    sp.add_argument("audio", help="audio file (any rate: the runtime resamples)")
-    _onnx_args(sp, required=True)
+    sp = sub.add_parser("stream", help="live recognition: a microphone (--mic) or a file (ONNX runtime)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+        "Live recognition with the torch-free streaming runtime (see docs/runtime.md).\n\n"
+        "  asr stream --mic --onnx DIR        listen to the default microphone until Ctrl-C\n"
+        "  asr stream --list-devices          the input devices (index, name, channels, rate)\n"
+        "  asr stream --onnx DIR FILE         simulate it from a file, with timings\n\n"
+        "Partial text is shown as it changes (rewritten in place on a terminal, one line each\n"
+        "otherwise) and a final line with start-end times closes every segment at an endpoint.\n"
+        "With --mic, Ctrl-C (or --seconds) stops the capture, decodes the last words and exits.\n"
+        "A file is fed in small pieces as a microphone would deliver it; the real-time factor and\n"
+        "latencies (per piece, per window, per token, final) follow."))
+    sp.add_argument("audio", nargs="?", help="audio file (any rate: the runtime resamples); not with --mic")
+    _onnx_args(sp, required=False)
+    sp.add_argument("--mic", action="store_true", help="listen to a microphone (sounddevice/PortAudio) instead of a file")
+    sp.add_argument("--device", metavar="N|NAME", help="with --mic: input device index or name (default: the system's)")
+    sp.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
+    sp.add_argument("--seconds", type=float, metavar="S", help="with --mic: stop after S seconds of audio (default: at Ctrl-C)")
+    sp.add_argument("--save", metavar="FILE", help="with --mic: also write the captured audio to FILE (WAV, the device's rate)")
     sp.add_argument("--realtime", action="store_true", help="feed each piece when it would have been recorded")
-    sp.add_argument("--piece-ms", type=float, default=100.0, help="piece size in ms (default 100)")
+    sp.add_argument("--piece-ms", type=float, default=100.0, help="piece (--mic: capture block) size in ms (default 100)")
     sp.add_argument("--no-endpoint", action="store_true", help="no endpoint detection: one segment")
     sp.add_argument("--rule1", type=float, default=2.4, help="endpoint after this much silence with nothing decoded (s)")
     sp.add_argument("--rule2", type=float, default=1.2, help="endpoint after this much silence following speech (s)")
     sp.add_argument("--rule3", type=float, default=20.0, help="endpoint when a segment reaches this length (s)")
     sp.add_argument("--quiet", action="store_true", help="print final segments only, no partial results")
     sp.set_defaults(func=cmd_stream)
+    sp = sub.add_parser("serve", help="live recognition server: WebSocket + web page (ONNX runtime)", description=(
+        "Serve an exported model to many clients at once over WebSocket (ws://HOST:PORT/ws) and the live "
+        "transcription page (http://HOST:PORT/). Streams are decoded together, one batched model call per "
+        "step. Binds 127.0.0.1 unless --host says otherwise; any other address needs --token. The protocol, "
+        "limits and close codes are in docs/live.md."))
+    _onnx_args(sp, required=True)
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0: every interface, needs --token)")
+    sp.add_argument("--port", type=int, default=6006, help="port (default 6006; 0: any free port)")
+    sp.add_argument("--token", default=os.environ.get("ASR_SERVE_TOKEN"), help=(
+        "shared secret clients must send (/ws?token=T or 'Authorization: Bearer T'; open the page as /?token=T); "
+        "default $ASR_SERVE_TOKEN. Required beyond loopback"))
+    sp.add_argument("--certfile", help="TLS certificate (PEM): serve https/wss (browsers need it for the microphone on other machines)")
+    sp.add_argument("--keyfile", help="TLS private key (PEM)")
+    sp.add_argument("--max-connections", type=int, default=64, help="connections at once; more are closed with 1013 (default 64)")
+    sp.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest message; larger closes with 1009 (default 1 MiB)")
+    sp.add_argument("--max-buffered-seconds", type=float, default=5.0, help=(
+        "audio received but not decoded, per connection; above it the socket is not read until the decoder "
+        "catches up (backpressure; default 5)"))
+    sp.add_argument("--idle-timeout", type=float, default=30.0, help="close a connection that sends nothing for this long (s, default 30)")
+    sp.add_argument("--max-stream-seconds", type=float, default=3600.0, help="most audio per connection (s, default 3600)")
+    sp.add_argument("--no-web", action="store_true", help="WebSocket only: no page, no /stats")
+    sp.add_argument("--no-endpoint", action="store_true", help="no endpoint detection: one segment per connection")
+    sp.add_argument("--rule1", type=float, default=2.4, help="endpoint after this much silence with nothing decoded (s)")
+    sp.add_argument("--rule2", type=float, default=1.2, help="endpoint after this much silence following speech (s)")
+    sp.add_argument("--rule3", type=float, default=20.0, help="endpoint when a segment reaches this length (s)")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("bench", help="benchmarks: runtime speed, server load", description=(
+        "asr bench runtime [OPTIONS]: the streaming runtime against sherpa-onnx (python -m serve.bench); "
+        "asr bench serve --onnx DIR [OPTIONS]: many real-time clients against `asr serve` (python -m "
+        "serve.loadtest). `asr bench runtime --help` and `asr bench serve --help` list the options."))
+    sp.add_argument("what", choices=["runtime", "serve"], help="which benchmark")
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="its options")
+    sp.set_defaults(func=cmd_bench)
+
     sp = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on cut manifests", description=(
         "Train a sentencepiece tokenizer (<blk>=0, <unk>=1) on the transcripts of cut manifests; "
         "writes OUT/bpe.model and OUT/tokens.txt."))

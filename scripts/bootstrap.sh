@@ -14,25 +14,52 @@ EXTRAS="${1:-}"
 TORCH_VERSION="2.13.0"
 
 # Debian packages: TTS engines and text for the embedded corpus, libsndfile for soundfile.
-# Extra names can be passed through ASR_APT_PACKAGES (the serve tests add PortAudio etc.).
+# Extra names can be passed through ASR_APT_PACKAGES (needed: the script stops when they are
+# missing and it cannot install them) and ASR_APT_OPTIONAL (installed when we are root, otherwise
+# only named; tests/run.sh passes what the live tests need: PortAudio, PulseAudio, Chromium).
 APT_PACKAGES="espeak-ng flite festival festvox-kallpc16k wordnet-base libsndfile1 ${ASR_APT_PACKAGES:-}"
+APT_OPTIONAL="${ASR_APT_OPTIONAL:-}"
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
-missing_apt=()
-for pkg in $APT_PACKAGES; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing_apt+=("$pkg")
-done
+apt_missing() {
+    local pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
+    done
+}
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+missing_apt=($(apt_missing $APT_PACKAGES))
+missing_opt=($(apt_missing $APT_OPTIONAL))
+can_apt=0
+[ "$(id -u)" = "0" ] && command -v apt-get >/dev/null && can_apt=1
+if [ $((${#missing_apt[@]} + ${#missing_opt[@]})) -gt 0 ] && [ $can_apt = 1 ]; then
+    apt-get update -qq
+fi
 if [ ${#missing_apt[@]} -gt 0 ]; then
-    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    if [ $can_apt = 1 ]; then
         say "installing system packages: ${missing_apt[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
+        apt_install "${missing_apt[@]}"
     else
         say "missing system packages: ${missing_apt[*]}"
-        say "install them first, e.g.: sudo apt-get install ${missing_apt[*]}"
+        say "install them first, e.g.: sudo apt-get install ${missing_apt[*]} ${missing_opt[*]}"
         say "(on other systems: the same TTS engines espeak-ng, flite and festival, and WordNet 3.0 data)"
         exit 1
+    fi
+fi
+if [ ${#missing_opt[@]} -gt 0 ]; then
+    if [ $can_apt = 1 ]; then
+        say "installing optional system packages: ${missing_opt[*]}"
+        if ! apt_install "${missing_opt[@]}"; then  # one by one: a package this system lacks skips only itself
+            for pkg in "${missing_opt[@]}"; do
+                apt_install "$pkg" || say "could not install $pkg (the tests that need it will say so)"
+            done
+        fi
+    else
+        say "optional system packages missing: ${missing_opt[*]} (the tests that need them will say so)"
+        say "to run those tests too: sudo apt-get install ${missing_opt[*]}"
     fi
 fi
 

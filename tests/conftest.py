@@ -68,6 +68,44 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
+TINY_TRAIN = [
+    "model.encoder=lstm",
+    "model.encoder_config={preset: small, num_layers: 2, hidden_size: 256, proj_size: 128, input_size: 128}",
+    "data.sampler.max_duration=60", "data.sampler.num_workers=0", "data.augment.spec_augment=false",
+    "optim.lr=0.003", "optim.warmup_steps=10", "optim.schedule=constant",
+    "max_epochs=200", "max_steps=200", "log_every=5", "save_every_steps=50", "average_last=1",
+    "valid_every_epochs=50", "save_every_epochs=50", "data.sortagrad_epochs=1",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_ctc(tiny_data, tmp_path_factory) -> Path:
+    """A small LSTM CTC model overfit on the first 6 training cuts of ``tiny_data`` (200 steps,
+    constant lr 0.003), trained once per session: DIR/model.pt, DIR/cuts_few.jsonl.gz (the 6
+    cuts), DIR/metrics.jsonl. Its transcripts of those cuts are real (character error rate well
+    below chance), which the end-to-end and live-serving tests rely on."""
+    from lhotse import CutSet
+
+    from asr.cli import main
+
+    exp = tmp_path_factory.mktemp("exp")
+    # Overfit a few cuts: enough steps on little data to get past CTC's all-blank plateau.
+    few = CutSet.from_file(tiny_data / "manifests/cuts_train.jsonl.gz").subset(first=6)
+    few.to_file(exp / "cuts_few.jsonl.gz")
+    cfg = exp / "conf.yaml"
+    cfg.write_text(
+        f"data:\n  train: [{exp}/cuts_few.jsonl.gz]\n"
+        f"  dev: [{tiny_data}/manifests/cuts_dev.jsonl.gz]\n  tokenizer: {tiny_data}/lang_bpe48\n"
+    )
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny LSTM trains as fast on one thread; the machine is shared
+    try:
+        main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *TINY_TRAIN])
+    finally:
+        torch.set_num_threads(n)
+    return exp
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest single-threaded (OpenMP barriers dominate their ops), especially

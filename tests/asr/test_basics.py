@@ -122,3 +122,13 @@ def test_config_base_files_merge_key_by_key(tmp_path):
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_yaml(Outer, tmp_path / "c.yaml")
+
+
+def test_train_set_options_accumulate():
+    """`--set` may be given more than once (recipes add their own after the user's): every
+    group counts, later keys win."""
+    from asr.cli import _parse_overrides, build_parser
+
+    args = build_parser().parse_args(["train", "--config", "c.yaml", "--set", "exp_dir=a", "max_epochs=2",
+                                      "--set", "max_minutes=3", "exp_dir=b"])
+    assert _parse_overrides(args.set) == {"exp_dir": "b", "max_epochs": 2, "max_minutes": 3}

@@ -12,33 +12,13 @@ import pytest
 import soundfile as sf
 
 from asr.cli import main
-from tests.conftest import tone, write_audio
-
-TINY_TRAIN = [
-    "model.encoder=lstm",
-    "model.encoder_config={preset: small, num_layers: 2, hidden_size: 256, proj_size: 128, input_size: 128}",
-    "data.sampler.max_duration=60", "data.sampler.num_workers=0", "data.augment.spec_augment=false",
-    "optim.lr=0.003", "optim.warmup_steps=10", "optim.schedule=constant",
-    "max_epochs=200", "max_steps=200", "log_every=5", "save_every_steps=50", "average_last=1",
-    "valid_every_epochs=50", "save_every_epochs=50", "data.sortagrad_epochs=1",
-]
+from tests.conftest import TINY_TRAIN, tone, write_audio
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory) -> Path:
-    from lhotse import CutSet
-
-    exp = tmp_path_factory.mktemp("exp")
-    # Overfit a few cuts: enough steps on little data to get past CTC's all-blank plateau.
-    few = CutSet.from_file(tiny_data / "manifests/cuts_train.jsonl.gz").subset(first=6)
-    few.to_file(exp / "cuts_few.jsonl.gz")
-    cfg = exp / "conf.yaml"
-    cfg.write_text(
-        f"data:\n  train: [{exp}/cuts_few.jsonl.gz]\n"
-        f"  dev: [{tiny_data}/manifests/cuts_dev.jsonl.gz]\n  tokenizer: {tiny_data}/lang_bpe48\n"
-    )
-    main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *TINY_TRAIN])
-    return exp
+def trained(trained_ctc) -> Path:
+    """The session's small LSTM CTC model (tests/conftest.py: ``trained_ctc``)."""
+    return trained_ctc
 
 
 def test_training_loss_falls_and_outputs_exist(trained):

@@ -97,10 +97,11 @@ def make_emitting(model, feats: torch.Tensor, gain: float = 8.0, quantile: float
 
 
 def build(tmp_path, family: str, head: str, predictor: str = "stateless", ctc_weight: float = 0.0, seed: int = 0,
-          emitting: bool = True, gain: float = 3.0, int8: bool = False, calib: np.ndarray | None = None, **encoder):
+          emitting: bool = True, gain: float = 3.0, int8: bool = False, calib: np.ndarray | None = None,
+          beta: float = 0.5, **encoder):
     """(model, export dir): a tiny model (emitting, see above, or random) exported without the
     sherpa-onnx files. ``calib``: 16 kHz audio the emitting model is set on (default: 2.5 s of
-    synthetic audio)."""
+    synthetic audio). ``beta``: the blank logit (see :func:`make_emitting`)."""
     extra = DUR_UNITS if head == "tdt" else 0
     kw = dict(context_size=1, pred_dim=V, joint_dim=2 * V + extra, activation="relu") if emitting else {}
     model = tiny_model(family, head=head, predictor=predictor, ctc_weight=ctc_weight, seed=seed, **kw, **encoder)
@@ -108,7 +109,7 @@ def build(tmp_path, family: str, head: str, predictor: str = "stateless", ctc_we
         audio = synthetic_audio(2.5, seed=seed) if calib is None else calib
         feats = torch.from_numpy(knf_features(audio, model.features))
         if model.transducer is not None:
-            make_emitting(model, feats, gain=gain, seed=seed + 1)
+            make_emitting(model, feats, gain=gain, beta=beta, seed=seed + 1)
         if model.ctc is not None:
             make_emitting_ctc(model, feats, seed=seed + 2)
     name = f"{family}_{head}_{predictor}_{'e' if emitting else 'r'}{seed}_g{gain:g}{'_int8' if int8 else ''}{'_c' if calib is not None else ''}"

@@ -76,7 +76,8 @@ def test_runtime_equals_torch_streaming(case, built):
             r = s.result()
             assert r.is_final and not rec.is_ready(s)
             assert (r.token_ids, r.frames) == (ref.tokens, ref.frames), f"{case} {decoding} ctc={use_ctc}"
-            assert r.score == pytest.approx(ref.score, rel=1e-4, abs=1e-3)
+            # kaldi-native-fbank vs lhotse features and the resampler differ in the last bits
+            assert r.score == pytest.approx(ref.score, rel=1e-4, abs=5e-3)
             t = model.hyp_to_transcript(ref)
             assert (r.text, r.tokens, r.timestamps) == (t.text, t.tokens, t.timestamps)
             got.append(r.token_ids)
@@ -197,32 +198,37 @@ def _torch_segments(model, audio: np.ndarray, config: EndpointConfig, frame_seco
 
 
 @pytest.mark.parametrize("decoding", ["greedy", "beam"])
-def test_endpoints_close_segments_and_restart_the_decoder(built, decoding):
-    """Two streams decoded together: speech, a pause (rule2), speech; and a long silence
-    first (rule1, an empty segment), then speech. Segments, their tokens, frames and rules
-    equal the policy computed in torch."""
-    model, out = built(family="conformer", head="rnnt")
-    rng = np.random.default_rng(5)
+def test_endpoints_close_segments_and_restart_the_decoder(tmp_path, decoding):
+    """Two streams decoded together: speech, a pause (rule2), speech; and speech, a pause
+    (rule2), a long silence (rule1, an empty segment), speech. Segments, their tokens, frames
+    and rules equal the policy computed in torch."""
 
-    def quiet(sec):
-        return (1e-2 * rng.standard_normal(int(sec * 16000))).astype(np.float32)  # background noise
+    def silence(sec):
+        # digital silence: these tiny random encoders fire on faint noise as readily as on the
+        # synthetic "speech" (and once at a stream's start), which would leave no pause
+        return np.zeros(int(sec * 16000), np.float32)
 
-    a = np.concatenate([synthetic_audio(1.4, seed=41), quiet(1.5), synthetic_audio(1.2, seed=42), quiet(0.3)])
-    b = np.concatenate([quiet(3.0), synthetic_audio(1.0, seed=43)])
+    a = np.concatenate([synthetic_audio(1.4, seed=41), silence(1.5), synthetic_audio(1.2, seed=42), silence(0.3)])
+    b = np.concatenate([synthetic_audio(1.0, seed=43), silence(4.0), synthetic_audio(1.0, seed=44)])
+    # the emitting model fires on the top frames of the audio it is set on (these streams); a
+    # high blank logit keeps beam search, which sums the many token paths, blank in silence
+    model, out = build(tmp_path, family="conformer", head="rnnt", calib=np.concatenate([a, b]), beta=3.0, gain=12.0)
     config = EndpointConfig(rule2=EndpointRule(True, 0.8, 0.0))
     rec = Recognizer(out, decoding=decoding, endpoint=config)
     streams = [rec.create_stream() for _ in (a, b)]
     feed(rec, streams, [a, b], seed=6)
-    for s, audio, first_rule in zip(streams, (a, b), ("rule2", "rule1")):
+    for s, audio in zip(streams, (a, b)):
         want = _torch_segments(model, audio, config, rec.frame_seconds, decoding)
         got = [(r.token_ids, r.frames, r.endpoint) for r in s.segments]
         assert got == want
-        assert want[0][2] == first_rule and len(want) >= 2 and any(w[0] for w in want)
+        assert want[0][2] == "rule2" and want[0][0], [(w[1], w[2]) for w in want]  # speech, then a pause
         assert all(r.is_final for r in s.segments) and s.result().is_final
         assert [r.segment for r in s.segments] == list(range(len(s.segments)))
         assert s.segments[1].start == s.segments[0].end > 0
         assert s.transcript().token_ids == [t for w in want for t in w[0]]
-    assert streams[1].segments[0].text == "" and streams[1].segments[0].endpoint == "rule1"
+    # b's long silence ends an empty segment by rule1 (beam search may first close one or two
+    # rule2 segments there, each holding a token its restarted search emits at once)
+    assert any(r.text == "" and r.endpoint == "rule1" for r in streams[1].segments[1:])
 
 
 def test_endpoint_rules():

@@ -1,0 +1,163 @@
+// The live transcription page: microphone -> AudioWorklet (worklet.js) -> WebSocket (/ws) ->
+// partial and final results. The protocol is in docs/live.md.
+//
+// Audio is sent as float32 pieces of 100 ms at the AudioContext's rate (often 48 kHz); the
+// server resamples. Pieces captured before the server's "ready" are queued and sent then, so
+// the first words are not lost. `window.live` exposes the page's state (used by the tests).
+
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const live = (window.live = {
+  status: "idle", ready: false, done: false, finals: [], partial: "", errors: [],
+  closeCode: null, closeReason: "", piecesSent: 0, sampleRate: null, ended: false,
+});
+let ws = null, ctx = null, media = null, node = null, queue = [];
+
+function setStatus(text) {
+  live.status = text;
+  $("status").textContent = text;
+}
+
+function showError(text) {
+  live.errors.push(text);
+  $("error").textContent = text;
+}
+
+function buttons(running) {
+  $("start").disabled = running;
+  $("stop").disabled = !running;
+}
+
+function wsUrl() {
+  const token = new URLSearchParams(location.search).get("token");
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  return scheme + location.host + "/ws" + (token ? "?token=" + encodeURIComponent(token) : "");
+}
+
+async function start() {
+  buttons(true);
+  $("finals").textContent = "";
+  $("partial").textContent = "";
+  $("error").textContent = "";
+  Object.assign(live, { ready: false, done: false, finals: [], partial: "", errors: [], closeCode: null,
+                        closeReason: "", piecesSent: 0, ended: false });
+  queue = [];
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    showError("No microphone access on this page: browsers allow it only over https, or from http://localhost / http://127.0.0.1.");
+    buttons(false);
+    return;
+  }
+  try {
+    // The audio graph is ready before the microphone opens, so its first samples are not lost.
+    ctx = new AudioContext();
+    await ctx.audioWorklet.addModule("worklet.js");
+    node = new AudioWorkletNode(ctx, "pcm-pieces", { processorOptions: { pieceSeconds: 0.1 } });
+    const mute = ctx.createGain();
+    mute.gain.value = 0;  // the graph runs to the speakers, silently
+    node.connect(mute);
+    mute.connect(ctx.destination);
+    node.port.onmessage = (e) => {
+      if (e.data instanceof Float32Array) sendPiece(e.data);
+      else if (e.data === "flushed") sendEnd();
+    };
+    if (ctx.state === "suspended") await ctx.resume();
+    live.sampleRate = ctx.sampleRate;
+  } catch (e) {
+    showError("Audio processing failed: " + e.message);
+    stopCapture();
+    buttons(false);
+    return;
+  }
+  setStatus("asking for the microphone ...");
+  try {
+    media = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+  } catch (e) {
+    showError("Microphone unavailable: " + e.name + ": " + e.message);
+    stopCapture();
+    buttons(false);
+    setStatus("idle");
+    return;
+  }
+  ctx.createMediaStreamSource(media).connect(node);
+  setStatus("connecting ...");
+  ws = new WebSocket(wsUrl());
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, format: "float32" }));
+  ws.onmessage = (e) => onMessage(JSON.parse(e.data));
+  ws.onclose = (e) => onClose(e);
+}
+
+function sendPiece(x) {
+  if (live.ended) return;
+  if (!live.ready) {
+    queue.push(x);
+  } else if (ws && ws.readyState === WebSocket.OPEN) {
+    ws.send(x.buffer);
+    live.piecesSent++;
+  }
+}
+
+function sendEnd() {
+  if (ws && ws.readyState === WebSocket.OPEN && !live.ended) ws.send(JSON.stringify({ type: "end" }));
+  live.ended = true;
+}
+
+function onMessage(msg) {
+  if (msg.type === "ready") {
+    live.ready = true;
+    const m = msg.model;
+    setStatus(`listening: ${msg.sample_rate} Hz audio -> ${m.encoder} ${m.head} model at ${msg.model_sample_rate} Hz ` +
+              `(${Math.round(m.window_seconds * 1000)} ms windows)`);
+    for (const x of queue) sendPiece(x);
+    queue = [];
+  } else if (msg.type === "partial") {
+    live.partial = msg.text;
+    $("partial").textContent = msg.text;
+  } else if (msg.type === "final") {
+    live.partial = "";
+    $("partial").textContent = "";
+    if (msg.text) {
+      live.finals.push(msg.text);
+      $("finals").textContent += ($("finals").textContent ? " " : "") + msg.text;
+    }
+  } else if (msg.type === "done") {
+    live.done = true;
+    setStatus(`done: ${msg.audio_seconds.toFixed(1)} s of audio, ${msg.segments} segment(s)`);
+  } else if (msg.type === "error") {
+    showError("Server: " + msg.message);
+  }
+}
+
+function onClose(e) {
+  live.closeCode = e.code;
+  live.closeReason = e.reason;
+  stopCapture();
+  buttons(false);
+  if (e.code !== 1000 && live.errors.length === 0) {
+    showError(live.ready ? `Connection lost (code ${e.code}${e.reason ? ": " + e.reason : ""}).`
+                         : `Could not connect to ${wsUrl().split("?")[0]} (code ${e.code}): is the server running, and the token right (open this page as /?token=...)?`);
+  }
+  if (!live.done && live.status !== "idle") setStatus("stopped");
+  ws = null;
+}
+
+function stopCapture() {
+  if (media) media.getTracks().forEach((t) => t.stop());
+  if (node) node.port.postMessage("stop");
+  if (ctx) ctx.close();
+  media = null; node = null; ctx = null;
+}
+
+function stop() {
+  $("stop").disabled = true;
+  setStatus("finishing ...");
+  if (media) media.getTracks().forEach((t) => t.stop());
+  if (node && live.ready) node.port.postMessage("flush");  // the last samples, then "end"
+  else { stopCapture(); if (ws) ws.close(1000, "stopped before the server was ready"); }
+}
+
+$("start").addEventListener("click", start);
+$("stop").addEventListener("click", stop);

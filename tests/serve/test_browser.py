@@ -1,0 +1,192 @@
+"""The live transcription page in a real browser: headless Chromium, its fake microphone playing
+a WAV file, the page served by the WebSocket server, driven over the DevTools protocol.
+
+Chromium comes from Debian (``apt-get install chromium``); as root the test installs it when it
+is missing, otherwise it is skipped with the reason. The DevTools protocol is spoken with the
+``websockets`` client (no Playwright)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve import Recognizer, Stream
+
+from .conftest import ServerThread, cer, read_wav
+
+pytest.importorskip("websockets", minversion="13")
+from websockets.sync.client import connect  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def find_chromium() -> str:
+    """The Chromium binary; installed with apt-get when missing and running as root."""
+    for name in BROWSERS:
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() != 0:
+        pytest.skip("Chromium is not installed (apt-get install chromium) and the test is not root, so it cannot install it")
+    r = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], capture_output=True, text=True)
+    if r.returncode != 0 or not shutil.which("chromium"):
+        pytest.fail(f"could not install Chromium (apt-get install chromium): {r.stderr[-500:]}")
+    return shutil.which("chromium")
+
+
+class DevTools:
+    """A minimal Chrome DevTools protocol client: ``call(method, **params)`` -> result."""
+
+    def __init__(self, ws_url: str):
+        self.ws = connect(ws_url, max_size=None, open_timeout=30).__enter__()
+        self.next_id = 0
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=30))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def eval(self, expression: str, gesture: bool = False):
+        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True, userGesture=gesture)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def close(self) -> None:
+        self.ws.__exit__(None, None, None)
+
+
+def launch(binary: str, wav: Path, profile: Path) -> tuple[subprocess.Popen, DevTools]:
+    proc = subprocess.Popen(
+        [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+         f"--use-file-for-fake-audio-capture={wav}%noloop",  # played once from getUserMedia on, then silence
+         "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0",
+         f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    port_file = profile / "DevToolsActivePort"
+    deadline = time.monotonic() + 60
+    while not (port_file.is_file() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"Chromium did not start: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.1)
+    port = int(port_file.read_text().split()[0])
+    targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30).read())
+    page = next(t for t in targets if t["type"] == "page")
+    return proc, DevTools(page["webSocketDebuggerUrl"])
+
+
+def wait_for(cdp: DevTools, expression: str, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cdp.eval(expression)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; page state: {cdp.eval('JSON.stringify(window.live)')}")
+
+
+def aligned_snr(received: np.ndarray, rate: int, x: np.ndarray) -> tuple[float, float, float]:
+    """Where ``x`` (16 kHz) starts in ``received`` (seconds; negative: its start is missing),
+    the gain, and the SNR (dB) of ``received`` (resampled to 16 kHz) against ``x`` where they
+    overlap. Located by a 2 s piece from the middle of ``x``."""
+    from math import gcd
+
+    from scipy.signal import correlate, resample_poly
+
+    g = gcd(16000, rate)
+    y = resample_poly(received, 16000 // g, rate // g) if rate != 16000 else received
+    mid = len(x) // 2 - 16000
+    probe = x[mid : mid + 32000]
+    if len(y) < len(probe):
+        return 0.0, 0.0, -100.0
+    lag = int(np.argmax(np.abs(correlate(y, probe, mode="valid", method="fft")))) - mid
+    a, b = max(0, -lag), min(len(x), len(y) - lag)
+    ref, seg = x[a:b], y[a + lag : b + lag]
+    gain = float(np.dot(seg, ref) / np.dot(ref, ref))
+    noise = float(np.sum((seg - gain * ref) ** 2)) + 1e-12
+    return lag / 16000, gain, 10 * np.log10(float(np.sum((gain * ref) ** 2)) / noise)
+
+
+def test_page_transcribes_the_microphone(live_model, tmp_path, monkeypatch):
+    binary = find_chromium()
+    path, ref = live_model.utterances[0]
+    x = read_wav(path)
+    rec = Recognizer(live_model.onnx_dir)
+    offline = rec.transcribe(x).text
+    # the fake microphone plays this once from getUserMedia on: the utterance, 1.5 s of silence
+    wav = tmp_path / "mic.wav"
+    sf.write(str(wav), np.concatenate([x, np.zeros(24000, np.float32)]), 16000, subtype="PCM_16")
+    seconds = len(x) / 16000 + 1.5
+    received = []  # what the server's stream was fed: the page's audio
+    accept = Stream.accept_waveform
+
+    def recording(stream, rate, samples):
+        received.append((rate, np.array(samples, np.float32)))
+        return accept(stream, rate, samples)
+
+    monkeypatch.setattr(Stream, "accept_waveform", recording)
+    with ServerThread(rec) as srv:
+        proc, cdp = launch(binary, wav, tmp_path / "profile")
+        try:
+            cdp.call("Page.navigate", url=srv.http_url)
+            wait_for(cdp, "document.readyState === 'complete' && typeof window.live === 'object'", 30, "the page")
+            cdp.eval("document.getElementById('start').click()", gesture=True)
+            wait_for(cdp, "window.live.ready", 30, "the server's ready message")
+            # the whole file at real time
+            wait_for(cdp, f"window.live.piecesSent * 0.1 >= {seconds:.2f}", seconds + 30, "the audio to play")
+            partials_seen = cdp.eval("window.live.finals.length > 0 || window.live.partial.length > 0")
+            cdp.eval("document.getElementById('stop').click()", gesture=True)
+            wait_for(cdp, "window.live.closeCode !== null", 30, "the end of the stream")
+            state = cdp.eval("JSON.stringify(window.live)")
+            shown = cdp.eval("document.getElementById('transcript').textContent")
+            status = cdp.eval("document.getElementById('status').textContent")
+            error_text = cdp.eval("document.getElementById('error').textContent")
+        finally:
+            cdp.close()
+            proc.kill()
+            proc.wait(30)
+        stats = srv.server.stats()
+    monkeypatch.undo()
+    live = json.loads(state)
+    assert live["errors"] == [] and error_text == "", live
+    assert live["closeCode"] == 1000 and live["done"], live
+    assert status.startswith("done:"), status
+    text = " ".join(live["finals"])
+    assert shown == text and text, (shown, text)  # finals appended on the page, the partial cleared
+    assert partials_seen  # text appeared while the audio was still streaming
+    assert stats["completed"] == 1 and stats["errors"] == 0
+
+    # The page sent the microphone's audio at the device's rate, whole: the file, once, at the
+    # right speed and level (Chromium resamples it to its device rate, hence not bit-exact).
+    rates = {r for r, _ in received}
+    assert len(rates) == 1 and rates == {live["sampleRate"]}, (rates, live["sampleRate"])
+    rate = rates.pop()
+    audio = np.concatenate([a for _, a in received])
+    assert len(audio) / rate == pytest.approx(live["piecesSent"] * 0.1, abs=0.11)
+    start, gain, snr = aligned_snr(audio, rate, x)
+    assert -0.02 < start < 0.3 and 0.9 < gain < 1.1 and snr > 10, (start, gain, snr)  # nothing lost, no distortion beyond sub-sample shifts
+    tail = audio[int((start + len(x) / 16000 + 0.1) * rate):]
+    assert len(tail) and np.abs(tail).max() < 0.01, "the file looped (or noise followed it)"
+    # The page shows exactly what the runtime makes of that audio ...
+    assert text == rec.transcribe(audio, rate).text
+    # ... which is real recognition of the utterance: the overfit test model is sensitive to the
+    # resampling and the sub-frame shift Chromium adds, so close to, not equal to, the file's
+    # offline transcript; an empty, looped or garbled stream is far off
+    assert cer(ref, text) < 0.6 and cer(offline, text) < 0.5, (ref, offline, text)
