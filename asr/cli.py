@@ -142,7 +142,82 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------- decode
+def _write_decode_results(out_dir: Path, what: str, splits: dict[str, tuple[list[dict], dict]]) -> None:
+    """``results_<split>.txt`` (REF/HYP per cut), ``wer.json`` and the printed table, for
+    ``asr decode`` on a model file or on ONNX files. ``splits``: name -> (results, table row)."""
+    table = {}
+    for name, (results, row) in splits.items():
+        with open(out_dir / f"results_{name}.txt", "w") as f:
+            for r in results:
+                f.write(f"{r['id']}\tREF: {r['ref']}\n{r['id']}\tHYP: {r['hyp']}\n")
+        table[name] = row
+    (out_dir / "wer.json").write_text(json.dumps({"decoding": what, "splits": table}, indent=2))
+    print(f"{'split':<14}{'WER %':>8}{'words':>8}{'sub':>7}{'del':>7}{'ins':>7}{'RTFx':>8}")
+    for name, r in table.items():
+        print(f"{name:<14}{r['wer']:>8.2f}{r['words']:>8}{r['sub']:>7}{r['del']:>7}{r['ins']:>7}{r['rtfx']:>8.1f}")
+    print(f"(per-utterance results in {out_dir})")
+
+
+def _split_name(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"cut manifest not found: {p}")
+    return p.name.replace("cuts_", "").split(".")[0]
+
+
+def _decode_onnx(args: argparse.Namespace) -> None:
+    """``asr decode --onnx DIR --cuts ...``: WER of the exported files run by the torch-free
+    streaming runtime (``serve.Recognizer``, one segment per cut), e.g. int8 against fp32."""
+    import time
+
+    from lhotse import CutSet
+
+    from serve import EndpointConfig
+
+    from .decoding.wer import WER
+
+    if args.context or args.chunkwise:
+        raise SystemExit("error: --context and --chunkwise apply to a model file; the ONNX runtime always streams "
+                         "at the context it was exported with (asr export --lookahead)")
+    args.threads = args.threads or 1
+    rec = _onnx_recognizer(args, EndpointConfig(enabled=False))
+    what = (f"ONNX runtime ({'int8' if args.int8 else 'fp32'}, {rec.model.num_threads} thread(s)), {args.method}"
+            f"{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}, streaming")
+    print(f"decoding: {what}\n{rec}")
+    out_dir = Path(args.out) if args.out else Path(args.onnx) / ("decode_int8" if args.int8 else "decode")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for path in args.cuts:
+        name = _split_name(path)
+        wer, results, skipped = WER(), [], 0
+        audio_s = compute_s = 0.0
+        for cut in CutSet.from_file(path):
+            try:
+                samples = cut.resample(rec.sample_rate).load_audio()
+            except Exception as e:  # noqa: BLE001 - counted and named, like training's loader
+                print(f"skipping {cut.id}: {type(e).__name__}: {e}", file=sys.stderr)
+                skipped += 1
+                continue
+            samples = samples.mean(axis=0) if samples.ndim == 2 else samples
+            t0 = time.perf_counter()
+            text = rec.transcribe(samples, rec.sample_rate).text
+            compute_s += time.perf_counter() - t0
+            audio_s += len(samples) / rec.sample_rate
+            ref = cut.supervisions[0].text if cut.supervisions else ""
+            sub, dele, ins = wer.add(ref, text)
+            results.append({"id": cut.id, "ref": ref, "hyp": text, "sub": sub, "del": dele, "ins": ins})
+        row = {**wer.as_dict(), "rtfx": round(audio_s / max(compute_s, 1e-9), 1), "skipped": {"unreadable_audio": skipped} if skipped else {}}
+        splits[name] = (results, row)
+    _write_decode_results(out_dir, what, splits)
+
+
 def cmd_decode(args: argparse.Namespace) -> None:
+    if args.onnx:
+        if args.model:
+            raise SystemExit("error: give --model (a model file) or --onnx (an export dir), not both")
+        return _decode_onnx(args)
+    if not args.model:
+        raise SystemExit("error: --model FILE (or --onnx DIR) is required")
     from lhotse import CutSet
 
     from .data.dataset import ASRDataset, SamplerConfig, make_loader, make_sampler
@@ -171,24 +246,14 @@ def cmd_decode(args: argparse.Namespace) -> None:
     out_dir = Path(args.out) if args.out else Path(args.model).parent / "decode"
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = ASRDataset(model.tokenizer, model.features, None)
-    table = {}
+    splits = {}
     for path in args.cuts:
-        p = Path(path)
-        if not p.is_file():
-            raise SystemExit(f"cut manifest not found: {p}")
-        name = p.name.replace("cuts_", "").split(".")[0]
-        cuts = CutSet.from_file(p)
+        name = _split_name(path)
+        cuts = CutSet.from_file(path)
         loader = make_loader(ds, make_sampler(cuts, SamplerConfig(max_duration=args.max_duration), train=False))
         ev = evaluate(model, loader, progress=True, desc=name, decode=decode, compute_loss=False)
-        with open(out_dir / f"results_{name}.txt", "w") as f:
-            for r in ev["results"]:
-                f.write(f"{r['id']}\tREF: {r['ref']}\n{r['id']}\tHYP: {r['hyp']}\n")
-        table[name] = {**ev["wer_detail"], "rtfx": round(ev["rtfx"], 1), "skipped": ev["skipped"]}
-    (out_dir / "wer.json").write_text(json.dumps({"decoding": what, "splits": table}, indent=2))
-    print(f"{'split':<14}{'WER %':>8}{'words':>8}{'sub':>7}{'del':>7}{'ins':>7}{'RTFx':>8}")
-    for name, r in table.items():
-        print(f"{name:<14}{r['wer']:>8.2f}{r['words']:>8}{r['sub']:>7}{r['del']:>7}{r['ins']:>7}{r['rtfx']:>8.1f}")
-    print(f"(per-utterance results in {out_dir})")
+        splits[name] = (ev["results"], {**ev["wer_detail"], "rtfx": round(ev["rtfx"], 1), "skipped": ev["skipped"]})
+    _write_decode_results(out_dir, what, splits)
 
 
 def _set_context(model, context: str | None) -> str:
@@ -614,8 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("decode", help="WER on cut manifests", description=(
         "Decode cut manifests and report WER with sub/del/ins and RTFx (audio seconds per decoding "
         "second). Greedy or beam search (CTC prefix beam / transducer modified beam), whole-utterance "
-        "or --chunkwise (real streaming: encoder caches and decoder state carried window by window)."))
-    sp.add_argument("--model", required=True, help="model file (model.pt)")
+        "or --chunkwise (real streaming: encoder caches and decoder state carried window by window); "
+        "--onnx DIR [--int8]: the exported files through the torch-free streaming runtime instead."))
+    sp.add_argument("--model", help="model file (model.pt); or --onnx DIR")
     sp.add_argument("--cuts", nargs="+", required=True, help="cut manifests (cuts_<name>.jsonl.gz)")
     sp.add_argument("--out", help="results dir (default: next to the model)")
     sp.add_argument("--method", choices=["greedy", "beam"], default="greedy")
@@ -624,7 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--context", help="Conformer attention context LEFT,RIGHT in encoder frames (see `asr info`)")
     sp.add_argument("--chunkwise", action="store_true", help="stream window by window through forward_chunk")
     sp.add_argument("--max-duration", type=float, default=300.0, help="seconds of audio per batch")
-    sp.add_argument("--threads", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's); with --onnx: onnxruntime threads (default 1)")
+    sp.add_argument("--onnx", metavar="DIR", help="instead of --model: an `asr export` dir, run by the torch-free streaming runtime")
+    sp.add_argument("--int8", action="store_true", help="with --onnx: the *.int8.onnx files")
     sp.set_defaults(func=cmd_decode)
 
     sp = sub.add_parser("transcribe", help="transcribe audio files", description=(

@@ -152,3 +152,30 @@ def test_bench_tiny_setting_runs(tmp_path):
     assert res["targets"] and all(isinstance(t["ok"], bool) and t["value"] > 0 for t in res["targets"])
     meta = json.loads((tmp_path / "work" / "conformer-tiny" / "bench.json").read_text())
     assert 0.1 <= meta["emission"]["tokens_per_frame"] <= 0.3 and meta["emission"]["distinct_tokens"] >= 3
+
+
+def test_decode_onnx_equals_torch_streaming_per_utterance(live_model, trained_ctc, tmp_path):
+    """`asr decode --onnx DIR` (the torch-free runtime) gives, cut by cut, the transcripts of
+    `asr decode --model --chunkwise` (torch, real streaming); `--int8` runs the int8 files."""
+    import json
+
+    from asr.cli import main
+
+    cuts = str(trained_ctc / "cuts_few.jsonl.gz")
+    main(["decode", "--model", str(trained_ctc / "model.pt"), "--chunkwise", "--cuts", cuts, "--out", str(tmp_path / "torch")])
+    main(["decode", "--onnx", str(live_model.onnx_dir), "--cuts", cuts, "--out", str(tmp_path / "fp32")])
+    main(["decode", "--onnx", str(live_model.onnx_dir), "--int8", "--cuts", cuts, "--out", str(tmp_path / "int8")])
+
+    def hyps(d):
+        lines = (tmp_path / d / "results_few.txt").read_text().splitlines()
+        return [line.split("\tHYP: ", 1)[1] for line in lines if "\tHYP: " in line]
+
+    assert len(hyps("torch")) == 6 and hyps("fp32") == hyps("torch") and any(h.strip() for h in hyps("fp32"))
+    fp32 = json.loads((tmp_path / "fp32" / "wer.json").read_text())
+    assert "fp32" in fp32["decoding"] and fp32["splits"]["few"]["words"] > 0
+    assert "int8" in json.loads((tmp_path / "int8" / "wer.json").read_text())["decoding"]
+    assert len(hyps("int8")) == 6
+    with pytest.raises(SystemExit, match="not both"):
+        main(["decode", "--onnx", str(live_model.onnx_dir), "--model", "m.pt", "--cuts", cuts])
+    with pytest.raises(SystemExit, match="chunkwise"):
+        main(["decode", "--onnx", str(live_model.onnx_dir), "--chunkwise", "--cuts", cuts])
