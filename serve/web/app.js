@@ -50,19 +50,11 @@ async function start() {
   }
   try {
     // The audio graph is ready before the microphone opens, so its first samples are not lost.
-    ctx = new AudioContext();
-    await ctx.audioWorklet.addModule("worklet.js");
-    node = new AudioWorkletNode(ctx, "pcm-pieces", { processorOptions: { pieceSeconds: 0.1 } });
-    const mute = ctx.createGain();
-    mute.gain.value = 0;  // the graph runs to the speakers, silently
-    node.connect(mute);
-    mute.connect(ctx.destination);
-    node.port.onmessage = (e) => {
-      if (e.data instanceof Float32Array) sendPiece(e.data);
-      else if (e.data === "flushed") sendEnd();
-    };
-    if (ctx.state === "suspended") await ctx.resume();
-    live.sampleRate = ctx.sampleRate;
+    // It runs at 16 kHz, the model's rate: the browser's audio engine downsamples the microphone
+    // (a third of the bytes of 48 kHz on the wire). Browsers that cannot feed a microphone into
+    // a context of another rate get a graph at their own rate instead (see connectMicrophone);
+    // the server resamples whatever rate the start message names.
+    await buildGraph(16000);
   } catch (e) {
     showError("Audio processing failed: " + e.message);
     stopCapture();
@@ -81,13 +73,49 @@ async function start() {
     setStatus("idle");
     return;
   }
-  ctx.createMediaStreamSource(media).connect(node);
+  try {
+    await connectMicrophone();
+  } catch (e) {
+    showError("Audio processing failed: " + e.message);
+    stopCapture();
+    buttons(false);
+    return;
+  }
   setStatus("connecting ...");
   ws = new WebSocket(wsUrl());
   ws.binaryType = "arraybuffer";
   ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, format: "float32" }));
   ws.onmessage = (e) => onMessage(JSON.parse(e.data));
   ws.onclose = (e) => onClose(e);
+}
+
+async function buildGraph(rate) {
+  ctx = rate ? new AudioContext({ sampleRate: rate }) : new AudioContext();
+  await ctx.audioWorklet.addModule("worklet.js");
+  node = new AudioWorkletNode(ctx, "pcm-pieces", { processorOptions: { pieceSeconds: 0.1 } });
+  const mute = ctx.createGain();
+  mute.gain.value = 0;  // the graph runs to the speakers, silently
+  node.connect(mute);
+  mute.connect(ctx.destination);
+  node.port.onmessage = (e) => {
+    if (e.data instanceof Float32Array) sendPiece(e.data);
+    else if (e.data === "flushed") sendEnd();
+  };
+  if (ctx.state === "suspended") await ctx.resume();
+  live.sampleRate = ctx.sampleRate;
+}
+
+async function connectMicrophone() {
+  try {
+    ctx.createMediaStreamSource(media).connect(node);
+  } catch (e) {
+    // e.g. "Connecting AudioNodes from AudioContexts with different sample-rate is currently not
+    // supported": run at the browser's own rate (nothing has been captured yet)
+    node.port.onmessage = null;
+    await ctx.close();
+    await buildGraph(null);
+    ctx.createMediaStreamSource(media).connect(node);
+  }
 }
 
 function sendPiece(x) {
