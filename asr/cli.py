@@ -635,6 +635,14 @@ def _onnx_args(sp: argparse.ArgumentParser, required: bool) -> None:
     sp.add_argument("--threads", type=int, default=1, help="with --onnx: onnxruntime threads")
 
 
+def _endpoint_args(sp: argparse.ArgumentParser, without: str) -> None:
+    """``--no-endpoint`` and the rules that :func:`_endpoint_config` reads."""
+    sp.add_argument("--no-endpoint", action="store_true", help=f"no endpoint detection: {without}")
+    sp.add_argument("--rule1", type=float, default=2.4, help="endpoint after this much silence with nothing decoded (s)")
+    sp.add_argument("--rule2", type=float, default=1.2, help="endpoint after this much silence following speech (s)")
+    sp.add_argument("--rule3", type=float, default=20.0, help="endpoint when a segment reaches this length (s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asr", description="Streaming speech recognition toolkit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -725,10 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--save", metavar="FILE", help="with --mic: also write the captured audio to FILE (WAV, the device's rate)")
     sp.add_argument("--realtime", action="store_true", help="feed each piece when it would have been recorded")
     sp.add_argument("--piece-ms", type=float, default=100.0, help="piece (--mic: capture block) size in ms (default 100)")
-    sp.add_argument("--no-endpoint", action="store_true", help="no endpoint detection: one segment")
-    sp.add_argument("--rule1", type=float, default=2.4, help="endpoint after this much silence with nothing decoded (s)")
-    sp.add_argument("--rule2", type=float, default=1.2, help="endpoint after this much silence following speech (s)")
-    sp.add_argument("--rule3", type=float, default=20.0, help="endpoint when a segment reaches this length (s)")
+    _endpoint_args(sp, "one segment")
     sp.add_argument("--quiet", action="store_true", help="print final segments only, no partial results")
     sp.set_defaults(func=cmd_stream)
     sp = sub.add_parser("serve", help="live recognition server: WebSocket + web page (ONNX runtime)", description=(
@@ -752,10 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--idle-timeout", type=float, default=30.0, help="close a connection that sends nothing for this long (s, default 30)")
     sp.add_argument("--max-stream-seconds", type=float, default=3600.0, help="most audio per connection (s, default 3600)")
     sp.add_argument("--no-web", action="store_true", help="WebSocket only: no page, no /stats")
-    sp.add_argument("--no-endpoint", action="store_true", help="no endpoint detection: one segment per connection")
-    sp.add_argument("--rule1", type=float, default=2.4, help="endpoint after this much silence with nothing decoded (s)")
-    sp.add_argument("--rule2", type=float, default=1.2, help="endpoint after this much silence following speech (s)")
-    sp.add_argument("--rule3", type=float, default=20.0, help="endpoint when a segment reaches this length (s)")
+    _endpoint_args(sp, "one segment per connection")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("bench", help="benchmarks: runtime speed, server load", description=(

@@ -56,9 +56,7 @@ async function start() {
     // the server resamples whatever rate the start message names.
     await buildGraph(16000);
   } catch (e) {
-    showError("Audio processing failed: " + e.message);
-    stopCapture();
-    buttons(false);
+    failCapture("Audio processing failed: " + e.message);
     return;
   }
   setStatus("asking for the microphone ...");
@@ -67,18 +65,14 @@ async function start() {
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
   } catch (e) {
-    showError("Microphone unavailable: " + e.name + ": " + e.message);
-    stopCapture();
-    buttons(false);
+    failCapture("Microphone unavailable: " + e.name + ": " + e.message);
     setStatus("idle");
     return;
   }
   try {
     await connectMicrophone();
   } catch (e) {
-    showError("Audio processing failed: " + e.message);
-    stopCapture();
-    buttons(false);
+    failCapture("Audio processing failed: " + e.message);
     return;
   }
   setStatus("connecting ...");
@@ -87,6 +81,12 @@ async function start() {
   ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, format: "float32" }));
   ws.onmessage = (e) => onMessage(JSON.parse(e.data));
   ws.onclose = (e) => onClose(e);
+}
+
+function failCapture(message) {
+  showError(message);
+  stopCapture();
+  buttons(false);
 }
 
 async function buildGraph(rate) {
