@@ -50,11 +50,9 @@ async function start() {
   }
   try {
     // The audio graph is ready before the microphone opens, so its first samples are not lost.
-    // It runs at 16 kHz, the model's rate: the browser's audio engine downsamples the microphone
-    // (a third of the bytes of 48 kHz on the wire). Browsers that cannot feed a microphone into
-    // a context of another rate get a graph at their own rate instead (see connectMicrophone);
-    // the server resamples whatever rate the start message names.
-    await buildGraph(16000);
+    // It runs at the device's own rate; the server resamples to the model's rate with the filter
+    // the training files went through (docs/live.md).
+    await buildGraph();
   } catch (e) {
     failCapture("Audio processing failed: " + e.message);
     return;
@@ -70,7 +68,7 @@ async function start() {
     return;
   }
   try {
-    await connectMicrophone();
+    ctx.createMediaStreamSource(media).connect(node);
   } catch (e) {
     failCapture("Audio processing failed: " + e.message);
     return;
@@ -89,8 +87,8 @@ function failCapture(message) {
   buttons(false);
 }
 
-async function buildGraph(rate) {
-  ctx = rate ? new AudioContext({ sampleRate: rate }) : new AudioContext();
+async function buildGraph() {
+  ctx = new AudioContext();
   await ctx.audioWorklet.addModule("worklet.js");
   node = new AudioWorkletNode(ctx, "pcm-pieces", { processorOptions: { pieceSeconds: 0.1 } });
   const mute = ctx.createGain();
@@ -103,19 +101,6 @@ async function buildGraph(rate) {
   };
   if (ctx.state === "suspended") await ctx.resume();
   live.sampleRate = ctx.sampleRate;
-}
-
-async function connectMicrophone() {
-  try {
-    ctx.createMediaStreamSource(media).connect(node);
-  } catch (e) {
-    // e.g. "Connecting AudioNodes from AudioContexts with different sample-rate is currently not
-    // supported": run at the browser's own rate (nothing has been captured yet)
-    node.port.onmessage = null;
-    await ctx.close();
-    await buildGraph(null);
-    ctx.createMediaStreamSource(media).connect(node);
-  }
 }
 
 function sendPiece(x) {

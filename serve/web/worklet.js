@@ -1,10 +1,10 @@
 // AudioWorklet processor of the live transcription page (serve/web/index.html).
 //
-// Collects the microphone's samples (mono: channels averaged) at the AudioContext's rate (16 kHz:
-// the page asks the browser's audio engine for it, which downsamples the microphone) into
-// pieces of `pieceSeconds` (100 ms by default) and posts each piece to the page as a
-// Float32Array (its buffer transferred). Where a browser cannot run the context at 16 kHz, the
-// page sends its own rate and the server resamples (serve.features.StreamingResampler).
+// Collects the microphone's samples (mono: channels averaged) at the AudioContext's own rate
+// into pieces of `pieceSeconds` (100 ms by default) and posts each piece to the page as a
+// Float32Array (its buffer transferred). The page sends the pieces as they are; the server
+// resamples to the model's rate (serve.features.StreamingResampler, the same filter training
+// used on files), so no resampling happens in the browser.
 
 class PcmPieces extends AudioWorkletProcessor {
   constructor(options) {

@@ -177,7 +177,7 @@ def test_concurrent_clients_get_their_own_transcripts_in_batched_calls(rec, audi
     try:
         with ServerThread(rec) as srv:
             async def main():
-                return await asyncio.gather(*[stream(srv.ws_url, x, pace=0.01) for x, _, _ in audio])
+                return await asyncio.gather(*[stream(srv.ws_url, x) for x, _, _ in audio])
 
             clients = asyncio.run(main())
             stats = settled(srv)
