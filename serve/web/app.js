@@ -1,17 +1,18 @@
 // The live transcription page: microphone -> AudioWorklet (worklet.js) -> WebSocket (/ws) ->
 // partial and final results. The protocol is in docs/live.md.
 //
-// Audio is sent as float32 pieces of 100 ms at the AudioContext's rate (often 48 kHz); the
-// server resamples. Pieces captured before the server's "ready" are queued and sent then, so
-// the first words are not lost. `window.live` exposes the page's state (used by the tests).
+// Audio is sent as float32 pieces of 100 ms at 16 kHz, the model's rate: the worklet resamples
+// the AudioContext's rate (often 48 kHz) with the server's own filter. Pieces captured before
+// the server's "ready" are queued and sent then, so the first words are not lost. `window.live` exposes the page's state (used by the tests).
 
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const live = (window.live = {
   status: "idle", ready: false, done: false, finals: [], partial: "", errors: [],
-  closeCode: null, closeReason: "", piecesSent: 0, sampleRate: null, ended: false,
+  closeCode: null, closeReason: "", piecesSent: 0, sampleRate: null, deviceRate: null, ended: false,
 });
+const MODEL_RATE = 16000;  // the rate the page sends; the server resamples any other
 let ws = null, ctx = null, media = null, node = null, queue = [];
 
 function setStatus(text) {
@@ -50,8 +51,8 @@ async function start() {
   }
   try {
     // The audio graph is ready before the microphone opens, so its first samples are not lost.
-    // It runs at the device's own rate; the server resamples to the model's rate with the filter
-    // the training files went through (docs/live.md).
+    // It runs at the device's own rate; the worklet resamples to the model's rate with the
+    // filter the training files went through (docs/live.md).
     await buildGraph();
   } catch (e) {
     failCapture("Audio processing failed: " + e.message);
@@ -76,7 +77,7 @@ async function start() {
   setStatus("connecting ...");
   ws = new WebSocket(wsUrl());
   ws.binaryType = "arraybuffer";
-  ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, format: "float32" }));
+  ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: live.sampleRate, format: "float32" }));
   ws.onmessage = (e) => onMessage(JSON.parse(e.data));
   ws.onclose = (e) => onClose(e);
 }
@@ -89,18 +90,24 @@ function failCapture(message) {
 
 async function buildGraph() {
   ctx = new AudioContext();
+  live.deviceRate = ctx.sampleRate;
   await ctx.audioWorklet.addModule("worklet.js");
-  node = new AudioWorkletNode(ctx, "pcm-pieces", { processorOptions: { pieceSeconds: 0.1 } });
+  node = new AudioWorkletNode(ctx, "pcm-pieces", { processorOptions: { pieceSeconds: 0.1, targetRate: MODEL_RATE } });
+  const rate = new Promise((resolve) => {
+    node.port.onmessage = (e) => {  // the worklet's first message: the rate of its pieces
+      node.port.onmessage = (m) => {
+        if (m.data instanceof Float32Array) sendPiece(m.data);
+        else if (m.data === "flushed") sendEnd();
+      };
+      resolve(e.data.rate);
+    };
+  });
   const mute = ctx.createGain();
   mute.gain.value = 0;  // the graph runs to the speakers, silently
   node.connect(mute);
   mute.connect(ctx.destination);
-  node.port.onmessage = (e) => {
-    if (e.data instanceof Float32Array) sendPiece(e.data);
-    else if (e.data === "flushed") sendEnd();
-  };
   if (ctx.state === "suspended") await ctx.resume();
-  live.sampleRate = ctx.sampleRate;
+  live.sampleRate = await rate;
 }
 
 function sendPiece(x) {

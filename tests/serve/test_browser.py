@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from serve import Recognizer, Stream
+from serve.features import StreamingResampler
 
 from .conftest import ServerThread, cer, read_wav
 
@@ -124,6 +125,68 @@ def aligned_snr(received: np.ndarray, rate: int, x: np.ndarray) -> tuple[float, 
     return lag / 16000, gain, 10 * np.log10(float(np.sum((gain * ref) ** 2)) / noise)
 
 
+WORKLET_RUN = """
+(async ([b64, rate]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const x = new Float32Array(bytes.buffer);
+  const ctx = new OfflineAudioContext(1, x.length + 1280, rate);
+  await ctx.audioWorklet.addModule("worklet.js");
+  const node = new AudioWorkletNode(ctx, "pcm-pieces", { processorOptions: { pieceSeconds: 0.1, targetRate: 16000 } });
+  const messages = [];
+  node.port.onmessage = (e) => messages.push(e.data);
+  const buffer = ctx.createBuffer(1, x.length, rate);
+  buffer.copyToChannel(x, 0);
+  const src = ctx.createBufferSource();
+  src.buffer = buffer;
+  src.connect(node);
+  node.connect(ctx.destination);
+  src.start();
+  await ctx.startRendering();
+  await new Promise((r) => setTimeout(r, 200));  // the port's last messages
+  const pieces = messages.filter((m) => m instanceof Float32Array);
+  const all = new Float32Array(pieces.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of pieces) { all.set(p, at); at += p.length; }
+  let bin = "";
+  const out = new Uint8Array(all.buffer);
+  for (let i = 0; i < out.length; i += 8192) bin += String.fromCharCode.apply(null, out.subarray(i, i + 8192));
+  return JSON.stringify({ first: messages[0], sizes: pieces.map((p) => p.length), audio: btoa(bin) });
+})
+"""
+
+
+@pytest.mark.parametrize("rate", [48000, 44100, 22050, 8000])
+def test_the_page_resamples_like_the_server(live_model, tmp_path, rate):
+    """The worklet's resampler (JavaScript) gives the server's StreamingResampler's samples."""
+    import base64
+
+    binary = find_chromium()
+    rng = np.random.default_rng(rate)
+    t = np.arange(int(1.3 * rate)) / rate
+    x = (0.3 * np.sin(2 * np.pi * 440 * t * (1 + t)) + 0.1 * rng.standard_normal(len(t))).astype(np.float32)
+    x[rate // 2 : rate // 2 + 50] = 0.9  # a step: the filter's edges show
+    with ServerThread(Recognizer(live_model.onnx_dir)) as srv:
+        proc, cdp = launch(binary, tmp_path / "unused.wav", tmp_path / "profile")
+        try:
+            cdp.call("Page.navigate", url=srv.http_url)
+            wait_for(cdp, "document.readyState === 'complete'", 30, "the page")
+            arg = json.dumps([base64.b64encode(x.tobytes()).decode(), rate])
+            got = json.loads(cdp.eval(f"{WORKLET_RUN}({arg})"))
+        finally:
+            cdp.close()
+            proc.kill()
+            proc.wait(30)
+    assert got["first"] == {"rate": 16000}
+    sizes = got["sizes"]
+    assert sizes and set(sizes) == {1600}, sizes  # 100 ms pieces at 16 kHz
+    y = np.frombuffer(base64.b64decode(got["audio"]), np.float32)
+    ref = StreamingResampler(rate, 16000)
+    ready = ref.process(x)  # the source's samples; after them the worklet may see silence or no input
+    want = np.concatenate([ready, ref.process(np.zeros(1280, np.float32))])
+    assert len(ready) // 1600 * 1600 <= len(y) <= len(want), (len(y), len(ready), len(want))
+    np.testing.assert_allclose(y, want[: len(y)], rtol=0, atol=2e-7)
+
+
 def test_page_transcribes_the_microphone(live_model, tmp_path, monkeypatch):
     binary = find_chromium()
     path, ref = live_model.utterances[0]
@@ -173,10 +236,11 @@ def test_page_transcribes_the_microphone(live_model, tmp_path, monkeypatch):
     assert partials_seen  # text appeared while the audio was still streaming
     assert stats["completed"] == 1 and stats["errors"] == 0
 
-    # The page sent the microphone's audio at the device's rate, whole: the file, once, at the
-    # right speed and level (Chromium resamples it to its device rate, hence not bit-exact).
+    # The page sent the microphone's audio at 16 kHz (its worklet resampled the device's rate),
+    # whole: the file, once, at the right speed and level (Chromium resamples the file to its
+    # device rate and the page back, hence not bit-exact).
     rates = {r for r, _ in received}
-    assert len(rates) == 1 and rates == {live["sampleRate"]}, (rates, live["sampleRate"])
+    assert rates == {16000} and live["sampleRate"] == 16000 and live["deviceRate"] > 0, (rates, live)
     rate = rates.pop()
     audio = np.concatenate([a for _, a in received])
     assert len(audio) / rate == pytest.approx(live["piecesSent"] * 0.1, abs=0.11)
