@@ -55,6 +55,14 @@ def decode(model: Path, data: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "wer.json").read_text())["splits"]
 
 
+def family_tokenizer(family: str) -> str:
+    """The tokenizer directory's name in the family's config (lang_char, lang_bpe256, ...): the
+    units depend on the frame rate (characters need 4x; Citrinet's 8x needs BPE)."""
+    from asr.config import read_yaml_tree
+
+    return Path(read_yaml_tree(ROOT / "recipes/mini/conf" / f"{family}.yaml")["data"]["tokenizer"]).name
+
+
 def run_cell(family: str, head: str, args) -> dict:
     exp = args.out / f"{family}_{head}"
     model = exp / "model.pt"
@@ -68,7 +76,7 @@ def run_cell(family: str, head: str, args) -> dict:
         sh([sys.executable, "-m", "asr.cli", "train", "--config", str(ROOT / "recipes/mini/conf" / f"{family}.yaml"),
             "--exp-dir", str(exp), "--no-progress", "--set", f"max_minutes={args.minutes}",
             f"data.train=[{args.data}/manifests/cuts_train.jsonl.gz]", f"data.dev=[{args.data}/manifests/cuts_dev.jsonl.gz]",
-            f"data.tokenizer={args.data}/lang_bpe256",
+            f"data.tokenizer={args.data}/{family_tokenizer(family)}",
             f"data.augment.noise_manifest={args.data}/corpus/noise/recordings.jsonl.gz", *HEADS[head]],
            log=exp / "run.log")
         print(f"  trained {family}/{head} in {(time.time() - t0) / 60:.1f} min", flush=True)

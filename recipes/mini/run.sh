@@ -7,7 +7,7 @@
 #   bash recipes/mini/run.sh --stage 2 --stop-stage 3
 #   CONFIG=recipes/mini/conf/lstm.yaml bash recipes/mini/run.sh --stage 2
 #
-# Stages: 0 set up .venv | 1 build corpus + manifests + tokenizer | 2 train | 3 decode (WER,
+# Stages: 0 set up .venv | 1 build corpus + manifests + tokenizers | 2 train | 3 decode (WER,
 #         whole-utterance and chunk-wise streaming) | 4 export to ONNX | 5 stream a test file
 #         through the ONNX runtime (partial results as they arrive)
 set -euo pipefail
@@ -26,8 +26,9 @@ TEST_SETS="test-seen test-unseen dev"
 source scripts/bootstrap.sh  # stage 0 always runs: it is a no-op when .venv is up to date
 
 if run 1; then
-    banner 1 "build the mini LibriSpeech corpus, manifests and tokenizer ($DATA)"
-    asr prepare --corpus mini --out "$DATA" --model-type bpe --vocab-size 256
+    banner 1 "build the mini LibriSpeech corpus, manifests and tokenizers ($DATA)"
+    asr prepare --corpus mini --out "$DATA" --model-type bpe --vocab-size 256  # Citrinet (8x)
+    asr tokenizer --cuts "$DATA/manifests/cuts_train.jsonl.gz" --model-type char --out "$DATA/lang_char"  # 4x families
 fi
 
 if run 2; then
