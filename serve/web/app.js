@@ -3,7 +3,8 @@
 //
 // Audio is sent as float32 pieces of 100 ms at 16 kHz, the model's rate: the worklet resamples
 // the AudioContext's rate (often 48 kHz) with the server's own filter. Pieces captured before
-// the server's "ready" are queued and sent then, so the first words are not lost. `window.live` exposes the page's state (used by the tests).
+// the server's "ready" are queued and sent then, so the first words are not lost.
+// `window.live` exposes the page's state (used by the tests).
 
 "use strict";
 
