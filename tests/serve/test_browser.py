@@ -142,7 +142,11 @@ WORKLET_RUN = """
   node.connect(ctx.destination);
   src.start();
   await ctx.startRendering();
-  await new Promise((r) => setTimeout(r, 200));  // the port's last messages
+  // the port's last messages: wait until none has arrived for 300 ms (at most 10 s)
+  for (let n = -1, t = 0; n !== messages.length && t < 10000; t += 300) {
+    n = messages.length;
+    await new Promise((r) => setTimeout(r, 300));
+  }
   const pieces = messages.filter((m) => m instanceof Float32Array);
   const all = new Float32Array(pieces.reduce((n, p) => n + p.length, 0));
   let at = 0;
