@@ -165,59 +165,151 @@ def _split_name(path: str) -> str:
     return p.name.replace("cuts_", "").split(".")[0]
 
 
-def _decode_onnx(args: argparse.Namespace) -> None:
+def _audio_batches(cuts, sample_rate: int, size: int, desc: str, unreadable: list, no_progress: bool):
+    """Lists of up to ``size`` (cut, mono float32 samples at ``sample_rate``); a cut whose audio
+    cannot be read is named on stderr and its id appended to ``unreadable``."""
+    from tqdm.auto import tqdm
+
+    batch = []
+    for cut in tqdm(cuts, desc=desc, unit="cut", disable=no_progress):
+        try:
+            samples = cut.resample(sample_rate).load_audio()
+        except Exception as e:  # noqa: BLE001 - counted and named, like training's loader
+            print(f"skipping {cut.id}: {type(e).__name__}: {e}", file=sys.stderr)
+            unreadable.append(cut.id)
+            continue
+        batch.append((cut, samples.mean(axis=0) if samples.ndim == 2 else samples.reshape(-1)))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _decode_onnx(args: argparse.Namespace) -> dict:
     """``asr decode --onnx DIR --cuts ...``: WER of the exported files run by the torch-free
-    streaming runtime (``serve.Recognizer``, one segment per cut), e.g. int8 against fp32."""
+    streaming runtime (``serve.Recognizer``, one stream per cut, ``--batch`` streams decoded
+    together), e.g. int8 against fp32; ``--runtime sherpa``: by sherpa-onnx instead
+    (``serve.sherpa``)."""
     import time
 
+    import numpy as np
     from lhotse import CutSet
-
-    from serve import EndpointConfig
 
     from .decoding.wer import WER
 
     if args.context or args.chunkwise:
         raise SystemExit("error: --context and --chunkwise apply to a model file; the ONNX runtime always streams "
                          "at the context it was exported with (asr export --lookahead)")
+    if args.batch < 1:
+        raise SystemExit(f"error: --batch must be >= 1, got {args.batch}")
+    if args.tail_padding is not None and not 0 <= args.tail_padding <= 60:
+        raise SystemExit(f"error: --tail-padding must be 0 to 60 seconds, got {args.tail_padding}")
     args.threads = args.threads or 1
-    rec = _onnx_recognizer(args, EndpointConfig(enabled=False))
-    what = (f"ONNX runtime ({'int8' if args.int8 else 'fp32'}, {rec.model.num_threads} thread(s)), {args.method}"
-            f"{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}, streaming")
+    prec = "int8" if args.int8 else "fp32"
+    if args.runtime == "sherpa":
+        if args.method != "greedy" or args.max_symbols is not None:
+            raise SystemExit("error: --runtime sherpa decodes greedily with sherpa-onnx's own rule (at most one symbol "
+                             "per frame): --method beam and --max-symbols apply to our runtime")
+        from serve.sherpa import SherpaRecognizer
+
+        try:
+            rec = SherpaRecognizer(args.onnx, int8=args.int8, use_ctc=args.use_ctc, num_threads=args.threads)
+        except (FileNotFoundError, ValueError, ImportError) as e:
+            raise SystemExit(f"error: {e}") from None
+        tail_s = rec.tail_seconds if args.tail_padding is None else args.tail_padding
+        what = f"sherpa-onnx {rec.kind} ({prec}, {args.threads} thread(s)), greedy, streaming, {tail_s:.3f} s of silence appended"
+
+        def run(batch: list) -> list[str]:
+            return rec.transcribe_many(batch, tail_seconds=args.tail_padding)
+    else:
+        from serve import EndpointConfig
+
+        rec = _onnx_recognizer(args, EndpointConfig(enabled=False))
+        max_sym = "" if args.max_symbols is None else f", at most {args.max_symbols} symbol(s) per frame"
+        what = (f"ONNX runtime ({prec}, {rec.model.num_threads} thread(s)), {args.method}"
+                f"{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}{max_sym}, streaming"
+                f"{f', {args.tail_padding:.3f} s of silence appended' if args.tail_padding else ''}")
+
+        tail = np.zeros(round((args.tail_padding or 0.0) * rec.sample_rate), np.float32)
+
+        def run(batch: list) -> list[str]:
+            return [r.text for r in rec.transcribe_many([np.concatenate([x, tail]) for x in batch])]
     print(f"decoding: {what}\n{rec}")
-    out_dir = Path(args.out) if args.out else Path(args.onnx) / ("decode_int8" if args.int8 else "decode")
+    default = ("decode_sherpa" if args.runtime == "sherpa" else "decode") + ("_int8" if args.int8 else "")
+    out_dir = Path(args.out) if args.out else Path(args.onnx) / default
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = {}
     for path in args.cuts:
         name = _split_name(path)
-        wer, results, skipped = WER(), [], 0
+        wer, results = WER(), []
         audio_s = compute_s = 0.0
-        for cut in CutSet.from_file(path):
-            try:
-                samples = cut.resample(rec.sample_rate).load_audio()
-            except Exception as e:  # noqa: BLE001 - counted and named, like training's loader
-                print(f"skipping {cut.id}: {type(e).__name__}: {e}", file=sys.stderr)
-                skipped += 1
-                continue
-            samples = samples.mean(axis=0) if samples.ndim == 2 else samples
+        unreadable: list[str] = []
+        for batch in _audio_batches(CutSet.from_file(path), rec.sample_rate, args.batch, name, unreadable, args.no_progress):
             t0 = time.perf_counter()
-            text = rec.transcribe(samples, rec.sample_rate).text
+            texts = run([x for _, x in batch])
             compute_s += time.perf_counter() - t0
-            audio_s += len(samples) / rec.sample_rate
-            ref = cut.supervisions[0].text if cut.supervisions else ""
-            sub, dele, ins = wer.add(ref, text)
-            results.append({"id": cut.id, "ref": ref, "hyp": text, "sub": sub, "del": dele, "ins": ins})
+            for (cut, x), text in zip(batch, texts):
+                audio_s += len(x) / rec.sample_rate
+                ref = cut.supervisions[0].text if cut.supervisions else ""
+                sub, dele, ins = wer.add(ref, text)
+                results.append({"id": cut.id, "ref": ref, "hyp": text, "sub": sub, "del": dele, "ins": ins})
+        skipped = len(unreadable)
         row = {**wer.as_dict(), "rtfx": round(audio_s / max(compute_s, 1e-9), 1), "skipped": {"unreadable_audio": skipped} if skipped else {}}
         splits[name] = (results, row)
     _write_decode_results(out_dir, what, splits)
+    return {"out_dir": out_dir, "splits": list(splits)}
+
+
+def _read_hyps(path: Path) -> dict[str, str]:
+    """cut id -> hypothesis of a ``results_<split>.txt``."""
+    hyps = {}
+    for line in path.read_text().splitlines():
+        cid, _, rest = line.partition("\t")
+        if rest.startswith("HYP: "):
+            hyps[cid] = " ".join(rest[5:].split())
+        elif rest == "HYP:":
+            hyps[cid] = ""
+    return hyps
+
+
+def compare_decodes(out_dir: Path, other: Path, splits: list[str]) -> dict:
+    """How many transcripts of ``out_dir`` equal those of ``other`` (another ``asr decode``
+    output dir), per split; writes ``out_dir/compare.json`` with the differing cut ids."""
+    report = {"against": str(other), "splits": {}}
+    for name in splits:
+        theirs_path = other / f"results_{name}.txt"
+        if not theirs_path.is_file():
+            raise SystemExit(f"error: --compare-to {other}: no results_{name}.txt there (decode the same cut manifests first)")
+        ours, theirs = _read_hyps(out_dir / f"results_{name}.txt"), _read_hyps(theirs_path)
+        common = [c for c in ours if c in theirs]
+        differ = [c for c in common if ours[c] != theirs[c]]
+        report["splits"][name] = {"identical": len(common) - len(differ), "compared": len(common),
+                                  "missing": len(ours) - len(common), "differ": differ}
+    (out_dir / "compare.json").write_text(json.dumps(report, indent=2))
+    print(f"identical transcripts vs {other}: " + ", ".join(
+        f"{n} {r['identical']}/{r['compared']}" + (f" ({r['missing']} cuts not there)" if r["missing"] else "")
+        for n, r in report["splits"].items()) + f" (differences in {out_dir / 'compare.json'})")
+    return report
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
     if args.onnx:
         if args.model:
             raise SystemExit("error: give --model (a model file) or --onnx (an export dir), not both")
-        return _decode_onnx(args)
-    if not args.model:
-        raise SystemExit("error: --model FILE (or --onnx DIR) is required")
+        done = _decode_onnx(args)
+    else:
+        if not args.model:
+            raise SystemExit("error: --model FILE (or --onnx DIR) is required")
+        if args.runtime != "ours" or args.max_symbols is not None or args.batch != 16 or args.tail_padding is not None:
+            raise SystemExit("error: --runtime, --max-symbols, --batch and --tail-padding apply to --onnx DIR")
+        done = _decode_model(args)
+    if args.compare_to:
+        compare_decodes(done["out_dir"], Path(args.compare_to), done["splits"])
+
+
+def _decode_model(args: argparse.Namespace) -> dict:
+    """``asr decode --model model.pt --cuts ...``: PyTorch, whole utterance or chunk-wise."""
     from lhotse import CutSet
 
     from .data.dataset import ASRDataset, SamplerConfig, make_loader, make_sampler
@@ -251,9 +343,10 @@ def cmd_decode(args: argparse.Namespace) -> None:
         name = _split_name(path)
         cuts = CutSet.from_file(path)
         loader = make_loader(ds, make_sampler(cuts, SamplerConfig(max_duration=args.max_duration), train=False))
-        ev = evaluate(model, loader, progress=True, desc=name, decode=decode, compute_loss=False)
+        ev = evaluate(model, loader, progress=not args.no_progress, desc=name, decode=decode, compute_loss=False)
         splits[name] = (ev["results"], {**ev["wer_detail"], "rtfx": round(ev["rtfx"], 1), "skipped": ev["skipped"]})
     _write_decode_results(out_dir, what, splits)
+    return {"out_dir": out_dir, "splits": list(splits)}
 
 
 def _set_context(model, context: str | None) -> str:
@@ -312,7 +405,7 @@ def _onnx_recognizer(args: argparse.Namespace, endpoint):
 
     try:
         return Recognizer(args.onnx, decoding=args.method, beam=args.beam, num_threads=args.threads, int8=args.int8,
-                          use_ctc=args.use_ctc, endpoint=endpoint)
+                          use_ctc=args.use_ctc, endpoint=endpoint, max_symbols=getattr(args, "max_symbols", None) or 10)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -582,6 +675,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"model:       {args.model}")
     print(f"encoder:     {cfg.encoder} ({enc.subsampling}x, {enc.output_dim} dims)")
     head = cfg.head + (f" + CTC (weight {cfg.ctc_weight})" if cfg.head != "ctc" and cfg.ctc_weight > 0 else "")
+    if cfg.ctc_warmup_steps:
+        head += f", CTC warm-up {cfg.ctc_warmup_steps} steps"
     print(f"head:        {head}")
     if cfg.head == "tdt":
         print(f"durations:   {cfg.transducer.durations}")
@@ -701,6 +796,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's); with --onnx: onnxruntime threads (default 1)")
     sp.add_argument("--onnx", metavar="DIR", help="instead of --model: an `asr export` dir, run by the torch-free streaming runtime")
     sp.add_argument("--int8", action="store_true", help="with --onnx: the *.int8.onnx files")
+    sp.add_argument("--runtime", choices=["ours", "sherpa"], default="ours",
+                    help="with --onnx: our runtime, or sherpa-onnx (PyPI) on the export's sherpa-onnx/ files")
+    sp.add_argument("--max-symbols", type=int, help="with --onnx: transducer symbols per frame (default 10; "
+                    "sherpa-onnx's greedy search emits at most 1)")
+    sp.add_argument("--batch", type=int, default=16, help="with --onnx: streams decoded together")
+    sp.add_argument("--tail-padding", type=float, metavar="SECONDS", help="with --onnx: silence appended to each cut "
+                    "(ours: none by default; sherpa-onnx, which runs only full windows: one window and one shift)")
+    sp.add_argument("--compare-to", metavar="DIR", help="another `asr decode` output dir: count identical transcripts")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_decode)
 
     sp = sub.add_parser("transcribe", help="transcribe audio files", description=(

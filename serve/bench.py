@@ -234,20 +234,15 @@ def run_ours(model_dir: Path, audio: np.ndarray, int8: bool, threads: int, warmu
 
 
 def run_sherpa(model_dir: Path, audio: np.ndarray, int8: bool, threads: int, warmup: np.ndarray | None, piece: float = 0.1) -> dict:
-    try:
-        import sherpa_onnx
-    except ImportError:
-        return {"error": "sherpa-onnx is not installed (pip install sherpa-onnx, or the dev extra)"}
+    from .sherpa import SherpaRecognizer
 
-    card = json.loads((model_dir / "model.json").read_text())
-    info = card["sherpa_onnx"].get("transducer", {})
-    if "unsupported" in info or not info:
-        return {"error": info.get("unsupported", "no sherpa-onnx files")}
-    key = "int8" if int8 else "path"
-    files = {k: str(model_dir / card["files"][f"sherpa_{k}"][key]) for k in ("encoder", "decoder", "joiner")}
-    rec = sherpa_onnx.OnlineRecognizer.from_transducer(
-        tokens=str(model_dir / info["files"]["tokens"]), encoder=files["encoder"], decoder=files["decoder"],
-        joiner=files["joiner"], num_threads=threads, decoding_method="greedy_search", **info["kwargs"])
+    try:
+        sherpa = SherpaRecognizer(model_dir, int8=int8, num_threads=threads)
+    except (ImportError, ValueError, FileNotFoundError) as e:
+        return {"error": str(e)}
+    if sherpa.kind != "transducer":
+        return {"error": f"no sherpa-onnx transducer files: {sherpa.card['sherpa_onnx'].get('transducer')}"}
+    rec = sherpa.rec
 
     def one(x: np.ndarray):
         s = rec.create_stream()
@@ -273,7 +268,7 @@ def run_sherpa(model_dir: Path, audio: np.ndarray, int8: bool, threads: int, war
     if warmup is not None:
         one(warmup)
     total, pieces, windows, tokens = one(audio)
-    size = sum(os.path.getsize(f) for f in files.values())
+    size = sherpa.size_bytes()
     return {"rtf": round(total / (len(audio) / SR), 4), "compute_s": round(total, 4), "window_ms_p50": _pct(windows, 50),
             "window_ms_p95": _pct(windows, 95), "piece_ms_p50": _pct(pieces, 50), "piece_ms_p95": _pct(pieces, 95),
             "windows": len(windows), "tokens": len(tokens), "size_mb": round(size / 1e6, 2)}

@@ -363,8 +363,16 @@ class Recognizer:
     def transcribe(self, samples, sample_rate: int | None = None) -> Result:
         """A whole recording (float samples at ``sample_rate``, default the model's): its
         :meth:`Stream.transcript` (all segments joined)."""
-        s = self.create_stream()
-        s.accept_waveform(sample_rate or self.sample_rate, samples)
-        s.input_finished()
-        self.decode([s])
-        return s.transcript()
+        return self.transcribe_many([samples], sample_rate)[0]
+
+    def transcribe_many(self, recordings: list, sample_rate: int | None = None) -> list[Result]:
+        """Whole recordings decoded together: one stream each, every ready window of all of
+        them batched into one encoder call (as a server does); their transcripts, in order."""
+        streams = []
+        for samples in recordings:
+            s = self.create_stream()
+            s.accept_waveform(sample_rate or self.sample_rate, samples)
+            s.input_finished()
+            streams.append(s)
+        self.decode(streams)
+        return [s.transcript() for s in streams]

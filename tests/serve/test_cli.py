@@ -179,3 +179,60 @@ def test_decode_onnx_equals_torch_streaming_per_utterance(live_model, trained_ct
         main(["decode", "--onnx", str(live_model.onnx_dir), "--model", "m.pt", "--cuts", cuts])
     with pytest.raises(SystemExit, match="chunkwise"):
         main(["decode", "--onnx", str(live_model.onnx_dir), "--chunkwise", "--cuts", cuts])
+
+
+def test_decode_with_sherpa_onnx_matches_our_runtime_cut_by_cut(trained_ctc, tmp_path):
+    """`asr decode --onnx DIR --runtime sherpa` runs the export's sherpa-onnx files in sherpa-onnx
+    and gives, cut by cut, our runtime's transcripts (`--compare-to` counts them); our runtime
+    gives the same transcripts decoding 4 streams together as one at a time."""
+    import json
+
+    import torch
+
+    import asr.models
+    from asr.cli import main
+    from exporters import export
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export(asr.models.load(trained_ctc / "model.pt"), tmp_path / "onnx", sherpa=True)
+    finally:
+        torch.set_num_threads(n)
+    onnx, cuts = str(tmp_path / "onnx"), str(trained_ctc / "cuts_few.jsonl.gz")
+    # the same audio on both sides: sherpa-onnx runs full windows only and needs silence after
+    # the speech; this causal LSTM emits its last characters during that silence
+    tail = ["--tail-padding", "0.5"]
+    main(["decode", "--onnx", onnx, "--cuts", cuts, "--out", str(tmp_path / "one"), "--batch", "1", "--no-progress", *tail])
+    main(["decode", "--onnx", onnx, "--cuts", cuts, "--out", str(tmp_path / "ours"), "--batch", "4", "--no-progress", *tail,
+          "--compare-to", str(tmp_path / "one")])
+    main(["decode", "--onnx", onnx, "--runtime", "sherpa", "--cuts", cuts, "--out", str(tmp_path / "sherpa"),
+          "--no-progress", *tail, "--compare-to", str(tmp_path / "ours")])
+    for d in ("ours", "sherpa"):
+        rep = json.loads((tmp_path / d / "compare.json").read_text())["splits"]["few"]
+        assert rep == {"identical": 6, "compared": 6, "missing": 0, "differ": []}, (d, rep)
+    assert "sherpa-onnx ctc" in json.loads((tmp_path / "sherpa" / "wer.json").read_text())["decoding"]
+    hyps = (tmp_path / "sherpa" / "results_few.txt").read_text()
+    assert sum(1 for line in hyps.splitlines() if "\tHYP: " in line and line.split("\tHYP: ")[1].strip()) >= 5
+
+    # the comparison can fail: one changed hypothesis is found and named
+    other = tmp_path / "changed"
+    other.mkdir()
+    lines = (tmp_path / "ours" / "results_few.txt").read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if "\tHYP: " in line)
+    cid = lines[i].split("\t")[0]
+    lines[i] = f"{cid}\tHYP: SOMETHING ELSE"
+    (other / "results_few.txt").write_text("\n".join(lines) + "\n")
+    main(["decode", "--onnx", onnx, "--runtime", "sherpa", "--cuts", cuts, "--out", str(tmp_path / "sherpa2"),
+          "--no-progress", *tail, "--compare-to", str(other)])
+    rep = json.loads((tmp_path / "sherpa2" / "compare.json").read_text())["splits"]["few"]
+    assert rep["identical"] == 5 and rep["differ"] == [cid]
+
+    with pytest.raises(SystemExit, match="at most one symbol"):
+        main(["decode", "--onnx", onnx, "--runtime", "sherpa", "--method", "beam", "--cuts", cuts])
+    with pytest.raises(SystemExit, match="apply to --onnx"):
+        main(["decode", "--model", str(trained_ctc / "model.pt"), "--runtime", "sherpa", "--cuts", cuts])
+    with pytest.raises(SystemExit, match="tail-padding must be"):
+        main(["decode", "--onnx", onnx, "--tail-padding", "-1", "--cuts", cuts])
+    with pytest.raises(SystemExit, match="no results_few.txt"):
+        main(["decode", "--onnx", onnx, "--cuts", cuts, "--out", str(tmp_path / "x"), "--compare-to", str(tmp_path)])
