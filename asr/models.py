@@ -9,6 +9,13 @@ Heads (``ModelConfig.head``):
 - hybrid: any transducer head with ``ctc_weight > 0`` adds an auxiliary CTC head on the shared
   encoder; the loss is ``(1 - ctc_weight) * transducer + ctc_weight * ctc`` (the Stateful
   Conformer paper's hybrid; NeMo uses 0.3). ``decode(..., use_ctc=True)`` decodes that head.
+- CTC warm-up (``ctc_warmup_steps > 0``, transducer heads): the first optimizer steps train the
+  encoder through the CTC head alone (``forward(..., ctc_only=True)``, which the trainer sets);
+  then the transducer joins with ``ctc_weight`` (0 is allowed: the CTC head then stops
+  learning). Measured on the mini corpus: from scratch a transducer sits for its whole CPU
+  budget on the prediction network's language-model solution (the encoder ignored), while CTC
+  leaves its plateau after a few hundred steps; the warm-up hands the transducer an encoder
+  that already aligns. The transducer computation is skipped during the warm-up.
 
 Losses are per token: the sum over alignable utterances divided by their token count.
 
@@ -57,6 +64,7 @@ class ModelConfig:
     vocab_size: int = 0  # set from the tokenizer
     dropout: float = 0.1
     ctc_weight: float = 0.0  # transducer heads: > 0 adds the auxiliary CTC head (hybrid)
+    ctc_warmup_steps: int = 0  # transducer heads: train the CTC head alone for this many steps first (CTC: no effect)
     transducer: TransducerConfig = field(default_factory=TransducerConfig)
 
 
@@ -80,6 +88,8 @@ class ASRModel(nn.Module):
             raise ValueError(f"ModelConfig.head must be ctc, rnnt, tdt or pruned_rnnt, got {config.head!r}")
         if not 0.0 <= config.ctc_weight < 1.0:
             raise ValueError(f"ModelConfig.ctc_weight must be in [0, 1), got {config.ctc_weight}")
+        if config.ctc_warmup_steps < 0:
+            raise ValueError(f"ModelConfig.ctc_warmup_steps must be >= 0, got {config.ctc_warmup_steps}")
         self.config = config
         self.features = features
         self.tokenizer = tokenizer
@@ -91,7 +101,7 @@ class ASRModel(nn.Module):
         if config.head != "ctc":
             self.transducer = TransducerHead(config.head, self.encoder.output_dim, config.vocab_size, config.transducer)
         self.ctc = None
-        if config.head == "ctc" or config.ctc_weight > 0:
+        if config.head == "ctc" or config.ctc_weight > 0 or config.ctc_warmup_steps > 0:
             self.ctc = CTCHead(self.encoder.output_dim, config.vocab_size, config.dropout)
 
     # ------------------------------------------------------------------ compute
@@ -106,18 +116,21 @@ class ASRModel(nn.Module):
         """(B, T, F), (B,) -> encoder output (B, T', D), (B,)."""
         return self.encoder(self.normalize(x), x_lens)
 
-    def forward(self, x: torch.Tensor, x_lens: torch.Tensor, targets: list[list[int]]) -> dict:
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor, targets: list[list[int]], ctc_only: bool = False) -> dict:
         """Training losses. Returns {"loss": mean per-token loss over alignable utterances,
         "loss_sum", "tokens", "frames", "unalignable": (B,) bool}, plus "transducer_loss" and
-        "ctc_loss" (per token, detached) for a hybrid."""
+        "ctc_loss" (per token, detached) for a hybrid. ``ctc_only``: the CTC head's loss alone
+        (the CTC warm-up of a transducer model)."""
         enc, enc_lens = self.encode(x, x_lens)
-        return self.losses(enc, enc_lens, targets)
+        return self.losses(enc, enc_lens, targets, ctc_only)
 
-    def losses(self, enc: torch.Tensor, enc_lens: torch.Tensor, targets: list[list[int]]) -> dict:
+    def losses(self, enc: torch.Tensor, enc_lens: torch.Tensor, targets: list[list[int]], ctc_only: bool = False) -> dict:
+        if ctc_only and self.ctc is None:
+            raise ValueError("ctc_only: this model has no CTC head")
         parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.transducer is not None:
+        if self.transducer is not None and not ctc_only:
             parts["transducer"] = self.transducer.loss(enc, enc_lens, targets)
-        if self.ctc is not None:
+        if self.ctc is not None and (ctc_only or self.transducer is None or self.config.ctc_weight > 0):
             parts["ctc"] = CTCHead.loss(self.ctc(enc), enc_lens, targets)
         bad = torch.zeros(len(targets), dtype=torch.bool)
         for _, b in parts.values():
@@ -126,10 +139,16 @@ class ASRModel(nn.Module):
         tokens = sum(len(t) for t, b in zip(targets, bad.tolist()) if not b)
         w = self.config.ctc_weight if self.transducer is not None else 1.0
         sums = {name: loss[ok].sum() for name, (loss, _) in parts.items()}
-        if self.transducer is None:
+        if "transducer" not in sums:
             loss_sum = sums["ctc"]
         else:
             loss_sum = (1.0 - w) * sums["transducer"] + (w * sums["ctc"] if "ctc" in sums else 0.0)
+        if torch.is_grad_enabled():
+            # a head left out of this loss still takes part in the graph (zero gradients), so DDP
+            # finds every parameter used without find_unused_parameters
+            for name, head in (("transducer", self.transducer), ("ctc", self.ctc)):
+                if head is not None and name not in parts:
+                    loss_sum = loss_sum + 0.0 * sum(p.sum() for p in head.parameters())
         out = {
             "loss": loss_sum / max(1, tokens),
             "loss_sum": loss_sum.detach(),

@@ -351,7 +351,7 @@ class Trainer:
             last = i == n - 1
             with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
                 with self._autocast():
-                    out = net(x, lens, batch["tokens"])
+                    out = net(x, lens, batch["tokens"], ctc_only=self.step < self.cfg.model.ctc_warmup_steps)
                 loss = out["loss"]
                 local_tokens = int(out["tokens"])
                 res["unalignable"] += int(out["unalignable"].sum())
@@ -669,7 +669,13 @@ class Trainer:
         cuts = cuts.subset(first=min(len(cuts), self.cfg.data.dev_max_cuts))
         # world_size/rank given: lhotse would otherwise take rank 0's share of torchrun's WORLD_SIZE
         sampler = make_sampler(cuts, self.cfg.data.sampler, train=False, world_size=1, rank=0)
-        return evaluate(self.model, make_loader(dataset, sampler))
+        decode = None
+        if self.step < self.cfg.model.ctc_warmup_steps:  # the transducer has not trained yet: its CTC head's WER
+            log.info("validation in the CTC warm-up (step %d of %d): decoding the CTC head", self.step, self.cfg.model.ctc_warmup_steps)
+
+            def decode(x, lens):
+                return self.model.decode(x, lens, use_ctc=True)
+        return evaluate(self.model, make_loader(dataset, sampler), decode=decode)
 
     def _final_model(self, last_epoch: int) -> ASRModel:
         n = max(1, self.cfg.average_last)

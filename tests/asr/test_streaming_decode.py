@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -135,3 +137,55 @@ def test_multi_lookahead_training_serves_every_context():
         after = loss_at(c)
         assert after < 0.5 * before[tuple(c)], (c, before, after)
         assert same(m.decode(x, lens), chunkwise_decode(m, x, lens)), c
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
+def test_ctc_warmup_trains_the_ctc_head_alone_then_the_transducer(ctc_weight, tiny_data, tmp_path):
+    """``model.ctc_warmup_steps``: the first optimizer steps update the encoder through the CTC
+    head only (the transducer gets exactly zero gradient and its loss is not computed), later
+    steps train the transducer (and the CTC head only when ctc_weight > 0)."""
+    from asr.data.dataset import ASRDataset, make_sampler
+    from asr.heads.ctc import CTCHead
+    from asr.training.trainer import TrainConfig, Trainer, _load_cuts
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="tdt", vocab_size=12, dropout=0.0,
+                      ctc_weight=ctc_weight, ctc_warmup_steps=2)
+    m = ASRModel(cfg).train()
+    x, lens, tg = torch.randn(2, 40, 80), torch.tensor([40, 33]), [[1, 2], [3]]
+    out = m(x, lens, tg, ctc_only=True)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in m.parameters())  # every parameter in the graph (DDP)
+    assert all(p.grad.abs().sum() == 0 for p in m.transducer.parameters())
+    assert m.ctc.proj.weight.grad.abs().sum() > 0 and any(p.grad.abs().sum() > 0 for p in m.encoder.parameters())
+    with torch.no_grad():  # eval: no dropout, so both sides see the same encoder output
+        m.eval()
+        enc, enc_lens = m.encode(x, lens)
+        ref, _ = CTCHead.loss(m.ctc(enc), enc_lens, tg)
+        assert torch.allclose(m(x, lens, tg, ctc_only=True)["loss"], ref.sum() / 3)
+        m.train()
+    m.zero_grad()
+    m(x, lens, tg)["loss"].backward()
+    assert any(p.grad.abs().sum() > 0 for p in m.transducer.parameters())
+    assert bool(m.ctc.proj.weight.grad.abs().sum() > 0) == (ctc_weight > 0)
+    with pytest.raises(ValueError, match="ctc_warmup_steps"):
+        ASRModel(ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="rnnt", vocab_size=12, ctc_warmup_steps=-1))
+
+    # through the trainer: steps 1-2 are the warm-up (CTC alone), step 3 trains the transducer
+    tc = TrainConfig(exp_dir=str(tmp_path), max_steps=3, log_every=1)
+    tc.data.train = [str(tiny_data / "manifests/cuts_train.jsonl.gz")]
+    tc.data.tokenizer = str(tiny_data / "lang_bpe48")
+    tc.data.sampler.max_duration = 15
+    tc.model = ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="rnnt", ctc_weight=ctc_weight, ctc_warmup_steps=2)
+    tr = Trainer(tc, progress=False)
+    cuts = _load_cuts(tc.data.train)
+    tr.setup(cuts)
+    tr.wrap()
+    batch = ASRDataset(tr.tokenizer, tc.features, None)[next(iter(make_sampler(cuts, tc.data.sampler, train=True)))]
+    calls = []
+    real = tr.model.transducer.loss
+    tr.model.transducer.loss = lambda *a, **k: calls.append(tr.step) or real(*a, **k)
+    for _ in range(3):
+        res = tr.train_step([batch], 1)
+        assert math.isfinite(res["loss"]) and "skipped" not in res
+    assert calls == [2]  # the transducer's loss ran only after the two warm-up steps
