@@ -12,10 +12,11 @@ Heads (``ModelConfig.head``):
 - CTC warm-up (``ctc_warmup_steps > 0``, transducer heads): the first optimizer steps train the
   encoder through the CTC head alone (``forward(..., ctc_only=True)``, which the trainer sets);
   then the transducer joins with ``ctc_weight`` (0 is allowed: the CTC head then stops
-  learning). Measured on the mini corpus: from scratch a transducer sits for its whole CPU
-  budget on the prediction network's language-model solution (the encoder ignored), while CTC
-  leaves its plateau after a few hundred steps; the warm-up hands the transducer an encoder
-  that already aligns. The transducer computation is skipped during the warm-up.
+  learning). Measured on the mini corpus (Conformer, characters, 15 CPU minutes): from scratch
+  the RNN-T's loss stalled at 1.9 per character for the whole budget with almost every word
+  deleted (WER 95-98%), while CTC leaves its plateau after a few hundred steps; after 450 CTC
+  steps the hybrid TDT's transducer loss fell below 1.3 within 70 steps. The transducer
+  computation is skipped during the warm-up.
 
 Losses are per token: the sum over alignable utterances divided by their token count.
 

@@ -8,8 +8,10 @@
 #   CONFIG=recipes/mini/conf/lstm.yaml bash recipes/mini/run.sh --stage 2
 #
 # Stages: 0 set up .venv | 1 build corpus + manifests + tokenizers | 2 train | 3 decode (WER,
-#         whole-utterance and chunk-wise streaming) | 4 export to ONNX | 5 stream a test file
-#         through the ONNX runtime (partial results as they arrive)
+#         whole-utterance and chunk-wise streaming) | 4 export to ONNX | 5 the exported files on
+#         the test sets: our runtime fp32 (transcripts vs torch's) and int8 (WER vs fp32), and
+#         sherpa-onnx (transcripts vs ours) | 6 stream a test file through the ONNX runtime
+#         (partial results as they arrive)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -39,15 +41,21 @@ fi
 cuts=()
 for s in $TEST_SETS; do cuts+=("$DATA/manifests/cuts_$s.jsonl.gz"); done
 
+chunkwise_dir() {  # torch chunk-wise decoding at the model's inference context (the export's)
+    local ctx
+    ctx=$(asr info "$EXP/model.pt" --contexts | awk '{print $1}')  # the first trained context: the smallest look-ahead
+    if [ "$ctx" != "-" ]; then echo "$EXP/decode/chunkwise_$ctx"; else echo "$EXP/decode/chunkwise"; fi
+}
+
 if run 3; then
     banner 3 "decode: WER per test split"
     asr info "$EXP/model.pt"
     asr decode --model "$EXP/model.pt" --cuts "${cuts[@]}" --out "$EXP/decode/greedy"
-    ctx=$(asr info "$EXP/model.pt" --contexts | awk '{print $1}')  # the smallest look-ahead
+    ctx=$(asr info "$EXP/model.pt" --contexts | awk '{print $1}')
     if [ "$ctx" != "-" ]; then
-        asr decode --model "$EXP/model.pt" --cuts "${cuts[@]}" --chunkwise --context "$ctx" --out "$EXP/decode/chunkwise_$ctx"
+        asr decode --model "$EXP/model.pt" --cuts "${cuts[@]}" --chunkwise --context "$ctx" --out "$(chunkwise_dir)"
     else
-        asr decode --model "$EXP/model.pt" --cuts "${cuts[@]}" --chunkwise --out "$EXP/decode/chunkwise"
+        asr decode --model "$EXP/model.pt" --cuts "${cuts[@]}" --chunkwise --out "$(chunkwise_dir)"
     fi
 fi
 
@@ -57,7 +65,29 @@ if run 4; then
 fi
 
 if run 5; then
-    banner 5 "stream one unseen-voice test file through the ONNX runtime (no torch)"
+    banner 5 "the exported files on the test sets: our runtime (fp32, int8) and sherpa-onnx"
+    tcuts=("$DATA/manifests/cuts_test-seen.jsonl.gz" "$DATA/manifests/cuts_test-unseen.jsonl.gz")
+    # fp32: every transcript should equal torch's chunk-wise streaming (stage 3)
+    asr decode --onnx "$EXP/onnx" --cuts "${tcuts[@]}" --out "$EXP/decode/onnx_fp32" --no-progress --compare-to "$(chunkwise_dir)"
+    asr decode --onnx "$EXP/onnx" --int8 --cuts "${tcuts[@]}" --out "$EXP/decode/onnx_int8" --no-progress --compare-to "$EXP/decode/onnx_fp32"
+    # sherpa-onnx runs full windows only: both runtimes get the same 0.5 s of silence after each
+    # cut, and our transducer search emits at most one symbol per frame, as sherpa-onnx's does.
+    # A TDT model has no sherpa-onnx transducer (its online search ignores durations): the
+    # hybrid's CTC head is compared instead.
+    kind=$(python -c "import json, sys; from serve.sherpa import sherpa_kind; print(sherpa_kind(json.load(open(sys.argv[1]))))" \
+        "$EXP/onnx/model.json" 2>/dev/null || echo -)
+    if [ "$kind" = "-" ]; then
+        echo "no sherpa-onnx files in $EXP/onnx (see its model.json): sherpa-onnx comparison skipped"
+    else
+        if [ "$kind" = transducer ]; then how=(--max-symbols 1); else how=(--use-ctc); fi
+        asr decode --onnx "$EXP/onnx" --cuts "${tcuts[@]}" --tail-padding 0.5 "${how[@]}" --out "$EXP/decode/onnx_${kind}_tail" --no-progress
+        asr decode --onnx "$EXP/onnx" --runtime sherpa --cuts "${tcuts[@]}" --tail-padding 0.5 --out "$EXP/decode/sherpa_${kind}" --no-progress \
+            --compare-to "$EXP/decode/onnx_${kind}_tail"
+    fi
+fi
+
+if run 6; then
+    banner 6 "stream one unseen-voice test file through the ONNX runtime (no torch)"
     wav=$(find "$DATA/corpus/LibriSpeech/test-unseen" -name '*.flac' | sort | head -n 1)
     asr stream --onnx "$EXP/onnx" "$wav"
     grep -h "$(basename "$wav" .flac)" "$DATA"/corpus/LibriSpeech/test-unseen/*/*/*.trans.txt | sed 's/^/reference: /'
