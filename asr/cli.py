@@ -191,8 +191,6 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
     streaming runtime (``serve.Recognizer``, one stream per cut, ``--batch`` streams decoded
     together), e.g. int8 against fp32; ``--runtime sherpa``: by sherpa-onnx instead
     (``serve.sherpa``)."""
-    import time
-
     import numpy as np
     from lhotse import CutSet
 
@@ -201,6 +199,7 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
     if args.context or args.chunkwise:
         raise SystemExit("error: --context and --chunkwise apply to a model file; the ONNX runtime always streams "
                          "at the context it was exported with (asr export --lookahead)")
+    args.batch = 16 if args.batch is None else args.batch
     if args.batch < 1:
         raise SystemExit(f"error: --batch must be >= 1, got {args.batch}")
     if args.tail_padding is not None and not 0 <= args.tail_padding <= 60:
@@ -266,10 +265,8 @@ def _read_hyps(path: Path) -> dict[str, str]:
     hyps = {}
     for line in path.read_text().splitlines():
         cid, _, rest = line.partition("\t")
-        if rest.startswith("HYP: "):
-            hyps[cid] = " ".join(rest[5:].split())
-        elif rest == "HYP:":
-            hyps[cid] = ""
+        if rest.startswith("HYP:"):
+            hyps[cid] = " ".join(rest[4:].split())
     return hyps
 
 
@@ -301,7 +298,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     else:
         if not args.model:
             raise SystemExit("error: --model FILE (or --onnx DIR) is required")
-        if args.runtime != "ours" or args.max_symbols is not None or args.batch != 16 or args.tail_padding is not None:
+        if args.runtime != "ours" or args.max_symbols is not None or args.batch is not None or args.tail_padding is not None:
             raise SystemExit("error: --runtime, --max-symbols, --batch and --tail-padding apply to --onnx DIR")
         done = _decode_model(args)
     if args.compare_to:
@@ -800,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --onnx: our runtime, or sherpa-onnx (PyPI) on the export's sherpa-onnx/ files")
     sp.add_argument("--max-symbols", type=int, help="with --onnx: transducer symbols per frame (default 10; "
                     "sherpa-onnx's greedy search emits at most 1)")
-    sp.add_argument("--batch", type=int, default=16, help="with --onnx: streams decoded together")
+    sp.add_argument("--batch", type=int, help="with --onnx: streams decoded together (default 16)")
     sp.add_argument("--tail-padding", type=float, metavar="SECONDS", help="with --onnx: silence appended to each cut "
                     "(ours: none by default; sherpa-onnx, which runs only full windows: one window and one shift)")
     sp.add_argument("--compare-to", metavar="DIR", help="another `asr decode` output dir: count identical transcripts")
