@@ -203,8 +203,7 @@ class JoinerGraph(nn.Module):
 def _gather_blocks(self, t: Tensor, n, w: int, group: int) -> Tensor:
     """``ChunkedRelPosAttention._blocks`` by an index gather instead of ``unfold`` (which the
     ONNX exporter cannot express with a dynamic length): (B, left + n*G, D) -> (B, n, H, dk, W)."""
-    b = t.size(0)
-    t = t.view(b, t.size(1), self.h, self.dk)
+    t = t.reshape(-1, t.size(1), self.h, self.dk)
     idx = torch.arange(n, device=t.device)[:, None] * group + torch.arange(w, device=t.device)[None, :]
     return t[:, idx].permute(0, 1, 3, 4, 2)
 
@@ -221,9 +220,9 @@ def conformer_offline(enc, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
     t = x.size(1)
     n = (t + group - 1) // group
     x = F.pad(x, (0, 0, 0, n * group - t))
-    mask = enc._attention_mask(torch.zeros_like(y_lens), y_lens, n, group, left, chunk)
+    win = enc._window(torch.zeros_like(y_lens), y_lens, n, group, left, chunk, x.dtype)
     for layer in enc.layers:
-        x, _, _ = layer(x, mask, left, group, None, None)
+        x, _, _ = layer(x, win, None, None)
     return x[:, :t], y_lens
 
 

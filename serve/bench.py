@@ -16,9 +16,10 @@ Method (docs/runtime.md has the details):
    ``--workdir``.
 2. **Audio.** Deterministic speech-like signal (tones, chirps, noise bursts and pauses), 16 kHz.
 3. **Runs.** For every model, precision (fp32, int8) and thread count: our ``Recognizer``
-   (greedy, no endpointing) fed 100 ms pieces through :func:`serve.simulate.simulate`, and
-   sherpa-onnx's ``OnlineRecognizer`` (greedy) fed the same pieces, each piece followed by
-   decoding every ready window. Both after a 2 s warm-up stream. Reported: RTF (compute /
+   (greedy, no endpointing) and sherpa-onnx's ``OnlineRecognizer`` (greedy) fed the same
+   100 ms pieces in turn (:func:`run_pair`: interleaved, so that the VM's drifting speed hits
+   both alike), each piece followed by decoding every ready window. Both after a 2 s warm-up
+   stream. Reported: RTF (compute /
    audio), per-window latency p50/p95 (one encoder window and its decoding), per-100-ms-piece
    p50/p95, tokens decoded, model size on disk (encoder + decoder + joiner), and our time /
    sherpa-onnx's time.
@@ -218,59 +219,110 @@ def _pct(x, q) -> float:
     return round(float(np.percentile(np.asarray(x), q)) * 1000, 3) if len(x) else 0.0
 
 
-def run_ours(model_dir: Path, audio: np.ndarray, int8: bool, threads: int, warmup: np.ndarray | None) -> dict:
-    from . import EndpointConfig, Recognizer
-    from .simulate import simulate
+class _Ours:
+    """Our ``Recognizer`` (greedy, no endpointing) as one side of :func:`run_pair`."""
 
-    rec = Recognizer(model_dir, int8=int8, num_threads=threads, endpoint=EndpointConfig(enabled=False))
-    if warmup is not None:
-        simulate(rec, warmup, SR)
-    stats, s = simulate(rec, audio, SR)
-    st = stats.summary()
-    return {"rtf": st["rtf"], "compute_s": st["compute_s"], "window_ms_p50": st["window_ms_p50"], "window_ms_p95": st["window_ms_p95"],
-            "piece_ms_p50": st["piece_ms_p50"], "piece_ms_p95": st["piece_ms_p95"], "windows": st["windows"],
-            "tokens": len(s.transcript().token_ids), "size_mb": round(rec.model.size_bytes() / 1e6, 2)}
+    name = "ours"
+
+    def __init__(self, model_dir: Path, int8: bool, threads: int):
+        from . import EndpointConfig, Recognizer
+
+        self.rec = Recognizer(model_dir, int8=int8, num_threads=threads, endpoint=EndpointConfig(enabled=False))
+        self.size = self.rec.model.size_bytes()
+
+    def start(self) -> None:
+        self.s = self.rec.create_stream()
+        self.s.accept_waveform(SR, np.zeros(0, np.float32))  # set-up before the clock starts
+
+    def feed(self, x: np.ndarray, windows: list) -> None:
+        self.s.accept_waveform(SR, x)
+        while True:
+            w0 = time.perf_counter()
+            if not self.rec.decode_step([self.s]):
+                return
+            windows.append(time.perf_counter() - w0)
+
+    def finish(self) -> None:
+        self.s.input_finished()
+        self.rec.decode([self.s])
+
+    def tokens(self) -> int:
+        return len(self.s.transcript().token_ids)
 
 
-def run_sherpa(model_dir: Path, audio: np.ndarray, int8: bool, threads: int, warmup: np.ndarray | None, piece: float = 0.1) -> dict:
-    from .sherpa import SherpaRecognizer
+class _Sherpa:
+    """sherpa-onnx's ``OnlineRecognizer`` (greedy) on the export's ``sherpa-onnx/`` files."""
 
-    try:
+    name = "sherpa"
+
+    def __init__(self, model_dir: Path, int8: bool, threads: int):
+        from .sherpa import SherpaRecognizer
+
         sherpa = SherpaRecognizer(model_dir, int8=int8, num_threads=threads)
-    except (ImportError, ValueError, FileNotFoundError) as e:
-        return {"error": str(e)}
-    if sherpa.kind != "transducer":
-        return {"error": f"no sherpa-onnx transducer files: {sherpa.card['sherpa_onnx'].get('transducer')}"}
-    rec = sherpa.rec
+        if sherpa.kind != "transducer":
+            raise ValueError(f"no sherpa-onnx transducer files: {sherpa.card['sherpa_onnx'].get('transducer')}")
+        self.rec, self.size = sherpa.rec, sherpa.size_bytes()
 
-    def one(x: np.ndarray):
-        s = rec.create_stream()
-        step = int(piece * SR)
-        pieces, windows, total = [], [], 0.0
-        for i in range(0, len(x), step):
+    def start(self) -> None:
+        self.s = self.rec.create_stream()
+
+    def feed(self, x: np.ndarray, windows: list) -> None:
+        self.s.accept_waveform(SR, x)
+        while self.rec.is_ready(self.s):
+            w0 = time.perf_counter()
+            self.rec.decode_stream(self.s)
+            windows.append(time.perf_counter() - w0)
+
+    def finish(self) -> None:
+        self.s.input_finished()
+        while self.rec.is_ready(self.s):
+            self.rec.decode_stream(self.s)
+
+    def tokens(self) -> int:
+        return len(self.rec.tokens(self.s))
+
+
+def run_pair(model_dir: Path, audio: np.ndarray, int8: bool, threads: int, warmup: np.ndarray | None,
+             sherpa: bool = True, piece: float = 0.1) -> dict[str, dict]:
+    """Our runtime and sherpa-onnx on the same exported model, fed the same 100 ms pieces **in
+    turn** (who goes first alternates per piece), each piece followed by decoding every ready
+    window. Interleaving exposes both to the same machine: on a shared VM the speed drifts by
+    tens of percent within a minute, which biases back-to-back runs. Returns per side RTF,
+    window and piece p50/p95, tokens and model size (or ``{"error": ...}`` for a side that
+    cannot run: sherpa-onnx missing or no transducer files)."""
+    sides, out = [_Ours(model_dir, int8, threads)], {}
+    if sherpa:
+        try:
+            sides.append(_Sherpa(model_dir, int8, threads))
+        except (ImportError, ValueError, FileNotFoundError) as e:
+            out["sherpa"] = {"error": str(e)}
+    step = int(piece * SR)
+    stats = {}
+    for clip, timed in ((warmup, False), (audio, True)):
+        if clip is None:
+            continue
+        stats = {side.name: {"pieces": [], "windows": [], "total": 0.0} for side in sides}
+        for side in sides:
+            side.start()
+        for k, i in enumerate(range(0, len(clip), step)):
+            for side in sides if k % 2 == 0 else sides[::-1]:
+                st = stats[side.name]
+                t0 = time.perf_counter()
+                side.feed(clip[i : i + step], st["windows"])
+                dt = time.perf_counter() - t0
+                st["pieces"].append(dt)
+                st["total"] += dt
+        for side in sides:
             t0 = time.perf_counter()
-            s.accept_waveform(SR, x[i : i + step])
-            while rec.is_ready(s):
-                w0 = time.perf_counter()
-                rec.decode_stream(s)
-                windows.append(time.perf_counter() - w0)
-            dt = time.perf_counter() - t0
-            pieces.append(dt)
-            total += dt
-        t0 = time.perf_counter()
-        s.input_finished()
-        while rec.is_ready(s):
-            rec.decode_stream(s)
-        total += time.perf_counter() - t0
-        return total, pieces, windows, rec.tokens(s)
-
-    if warmup is not None:
-        one(warmup)
-    total, pieces, windows, tokens = one(audio)
-    size = sherpa.size_bytes()
-    return {"rtf": round(total / (len(audio) / SR), 4), "compute_s": round(total, 4), "window_ms_p50": _pct(windows, 50),
-            "window_ms_p95": _pct(windows, 95), "piece_ms_p50": _pct(pieces, 50), "piece_ms_p95": _pct(pieces, 95),
-            "windows": len(windows), "tokens": len(tokens), "size_mb": round(size / 1e6, 2)}
+            side.finish()
+            stats[side.name]["total"] += time.perf_counter() - t0
+    for side in sides:
+        st = stats[side.name]
+        out[side.name] = {"rtf": round(st["total"] / (len(audio) / SR), 4), "compute_s": round(st["total"], 4),
+                          "window_ms_p50": _pct(st["windows"], 50), "window_ms_p95": _pct(st["windows"], 95),
+                          "piece_ms_p50": _pct(st["pieces"], 50), "piece_ms_p95": _pct(st["pieces"], 95),
+                          "windows": len(st["windows"]), "tokens": side.tokens(), "size_mb": round(side.size / 1e6, 2)}
+    return out
 
 
 def run_long(model_dir: Path, minutes: float, int8: bool = True, threads: int = 1, edge: float = 10.0) -> dict:
@@ -349,11 +401,9 @@ def main(argv: list[str] | None = None) -> dict:
             for th in threads:
                 row = {"model": name, "params_m": round(meta["params"] / 1e6, 2), "precision": "int8" if int8 else "fp32",
                        "threads": th, "chunk_ms": card["shift"] * 10, "window_ms": card["window"] * 10}
-                row["ours"] = run_ours(dirs[name], audio, int8, th, warmup)
-                if not args.no_sherpa:
-                    row["sherpa"] = run_sherpa(dirs[name], audio, int8, th, warmup)
-                    if "rtf" in row["sherpa"]:
-                        row["ours_over_sherpa"] = round(row["ours"]["compute_s"] / max(row["sherpa"]["compute_s"], 1e-9), 3)
+                row.update(run_pair(dirs[name], audio, int8, th, warmup, sherpa=not args.no_sherpa))
+                if "rtf" in row.get("sherpa", {}):
+                    row["ours_over_sherpa"] = round(row["ours"]["compute_s"] / max(row["sherpa"]["compute_s"], 1e-9), 3)
                 rows.append(row)
                 _print_row(row)
     longs = {}

@@ -78,8 +78,16 @@ def make_pad_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 def mask_frames(x: Tensor, lengths: Tensor) -> Tensor:
     """x (B, T, ...) -> x with frames at or past ``lengths`` (B,) set to 0 (NaN-safe)."""
-    valid = make_pad_mask(lengths, x.size(1)).view(x.size(0), x.size(1), *([1] * (x.dim() - 2)))
+    valid = make_pad_mask(lengths, x.size(1))[(...,) + (None,) * (x.dim() - 2)]
     return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def last_frames(t: Tensor, k: int, dim: int = 1) -> Tensor:
+    """The last ``k`` entries of ``t`` along ``dim`` (``k`` may be 0). A slice with constant
+    bounds, so a traced graph needs no Shape arithmetic for it."""
+    index = [slice(None)] * t.dim()
+    index[dim] = slice(-k, None) if k > 0 else slice(0, 0)
+    return t[tuple(index)]
 
 
 class StreamingEncoder(nn.Module):

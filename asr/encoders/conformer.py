@@ -54,13 +54,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asr.encoders.base import StreamingEncoder, mask_frames
+from asr.encoders.base import StreamingEncoder, last_frames, mask_frames
 from asr.encoders.subsampling import ConvSubsampling
 
 __all__ = ["ConformerConfig", "ConformerEncoder"]
@@ -117,13 +117,23 @@ def _check_context(c: Any) -> tuple[int, int]:
 
 def rel_positions(num: int, dim: int, start: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Sinusoidal embeddings of the relative distances ``start, start+1, ..., start+num-1``
-    -> (num, dim)."""
+    -> (num, dim): sin in the even columns, cos in the odd ones. Built from Python ints only
+    (no in-place writes), so an ONNX export folds it into one constant."""
     d = torch.arange(start, start + num, device=device, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(num, dim, device=device, dtype=torch.float32)
-    pe[:, 0::2] = torch.sin(d * freq)
-    pe[:, 1::2] = torch.cos(d * freq)[:, : dim // 2]
+    angle = d * freq  # (num, ceil(dim / 2))
+    pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).reshape(num, -1)[:, :dim]
     return pe.to(dtype)
+
+
+def relative_shift_index(group: int, left: int, device: torch.device) -> Tensor:
+    """Where query i's score for key j sits in a row of distance scores, flattened over the
+    group: ``i * R + (i - j + left + group - 1)`` with ``R = left + 2*group - 1`` -> (G * W,),
+    ``W = left + group``. A constant of the context, shared by every layer."""
+    w, r = left + group, left + 2 * group - 1
+    i = torch.arange(group, device=device)[:, None]
+    j = torch.arange(w, device=device)[None, :]
+    return (i * r + i - j + (left + group - 1)).reshape(-1)
 
 
 class FeedForward(nn.Module):
@@ -170,37 +180,47 @@ class ChunkedRelPosAttention(nn.Module):
 
     def _blocks(self, t: Tensor, n: int, w: int, group: int) -> Tensor:
         """(B, left + n*G, D) -> overlapping windows (B, n, H, dk, W), W = left + G."""
-        b = t.size(0)
-        t = t.view(b, t.size(1), self.h, self.dk)
+        t = t.reshape(-1, w - group + n * group, self.h, self.dk)
         if n == 1:  # streaming: one window, no unfold (simpler ONNX graph)
             return t.permute(0, 2, 3, 1).unsqueeze(1)
         return t.unfold(1, w, group)
 
-    def forward(self, x: Tensor, seq: Tensor, mask: Tensor, left: int, group: int) -> Tensor:
+    def forward(self, x: Tensor, seq: Tensor, win: "AttentionWindow") -> Tensor:
         """x (B, n*G, D) queries; seq (B, left + n*G, D) keys/values (left memory first);
-        mask (B, n, G, left + G) bool, True where query i may see key j -> (B, n*G, D)."""
-        b, ng, d = x.shape
-        n, w = ng // group, left + group
-        q = self.q(x).view(b, n, group, self.h, self.dk)
+        ``win`` the geometry, mask and position tables shared by all layers -> (B, n*G, D).
+
+        Every reshape names all sizes but the batch (Python ints from ``win``), so a traced
+        streaming graph has no shape arithmetic left in it."""
+        n, group, left = win.n, win.group, win.left
+        w, r, d = left + group, left + 2 * group - 1, self.h * self.dk
+        q = self.q(x).reshape(-1, n, group, self.h, self.dk)
         k = self._blocks(self.k(seq), n, w, group)  # (B, n, H, dk, W)
         v = self._blocks(self.v(seq), n, w, group)
         content = torch.einsum("bnihd,bnhdj->bnhij", q + self.bias_u, k)  # (B, n, H, G, W)
         # query i -> key j of a group is at distance i - j + left in [-(G-1), left + G - 1]
-        r = left + 2 * group - 1
-        pe = self.pos(rel_positions(r, d, -(group - 1), x.device, x.dtype)).view(r, self.h, self.dk)
+        pe = self.pos(win.pe).reshape(r, self.h, self.dk)
         by_distance = torch.einsum("bnihd,rhd->bnhir", q + self.bias_v, pe)  # (B, n, H, G, R)
-        idx = (
-            torch.arange(group, device=x.device)[:, None]
-            - torch.arange(w, device=x.device)[None, :]
-            + (left + group - 1)
-        )
-        position = torch.gather(by_distance, 4, idx.expand(b, n, self.h, group, w))
-        scores = (content + position) / math.sqrt(self.dk)
-        m = mask[:, :, None]
-        scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
-        attn = torch.softmax(scores, dim=-1) * m  # rows with no visible key become 0
+        position = by_distance.reshape(-1, n, self.h, group * r).index_select(3, win.shift)
+        scores = (content + position.reshape(-1, n, self.h, group, w)) / math.sqrt(self.dk)
+        scores = scores.masked_fill(win.blocked, torch.finfo(scores.dtype).min)
+        attn = torch.softmax(scores, dim=-1) * win.visible  # rows with no visible key become 0
         out = torch.einsum("bnhij,bnhdj->bnihd", self.drop(attn), v)
-        return self.out(out.reshape(b, ng, d))
+        return self.out(out.reshape(-1, n * group, d))
+
+
+class AttentionWindow(NamedTuple):
+    """What every layer of one forward shares (built once by ``ConformerEncoder._window``):
+    ``n`` query groups of ``group`` frames, each seeing ``left + group`` keys; ``visible``
+    (B, n, 1, G, W) float 1/0 and ``blocked`` its boolean complement; ``pe`` (R, D) the
+    sinusoids of the R = left + 2G - 1 distances; ``shift`` (G*W,) the relative-shift index."""
+
+    n: int
+    group: int
+    left: int
+    visible: Tensor
+    blocked: Tensor
+    pe: Tensor
+    shift: Tensor
 
 
 class ConvModule(nn.Module):
@@ -224,7 +244,7 @@ class ConvModule(nn.Module):
             h = F.pad(h, (self.kernel - 1, 0))
         else:
             h = torch.cat([cache, h], dim=2)
-        new_cache = h[:, :, h.size(2) - (self.kernel - 1) :]
+        new_cache = last_frames(h, self.kernel - 1, dim=2)
         h = self.dw(h).transpose(1, 2)
         return self.drop(self.pw2(F.silu(self.dw_norm(h)))), new_cache
 
@@ -242,26 +262,20 @@ class ConformerLayer(nn.Module):
         self.norm = nn.LayerNorm(d)
 
     def forward(
-        self,
-        x: Tensor,
-        mask: Tensor,
-        left: int,
-        group: int,
-        att_cache: Tensor | None,
-        conv_cache: Tensor | None,
+        self, x: Tensor, win: AttentionWindow, att_cache: Tensor | None, conv_cache: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, n*G, D); mask (B, n, G, left + G); att_cache (B, left, D) or None (zeros);
-        conv_cache (B, D, K-1) or None -> x, new att cache (B, left, D), new conv cache."""
+        """x (B, n*G, D); att_cache (B, left, D) or None (zeros); conv_cache (B, D, K-1) or
+        None -> x, new att cache (B, left, D), new conv cache."""
         x = x + 0.5 * self.ff1(x)
         h = self.att_norm(x)
         if att_cache is None:
-            att_cache = h.new_zeros(h.size(0), left, h.size(2))
+            att_cache = h.new_zeros(h.size(0), win.left, h.size(2))
         seq = torch.cat([att_cache, h], dim=1)
-        x = x + self.att_drop(self.att(h, seq, mask, left, group))
+        x = x + self.att_drop(self.att(h, seq, win))
         c, new_conv = self.conv(x, conv_cache)
         x = x + c
         x = x + 0.5 * self.ff2(x)
-        return self.norm(x), seq[:, seq.size(1) - left :], new_conv
+        return self.norm(x), last_frames(seq, win.left, dim=1), new_conv
 
 
 class ConformerEncoder(StreamingEncoder):
@@ -351,6 +365,15 @@ class ConformerEncoder(StreamingEncoder):
         in_chunk = (rel_p[:, None, :] >= c[:, :, None] - left) & (rel_p[:, None, :] < c[:, :, None] + chunk)
         return in_stream[:, :, None, :] & in_chunk[None]
 
+    def _window(self, start: Tensor, end: Tensor, n: int, group: int, left: int, chunk: int, dtype) -> AttentionWindow:
+        """The :class:`AttentionWindow` of one forward: streams at frames ``[start, end)`` (B,)."""
+        visible = self._attention_mask(start, end, n, group, left, chunk)[:, :, None]
+        dev = start.device
+        pe = rel_positions(left + 2 * group - 1, self.config.d_model, -(group - 1), dev, dtype)
+        return AttentionWindow(
+            n, group, left, visible.to(dtype), ~visible, pe, relative_shift_index(group, left, dev)
+        )
+
     def _forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         left, right = self._active_context()
         chunk = right + 1
@@ -361,9 +384,9 @@ class ConformerEncoder(StreamingEncoder):
         group = chunk * min(max(1, -(-left // chunk)), max(1, -(-t // chunk)))
         n = -(-t // group)
         x = F.pad(x, (0, 0, 0, n * group - t))
-        mask = self._attention_mask(torch.zeros_like(y_lens), y_lens, n, group, left, chunk)
+        win = self._window(torch.zeros_like(y_lens), y_lens, n, group, left, chunk, x.dtype)
         for layer in self.layers:
-            x, _, _ = layer(x, mask, left, group, None, None)
+            x, _, _ = layer(x, win, None, None)
         return x[:, :t], y_lens
 
     def _forward_chunk(
@@ -375,12 +398,10 @@ class ConformerEncoder(StreamingEncoder):
         feat_cache = state[3] if self.config.causal_subsampling else None
         x, feat_cache = self.subsample.forward_chunk(mask_frames(x, x_lens), feat_cache)
         y_lens = self.chunk_output_lengths(x_lens)
-        mask = self._attention_mask(processed, processed + y_lens, 1, chunk, left, chunk)
+        win = self._window(processed, processed + y_lens, 1, chunk, left, chunk, x.dtype)
         new_att, new_conv = [], []
         for i, layer in enumerate(self.layers):
-            x, a, c = layer(
-                x, mask, left, chunk, att_cache[i].transpose(0, 1), conv_cache[i].permute(1, 2, 0)
-            )
+            x, a, c = layer(x, win, att_cache[i].transpose(0, 1), conv_cache[i].permute(1, 2, 0))
             new_att.append(a.transpose(0, 1))
             new_conv.append(c.permute(2, 0, 1))
         new_state = [torch.stack(new_att), torch.stack(new_conv), processed + chunk]

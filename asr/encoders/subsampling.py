@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.encoders.base import last_frames
+
 __all__ = ["ConvSubsampling", "stack_frames"]
 
 
@@ -97,5 +99,5 @@ class ConvSubsampling(nn.Module):
         if self.causal:
             assert cache is not None
             x = torch.cat([cache, x], dim=1)
-            return self._run(x), x[:, x.size(1) - self.pad :]
+            return self._run(x), last_frames(x, self.pad, dim=1)
         return self._run(x), None

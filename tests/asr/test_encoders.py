@@ -501,7 +501,7 @@ def test_conformer_attention_matches_dense_reference():
     score(i, j) = ((q_i + u) . k_j + (q_i + v) . P(i - j)) / sqrt(dk) over the chunked mask."""
     import math
 
-    from asr.encoders.conformer import ChunkedRelPosAttention, ConformerEncoder, rel_positions
+    from asr.encoders.conformer import ChunkedRelPosAttention, ConformerConfig, ConformerEncoder, rel_positions
 
     torch.manual_seed(0)
     b, t, d, h, left, chunk = 2, 23, 16, 2, 5, 2
@@ -511,10 +511,11 @@ def test_conformer_attention_matches_dense_reference():
     group = chunk * 3
     n = -(-t // group)
     xp = torch.nn.functional.pad(x, (0, 0, 0, n * group - t))
-    mask = ConformerEncoder._attention_mask(torch.zeros(2, dtype=torch.int64), lens, n, group, left, chunk)
+    enc = ConformerEncoder(ConformerConfig(d_model=d, num_heads=h, num_layers=1))
+    win = enc._window(torch.zeros(2, dtype=torch.int64), lens, n, group, left, chunk, x.dtype)
     seq = torch.cat([x.new_zeros(b, left, d), xp], dim=1)
     with torch.no_grad():
-        got = att(xp, seq, mask, left, group)[:, :t]
+        got = att(xp, seq, win)[:, :t]
         dk = d // h
         q = att.q(x).view(b, t, h, dk)
         k = att.k(x).view(b, t, h, dk)

@@ -149,8 +149,11 @@ def make_emitting_ctc(model, feats: torch.Tensor, gain: float = 6.0, blank_share
     u = u / u.norm(dim=1, keepdim=True) / sd
     w, b = gain * u, -gain * (u @ mu)
     w[0], w[1], b[1] = 0.0, 0.0, -100.0  # blank: a constant; <unk>: never
-    best = ((enc @ w.T) + b)[:, 2:].max(dim=1).values
-    b[0] = torch.quantile(best, blank_share)
+    best = ((enc @ w.T) + b)[:, 2:].max(dim=1).values.sort().values
+    # halfway between two frames' best scores: a quantile can equal one frame's score, a tie
+    # that float rounding (any change in an exported graph) could break either way
+    k = min(max(int(blank_share * len(best)), 1), len(best) - 1)
+    b[0] = (best[k - 1] + best[k]) / 2
     with torch.no_grad():
         proj.weight.copy_(w)
         proj.bias.copy_(b)
