@@ -249,6 +249,29 @@ def test_metadata_present_and_consistent(family, exported):
     assert _meta(out / "sherpa-onnx/decoder.onnx")["context_size"] == "2"
 
 
+def test_conformer_streaming_graph_has_no_per_layer_shape_arithmetic(tmp_path):
+    """A streaming window is a few frames, so its time is the number of nodes onnxruntime runs
+    (docs/runtime.md, "What made the Conformer fast"). Adding layers must add only the layer's
+    own arithmetic: no Shape/Range/trigonometry (position tables, index sizes) and no ScatterND
+    (in-place writes), counted after onnxruntime's own graph optimization. One Gather per layer
+    stays: it takes the layer's slice of the cache tensors."""
+    counts = {}
+    for layers in (2, 4):
+        model = tiny_model("conformer", num_layers=layers)
+        export(model, tmp_path / str(layers), sherpa=False)
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / f"opt{layers}.onnx")
+        ort.InferenceSession(str(tmp_path / str(layers) / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(str(tmp_path / f"opt{layers}.onnx")).graph.node
+        counts[layers] = {}
+        for n in nodes:
+            counts[layers][n.op_type] = counts[layers].get(n.op_type, 0) + 1
+    per_layer = {op: (counts[4].get(op, 0) - counts[2].get(op, 0)) / 2 for op in counts[4] | counts[2]}
+    shape_ops = {"Shape", "Range", "Sin", "Cos", "Exp", "ScatterND", "ConstantOfShape", "Expand", "Equal"}
+    assert {op: n for op, n in per_layer.items() if op in shape_ops and n > 0} == {}, per_layer
+    assert sum(per_layer.values()) <= 80, per_layer  # 74 now; 158 when every layer built its own tables
+
+
 # ---------------------------------------------------------------------- choices and errors
 def test_lookahead_picks_a_trained_context(tmp_path):
     model = tiny_model("conformer", ctc_weight=0.3)
