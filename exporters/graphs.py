@@ -217,13 +217,7 @@ def conformer_offline(enc, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
     group = chunk * max(1, -(-left // chunk))
     x = enc.subsample(mask_frames(x, x_lens))
     y_lens = enc.output_lengths(x_lens)
-    t = x.size(1)
-    n = (t + group - 1) // group
-    x = F.pad(x, (0, 0, 0, n * group - t))
-    win = enc._window(torch.zeros_like(y_lens), y_lens, n, group, left, chunk, x.dtype)
-    for layer in enc.layers:
-        x, _, _ = layer(x, win, None, None)
-    return x[:, :t], y_lens
+    return enc._layers_whole(x, y_lens, group, left, chunk), y_lens
 
 
 class S4DScan(nn.Module):

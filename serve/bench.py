@@ -298,7 +298,7 @@ def run_pair(model_dir: Path, audio: np.ndarray, int8: bool, threads: int, warmu
             out["sherpa"] = {"error": str(e)}
     step = int(piece * SR)
     stats = {}
-    for clip, timed in ((warmup, False), (audio, True)):
+    for clip in (warmup, audio):  # the stats of the last clip (the audio) are reported
         if clip is None:
             continue
         stats = {side.name: {"pieces": [], "windows": [], "total": 0.0} for side in sides}

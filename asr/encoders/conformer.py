@@ -382,12 +382,19 @@ class ConformerEncoder(StreamingEncoder):
         t = x.size(1)
         # query groups of G frames (a multiple of the chunk, about `left` long, at most T')
         group = chunk * min(max(1, -(-left // chunk)), max(1, -(-t // chunk)))
-        n = -(-t // group)
+        return self._layers_whole(x, y_lens, group, left, chunk), y_lens
+
+    def _layers_whole(self, x: Tensor, y_lens: Tensor, group: int, left: int, chunk: int) -> Tensor:
+        """Every layer over whole utterances: subsampled x (B, T', D) is padded to whole query
+        groups of ``group`` frames, run with zero caches, and cut back to T' frames. Shared with
+        the offline ONNX graph (``exporters.graphs.conformer_offline``)."""
+        t = x.size(1)
+        n = (t + group - 1) // group
         x = F.pad(x, (0, 0, 0, n * group - t))
         win = self._window(torch.zeros_like(y_lens), y_lens, n, group, left, chunk, x.dtype)
         for layer in self.layers:
             x, _, _ = layer(x, win, None, None)
-        return x[:, :t], y_lens
+        return x[:, :t]
 
     def _forward_chunk(
         self, x: Tensor, x_lens: Tensor, state: list[Tensor]
