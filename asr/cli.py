@@ -294,6 +294,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
     if args.onnx:
         if args.model:
             raise SystemExit("error: give --model (a model file) or --onnx (an export dir), not both")
+        if args.lm:
+            raise SystemExit("error: --lm applies to --model (PyTorch beam search), not to the --onnx runtime")
         done = _decode_onnx(args)
     else:
         if not args.model:
@@ -323,14 +325,18 @@ def _decode_model(args: argparse.Namespace) -> dict:
 
         torch.set_num_threads(args.threads)
     setting = _set_context(model, args.context)
+    fusion = _fusion(args, model.tokenizer)
+    if fusion is not None and args.chunkwise and (args.use_ctc or model.transducer is None):
+        raise SystemExit("error: streaming CTC decoding is greedy; --lm applies to whole-utterance CTC or to transducers")
     mode = "chunkwise" if args.chunkwise else "whole-utterance"
-    what = f"{args.method}{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}, {mode}{setting}"
+    lm_what = f", LM {Path(args.lm).name} (weight {args.lm_weight}, bonus {args.token_bonus})" if fusion else ""
+    what = f"{args.method}{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}{lm_what}, {mode}{setting}"
     print(f"decoding: {what}")
 
     def decode(x, lens):
         if args.chunkwise:
-            return chunkwise_decode(model, x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc)
-        return model.decode(x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc)
+            return chunkwise_decode(model, x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc, fusion=fusion)
+        return model.decode(x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc, fusion=fusion)
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / "decode"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -617,22 +623,78 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------- tokenizer
-def cmd_tokenizer(args: argparse.Namespace) -> None:
+def _cut_texts(paths: list[str]):
+    """The supervision texts of cut manifests (an error names a manifest that is missing)."""
     from lhotse import CutSet
 
+    for path in paths:
+        if not Path(path).is_file():
+            raise SystemExit(f"cut manifest not found: {path} (run `asr prepare` first)")
+        for cut in CutSet.from_file(path):
+            for sup in cut.supervisions:
+                if sup.text:
+                    yield sup.text
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> None:
     from .data.tokenizer import Tokenizer
 
-    def texts():
-        for path in args.cuts:
-            if not Path(path).is_file():
-                raise SystemExit(f"cut manifest not found: {path} (run `asr prepare` first)")
-            for cut in CutSet.from_file(path):
-                for sup in cut.supervisions:
-                    if sup.text:
-                        yield sup.text
-
-    tok = Tokenizer.train(texts(), args.vocab_size, args.model_type, args.out)
+    tok = Tokenizer.train(_cut_texts(args.cuts), args.vocab_size, args.model_type, args.out)
     print(f"{args.model_type} tokenizer with {len(tok)} tokens -> {args.out}/bpe.model, {args.out}/tokens.txt")
+
+
+# ---------------------------------------------------------------------- lm
+def _tokenizer_of(args: argparse.Namespace):
+    """The tokenizer of ``--model FILE`` (its own) or ``--tokenizer DIR``."""
+    from .data.tokenizer import Tokenizer
+
+    if bool(args.model) == bool(args.tokenizer):
+        raise SystemExit("error: give --model FILE (its tokenizer) or --tokenizer DIR, one of them")
+    try:
+        if args.model:
+            from .models import read_checkpoint
+
+            data = read_checkpoint(args.model).get("tokenizer")
+            if not data:
+                raise SystemExit(f"error: {args.model} carries no tokenizer: give --tokenizer DIR")
+            return Tokenizer.from_bytes(data)
+        return Tokenizer.load(args.tokenizer)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: cannot read the tokenizer: {e}") from None
+
+
+def cmd_lm(args: argparse.Namespace) -> None:
+    """Token n-gram LM (interpolated Kneser-Ney) on transcripts -> ARPA, for beam-search fusion."""
+    from .decoding.lm import NgramLM
+
+    tok = _tokenizer_of(args)
+    if args.order < 1:
+        raise SystemExit(f"error: --order must be >= 1, got {args.order}")
+    seqs = [s for s in tok.encode_batch(list(_cut_texts(args.cuts))) if s]
+    if not seqs:
+        raise SystemExit("error: the cut manifests have no transcripts to train an LM on")
+    lm = NgramLM.train(seqs, args.order, len(tok))
+    lm.save_arpa(args.out, [tok.id_to_piece(i) for i in range(len(tok))])
+    msg = f"{args.order}-gram token LM on {len(seqs)} transcripts ({sum(map(len, seqs))} tokens) -> {args.out}"
+    if args.dev:
+        dev = [s for s in tok.encode_batch(list(_cut_texts(args.dev))) if s]
+        msg += f"; perplexity per token: train {lm.perplexity(seqs):.3f}, dev {lm.perplexity(dev):.3f}"
+    print(msg)
+
+
+def _fusion(args: argparse.Namespace, tokenizer):
+    """``--lm FILE --lm-weight A --token-bonus B`` -> an LMFusion (None without --lm)."""
+    if not args.lm:
+        return None
+    if args.method != "beam":
+        raise SystemExit("error: --lm fuses an LM into beam search: add --method beam")
+    from .decoding.lm import LMFusion, NgramLM
+
+    try:
+        lm = NgramLM.load_arpa(args.lm, [tokenizer.id_to_piece(i) for i in range(len(tokenizer))])
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: --lm: {e}") from None
+    return LMFusion(lm, args.lm_weight, args.token_bonus)
 
 
 # ---------------------------------------------------------------------- prepare-noise
@@ -787,6 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", choices=["greedy", "beam"], default="greedy")
     sp.add_argument("--beam", type=int, default=4, help="beam size for --method beam")
     sp.add_argument("--use-ctc", action="store_true", help="decode a hybrid model's CTC head")
+    sp.add_argument("--lm", metavar="ARPA", help="token n-gram LM (`asr lm`) fused into --method beam")
+    sp.add_argument("--lm-weight", type=float, default=0.5, help="with --lm: weight of the LM log-probability")
+    sp.add_argument("--token-bonus", type=float, default=0.0, help="with --lm: score added per emitted token")
     sp.add_argument("--context", help="Conformer attention context LEFT,RIGHT in encoder frames (see `asr info`)")
     sp.add_argument("--chunkwise", action="store_true", help="stream window by window through forward_chunk")
     sp.add_argument("--max-duration", type=float, default=300.0, help="seconds of audio per batch")
@@ -877,6 +942,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-type", choices=["bpe", "unigram", "char"], default="bpe")
     sp.add_argument("--out", required=True, help="output dir, e.g. data/librispeech/lang_bpe500")
     sp.set_defaults(func=cmd_tokenizer)
+
+    sp = sub.add_parser("lm", help="train a token n-gram LM for beam-search fusion", description=(
+        "Interpolated Kneser-Ney n-gram LM over a model's tokens (characters or BPE pieces), trained on the "
+        "transcripts of cut manifests and written as ARPA (.arpa or .arpa.gz); fuse it with `asr decode "
+        "--method beam --lm FILE --lm-weight A --token-bonus B` (tune A and B on a dev set)."))
+    sp.add_argument("--model", help="model file: use its tokenizer")
+    sp.add_argument("--tokenizer", help="or a tokenizer dir (bpe.model)")
+    sp.add_argument("--cuts", nargs="+", required=True, help="cut manifests whose transcripts train the LM")
+    sp.add_argument("--dev", nargs="*", default=[], help="cut manifests to report perplexity on")
+    sp.add_argument("--order", type=int, default=8, help="n-gram order (default 8, for characters; ~4 for BPE)")
+    sp.add_argument("--out", required=True, help="ARPA file to write (.gz compresses)")
+    sp.set_defaults(func=cmd_lm)
 
     sp = sub.add_parser("prepare-noise", help="MUSAN -> noise manifest for augmentation", description=(
         "Collect the .wav files of MUSAN (its music/, noise/ and speech/ parts, or any dir) into "

@@ -35,7 +35,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from .decoding.ctc import Hypothesis, ctc_greedy
 from .encoders import build_encoder
 from .heads.ctc import CTCHead
 from .heads.transducer import TransducerConfig, TransducerHead
+
+if TYPE_CHECKING:
+    from .decoding.lm import LMFusion
 
 __all__ = ["ModelConfig", "ASRModel", "load", "save_atomic", "Transcript"]
 
@@ -163,15 +166,21 @@ class ASRModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def decode(self, x: torch.Tensor, x_lens: torch.Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False) -> list[Hypothesis]:
+    def decode(self, x: torch.Tensor, x_lens: torch.Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False,
+               fusion: "LMFusion | None" = None) -> list[Hypothesis]:
         """Batched decoding of features. ``method``: "greedy" or "beam" (CTC prefix beam search,
-        or modified beam search for transducers); ``use_ctc`` decodes a hybrid's CTC head."""
+        or modified beam search for transducers); ``use_ctc`` decodes a hybrid's CTC head;
+        ``fusion``: an n-gram LM for the beam search (:mod:`asr.decoding.lm`)."""
         enc, enc_lens = self.encode(x, x_lens)
-        return self.decode_encoded(enc, enc_lens, method, beam, use_ctc)
+        return self.decode_encoded(enc, enc_lens, method, beam, use_ctc, fusion)
 
-    def decode_encoded(self, enc: torch.Tensor, enc_lens: torch.Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False) -> list[Hypothesis]:
+    def decode_encoded(self, enc: torch.Tensor, enc_lens: torch.Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False,
+                       fusion: "LMFusion | None" = None) -> list[Hypothesis]:
         if method not in ("greedy", "beam"):
             raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
+        if fusion is not None and method != "beam":
+            raise ValueError("LM fusion needs beam search (method 'beam')")
+        lm = fusion.kwargs() if fusion is not None else {}
         if use_ctc or self.transducer is None:
             if self.ctc is None:
                 raise ValueError("this model has no CTC head (train a hybrid with ctc_weight > 0)")
@@ -180,14 +189,14 @@ class ASRModel(nn.Module):
                 return ctc_greedy(log_probs, enc_lens)
             from .decoding.ctc import ctc_prefix_beam_search
 
-            return ctc_prefix_beam_search(log_probs, enc_lens, beam=beam)
+            return ctc_prefix_beam_search(log_probs, enc_lens, beam=beam, **lm)
         if method == "greedy":
             from .decoding.transducer import greedy_search
 
             return greedy_search(self.transducer, enc, enc_lens)[0]
         from .decoding.beam import modified_beam_search
 
-        return modified_beam_search(self.transducer, enc, enc_lens, beam=beam)[0]
+        return modified_beam_search(self.transducer, enc, enc_lens, beam=beam, **lm)[0]
 
     # ------------------------------------------------------------------ user API
     @property

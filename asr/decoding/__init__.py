@@ -1,8 +1,10 @@
 """Decoding: CTC greedy and prefix beam search; RNN-T / TDT greedy (label looping) and modified
-beam search, batched and streaming, all with token frames. WER scoring."""
+beam search, batched and streaming, all with token frames; token n-gram LM shallow fusion for the
+beam searches. WER scoring."""
 
 from .beam import BeamState, modified_beam_search
 from .ctc import Hypothesis, ctc_greedy, ctc_prefix_beam_search
+from .lm import LMFusion, NgramLM
 from .transducer import DecoderState, greedy_search
 from .wer import WER, word_errors
 
@@ -11,6 +13,8 @@ __all__ = [
     "BeamState",
     "DecoderState",
     "Hypothesis",
+    "LMFusion",
+    "NgramLM",
     "ctc_greedy",
     "ctc_prefix_beam_search",
     "greedy_search",

@@ -41,12 +41,17 @@ to rounding of the encoder projection, as for greedy search).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .ctc import Hypothesis
 from .transducer import begin_chunk, initial_pred
+
+if TYPE_CHECKING:
+    from .lm import NgramLM
 
 __all__ = ["BeamState", "modified_beam_search"]
 
@@ -83,6 +88,7 @@ class BeamState:
     pointer: Tensor
     history: list[list[tuple[list[int], list[int]]]]
     frames_done: Tensor
+    lm_context: Tensor | None = None  # (B, K, order - 1) LM context of every slot (with ``lm=``)
 
     @property
     def batch_size(self) -> int:
@@ -161,6 +167,9 @@ def modified_beam_search(
     beam: int = 4,
     state: BeamState | None = None,
     max_symbols: int = 10,
+    lm: "NgramLM | None" = None,
+    lm_weight: float = 0.5,
+    token_bonus: float = 0.0,
 ) -> tuple[list[Hypothesis], BeamState]:
     """Batched modified beam search of an RNN-T or TDT transducer (see the module docstring).
 
@@ -173,12 +182,17 @@ def modified_beam_search(
             the same batch on its next chunk of encoder frames (its beam size wins).
         max_symbols: TDT only: at most this many labels of duration 0 in a row on one frame
             per hypothesis (RNN-T emits at most one label per frame anyway).
+        lm, lm_weight, token_bonus: shallow fusion with a token n-gram LM
+            (:mod:`asr.decoding.lm`): every label adds ``lm_weight * ln P_lm(label | the
+            slot's last labels) + token_bonus`` to its candidate's score. Candidates merged
+            have the same token sequence, hence the same LM score, so merging stays exact.
 
     Returns:
         (hyps, state): ``hyps[b]`` is the best hypothesis of utterance ``b`` so far: its token
         sequence, the global encoder frame at which each token was emitted (along the best
         path of that sequence kept in the beam), and ``score``, the log-probability of the
-        sequence summed over the paths merged into it (no length normalization). After the
+        sequence summed over the paths merged into it (no length normalization; with ``lm``,
+        plus its weighted LM score and bonuses, without an end-of-sentence term). After the
         last chunk this is the final result. ``state`` continues the batch on its next chunk.
     """
     if beam < 1:
@@ -213,6 +227,7 @@ def modified_beam_search(
         S, h, ph = state.scores, state.seq_hash, state.prefix_hash
         L, last, P = state.length, state.last, state.pointer
         pstate, pred_p = state.pred_state, state.pred_out
+        ctx = _lm_context(lm, state, device) if lm is not None else None
         rounds = torch.zeros(B, dtype=torch.long, device=device)  # steps spent on the current frame
         recs: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: (source slot, label or -1, frame)
 
@@ -235,6 +250,10 @@ def modified_beam_search(
             else:
                 lab_d = blk_d = torch.zeros((B, K, 1), dtype=dtype, device=device)
             base = S[..., None] + lp_tok  # (B, K, V)
+            if ctx is not None:
+                fused = lm_weight * _lm_log_probs(lm, ctx, V, dtype) + token_bonus
+                fused[..., blank] = 0.0
+                base = base + fused
             ext = base[..., None] + lab_d[:, :, None, :]  # (B, K, V, Dn)
             ext[:, :, blank, :] = base[..., blank, None] + blk_d
             ext = torch.where(live[..., None, None], ext, ninf)
@@ -284,6 +303,11 @@ def modified_beam_search(
             new_h = torch.where(ok[..., None], new_h, -1)
             new_ph = torch.where(ok[..., None], new_ph, -2)
             new_L = torch.where(ok, new_L, -1)
+            if ctx is not None and ctx.shape[-1]:
+                ctx_s = ctx.gather(1, src[..., None].expand(B, K, ctx.shape[-1]))
+                shifted = torch.cat([ctx_s[..., 1:], tok[..., None]], -1)
+                new_ctx = torch.where(is_label[..., None], shifted, ctx_s)
+                ctx = torch.where(active[:, None, None], new_ctx, ctx)
 
             flat_src = (rows[:, None] * K + src).reshape(-1)
             sel = pred.select_state(pstate, flat_src)
@@ -324,8 +348,27 @@ def modified_beam_search(
             pointer=torch.where(torch.isfinite(S), P - lens[:, None], _EMPTY),
             history=history,
             frames_done=state.frames_done + lens,
+            lm_context=ctx,
         )
         return new.best(), new
+
+
+def _lm_context(lm, state: BeamState, device) -> Tensor:
+    """(B, K, order - 1) LM context of every slot: carried in the state, or rebuilt from the
+    slots' token histories (a state from a search without this LM)."""
+    k = lm.order - 1
+    if state.lm_context is not None and state.lm_context.shape[-1] == k:
+        return state.lm_context
+    ctx = [[[lm.bos] * k + list(lm.context(toks)) for toks, _ in hb] for hb in state.history]
+    return torch.tensor([[c[len(c) - k:] if k else [] for c in hb] for hb in ctx], dtype=torch.long,
+                        device=device).view(state.batch_size, state.beam, k)
+
+
+def _lm_log_probs(lm, ctx: Tensor, V: int, dtype) -> Tensor:
+    """(B, K, V) ln P_lm(token | context) of every slot (contexts are looked up in the LM's cache)."""
+    B, K, _ = ctx.shape
+    table = [lm.log_probs(c) for c in map(tuple, ctx.reshape(B * K, -1).tolist())]
+    return torch.from_numpy(np.stack(table)[:, :V]).to(device=ctx.device, dtype=dtype).view(B, K, V)
 
 
 def _extend_history(history, recs: list[tuple[Tensor, Tensor, Tensor]], K: int):

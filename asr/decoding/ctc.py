@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .lm import NgramLM
 
 __all__ = ["Hypothesis", "ctc_greedy", "ctc_prefix_beam_search"]
 
@@ -47,7 +51,13 @@ def _log_add(a: float, b: float) -> float:
 
 
 def ctc_prefix_beam_search(
-    log_probs: torch.Tensor, lens: torch.Tensor, beam: int = 4, blank: int = 0
+    log_probs: torch.Tensor,
+    lens: torch.Tensor,
+    beam: int = 4,
+    blank: int = 0,
+    lm: "NgramLM | None" = None,
+    lm_weight: float = 0.5,
+    token_bonus: float = 0.0,
 ) -> list[Hypothesis]:
     """CTC prefix beam search: the most probable label sequence, summed over its alignments.
 
@@ -58,6 +68,11 @@ def ctc_prefix_beam_search(
     ``logaddexp(pb, pnb)`` are kept. Extensions are tried with the ``beam`` most probable
     non-blank labels of the frame (all of them when ``beam >= V - 1``), so with a beam at least
     as large as the number of prefixes the search is exact.
+
+    With ``lm`` (shallow fusion, :mod:`asr.decoding.lm`): extending a prefix by a label adds
+    ``lm_weight * ln P_lm(label | prefix) + token_bonus`` to every alignment mass flowing into
+    the new prefix (all of it comes from the one shorter prefix, so this is exact), and the final
+    ranking adds ``lm_weight * ln P_lm(</s> | prefix)``.
 
     Timestamps: every prefix also tracks its best single alignment (Viterbi, ending in blank or
     in a label) and the frame at which that alignment first emits each token.
@@ -71,7 +86,8 @@ def ctc_prefix_beam_search(
     Returns:
         One :class:`Hypothesis` per utterance: the best prefix's tokens, ``frames`` (the frame
         of each token's first emission in the prefix's best alignment kept by the search) and
-        ``score``, the log-probability of the prefix (``logaddexp(pb, pnb)``).
+        ``score``, the log-probability of the prefix (``logaddexp(pb, pnb)``; with ``lm``, plus
+        its weighted LM score and bonuses).
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
@@ -99,6 +115,7 @@ def ctc_prefix_beam_search(
                 nxt[prefix] = [_log_add(pb, pnb) + p_blank, pnb + p_rep, vs + p_blank, fs, vnb + p_rep, fnb]
             for prefix, (pb, pnb, vb, fb, vnb, fnb) in beams.items():
                 tail = prefix[-1] if prefix else None
+                fused = lm_weight * lm.log_probs(lm.context(prefix)) if lm is not None else None
                 for c in cand[b][t]:
                     p = row[c]
                     if c == tail:
@@ -108,6 +125,9 @@ def ctc_prefix_beam_search(
                         v, f = (vb, fb) if vb >= vnb else (vnb, fnb)
                         v += p
                     new = prefix + (c,)
+                    if fused is not None:
+                        bonus = float(fused[c]) + token_bonus
+                        mass, v = mass + bonus, v + bonus
                     entry = nxt.get(new)
                     if entry is None:
                         nxt[new] = [ninf, mass, ninf, (), v, f + (t,)]
@@ -117,6 +137,10 @@ def ctc_prefix_beam_search(
                             entry[4], entry[5] = v, f + (t,)
             ranked = sorted(nxt.items(), key=lambda kv: _log_add(kv[1][0], kv[1][1]), reverse=True)
             beams = dict(ranked[:beam])
-        prefix, (pb, pnb, vb, fb, vnb, fnb) = max(beams.items(), key=lambda kv: _log_add(kv[1][0], kv[1][1]))
-        out.append(Hypothesis(list(prefix), list(fb if vb >= vnb else fnb), _log_add(pb, pnb)))
+        def final(kv) -> float:
+            s = _log_add(kv[1][0], kv[1][1])
+            return s + lm_weight * float(lm.log_probs(lm.context(kv[0]))[lm.eos]) if lm is not None else s
+
+        prefix, (pb, pnb, vb, fb, vnb, fnb) = max(beams.items(), key=final)
+        out.append(Hypothesis(list(prefix), list(fb if vb >= vnb else fnb), final((prefix, (pb, pnb)))))
     return out

@@ -20,11 +20,15 @@ across chunk boundaries).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .ctc import Hypothesis
+
+if TYPE_CHECKING:
+    from .lm import LMFusion
 
 __all__ = ["CTCStreamState", "ctc_greedy_chunk", "chunkwise_decode", "StreamingRecognizer"]
 
@@ -68,10 +72,12 @@ def ctc_greedy_chunk(log_probs: Tensor, lens: Tensor, state: CTCStreamState | No
 class _ChunkDecoder:
     """Dispatch to the decoder of a model's head, carrying its state between chunks."""
 
-    def __init__(self, model, method: str = "greedy", beam: int = 4, use_ctc: bool = False):
+    def __init__(self, model, method: str = "greedy", beam: int = 4, use_ctc: bool = False, fusion: "LMFusion | None" = None):
         if method not in ("greedy", "beam"):
             raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
-        self.model, self.method, self.beam = model, method, beam
+        if fusion is not None and method != "beam":
+            raise ValueError("LM fusion needs beam search (method 'beam')")
+        self.model, self.method, self.beam, self.fusion = model, method, beam, fusion
         self.use_ctc = use_ctc or model.transducer is None
         if self.use_ctc and model.ctc is None:
             raise ValueError("this model has no CTC head (train a hybrid with ctc_weight > 0)")
@@ -90,17 +96,20 @@ class _ChunkDecoder:
         else:
             from .beam import modified_beam_search
 
-            self.hyps, self.state = modified_beam_search(self.model.transducer, enc, lens, beam=self.beam, state=self.state)
+            lm = self.fusion.kwargs() if self.fusion is not None else {}
+            self.hyps, self.state = modified_beam_search(self.model.transducer, enc, lens, beam=self.beam, state=self.state, **lm)
         return self.hyps
 
 
 @torch.no_grad()
-def chunkwise_decode(model, x: Tensor, x_lens: Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False) -> list[Hypothesis]:
+def chunkwise_decode(model, x: Tensor, x_lens: Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False,
+                     fusion: "LMFusion | None" = None) -> list[Hypothesis]:
     """Decode a padded batch of features (B, T, F) window by window through the encoder's
-    ``forward_chunk`` and the decoder's state (the encoder's current context/chunk size)."""
+    ``forward_chunk`` and the decoder's state (the encoder's current context/chunk size).
+    ``fusion``: an n-gram LM for the transducer beam search (:mod:`asr.decoding.lm`)."""
     from ..encoders.base import stream_chunks
 
-    decoder = _ChunkDecoder(model, method, beam, use_ctc)
+    decoder = _ChunkDecoder(model, method, beam, use_ctc, fusion)
     hyps = [Hypothesis() for _ in range(x.shape[0])]
     for y, yl in stream_chunks(model.encoder, model.normalize(x), x_lens, "chunkwise_decode"):
         hyps = decoder(y, yl)
@@ -120,16 +129,16 @@ class StreamingRecognizer:
     (set the Conformer's look-ahead with ``model.encoder.set_context(left, right)`` first).
     """
 
-    def __init__(self, model, method: str = "greedy", beam: int = 4, use_ctc: bool = False):
+    def __init__(self, model, method: str = "greedy", beam: int = 4, use_ctc: bool = False, fusion: "LMFusion | None" = None):
         self.model = model
-        self.method, self.beam, self.use_ctc = method, beam, use_ctc
+        self.method, self.beam, self.use_ctc, self.fusion = method, beam, use_ctc, fusion
         self.reset()
 
     def reset(self) -> None:
         p = self.model.encoder.streaming_params()
         self.window, self.shift = p["window"], p["shift"]
         self.enc_state = self.model.encoder.init_state(1)
-        self.decoder = _ChunkDecoder(self.model, self.method, self.beam, self.use_ctc)
+        self.decoder = _ChunkDecoder(self.model, self.method, self.beam, self.use_ctc, self.fusion)
         self.buffer = torch.zeros(0, self.model.features.num_mel_bins, device=self.model.feat_mean.device)
         self.hyp = Hypothesis()
         self.finished = False

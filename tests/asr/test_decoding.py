@@ -17,6 +17,7 @@ import torch
 
 from asr.decoding import (
     Hypothesis,
+    NgramLM,
     ctc_greedy,
     ctc_prefix_beam_search,
     greedy_search,
@@ -193,10 +194,11 @@ def _add_candidate(cands, key, score, frames):
             c[1], c[2] = score, frames
 
 
-def ref_beam(head, enc_1, beam, max_symbols=10):
+def ref_beam(head, enc_1, beam, max_symbols=10, lm=None, lm_weight=0.0, bonus=0.0):
     """modified_beam_search for one utterance with dicts: hypotheses keyed by (tokens, pointer);
     each step expands those on the current frame t (the smallest pointer), carries the others,
-    log-adds candidates with equal keys (timestamps: the best member's), keeps the ``beam`` best."""
+    log-adds candidates with equal keys (timestamps: the best member's), keeps the ``beam`` best.
+    With ``lm``, a label v after ``seq`` also scores ``lm_weight * ln P_lm(v | seq) + bonus``."""
     r = Ref(head, enc_1)
     T, blank = enc_1.shape[0], head.blank
     tdt = head.durations is not None
@@ -220,7 +222,8 @@ def ref_beam(head, enc_1, beam, max_symbols=10):
                         _add_candidate(cands, (seq, t + max(d, 1)), sc + tok[v] + lpd, fr)
                     else:
                         move = 1 if d == 0 and rounds + 1 >= max_symbols else d
-                        _add_candidate(cands, (seq + (v,), t + move), sc + tok[v] + lpd, fr + [t])
+                        fused = lm_weight * float(lm.log_probs(lm.context(seq))[v]) + bonus if lm is not None else 0.0
+                        _add_candidate(cands, (seq + (v,), t + move), sc + tok[v] + lpd + fused, fr + [t])
         best = sorted(cands.items(), key=lambda kv: -kv[1][0])[:beam]
         hyps = {k: (c[0], c[2]) for k, c in best}
     groups = {}
@@ -525,3 +528,84 @@ def test_beam_batch_independence(kind):
     for b in range(3):
         alone, _ = modified_beam_search(head, enc[b: b + 1, : lens[b]], lens[b: b + 1], beam=4)
         assert_same_hyps(alone, [batch[b]])
+
+
+# ---------------------------------------------------------------------------------------------
+# n-gram LM shallow fusion
+
+
+def random_lm(vocab, order, seed, blank=0):
+    """A Kneser-Ney LM on random sequences over the non-blank ids of ``vocab``."""
+    rng = random.Random(seed)
+    words = [i for i in range(vocab) if i != blank]
+    seqs = [[rng.choice(words[: 1 + k % len(words)]) for _ in range(rng.randint(1, 6))] for k in range(40)]
+    if blank != 0:  # NgramLM takes ids 1..V-1 as words: shift the blank to 0 and back
+        raise ValueError("these tests put the blank at 0")
+    return NgramLM.train(seqs, order, vocab)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_ctc_prefix_beam_search_with_lm_is_exact_with_a_large_beam(order):
+    """With a beam too large to prune, the result maximizes CTC log-prob + weight * LM log-prob
+    (with </s>) + bonus * length over every label sequence (brute force)."""
+    g = torch.Generator().manual_seed(order)
+    for trial in range(4):
+        B, T, V = 2, 5, 3
+        lm = random_lm(V, order, seed=trial)
+        lp = (torch.randn(B, T, V, generator=g, dtype=torch.float64) * 1.5).log_softmax(-1)
+        lens = torch.tensor([5, 2 + trial])
+        weight, bonus = 0.7, (-0.5, 0.0, 0.8, 2.0)[trial]
+        hyps = ctc_prefix_beam_search(lp, lens, beam=64, lm=lm, lm_weight=weight, token_bonus=bonus)
+        for b in range(B):
+            totals = defaultdict(lambda: -math.inf)
+            for path in itertools.product(range(V), repeat=int(lens[b])):
+                labels, prev = [], None
+                for s in path:
+                    if s != 0 and s != prev:
+                        labels.append(s)
+                    prev = s
+                key = tuple(labels)
+                totals[key] = lae(totals[key], sum(lp[b, t, s].item() for t, s in enumerate(path)))
+            fused = {k: v + weight * lm.score(list(k)) + bonus * len(k) for k, v in totals.items()}
+            best = max(fused, key=fused.get)
+            assert hyps[b].tokens == list(best), (order, trial, b)
+            assert math.isclose(hyps[b].score, fused[best], abs_tol=1e-9)
+
+
+def test_ctc_prefix_beam_search_lm_weight_zero_changes_nothing():
+    g = torch.Generator().manual_seed(3)
+    lp = (torch.randn(3, 12, 6, generator=g, dtype=torch.float64) * 2).log_softmax(-1)
+    lens = torch.tensor([12, 7, 0])
+    lm = random_lm(6, 3, seed=1)
+    plain = ctc_prefix_beam_search(lp, lens, beam=4)
+    zero = ctc_prefix_beam_search(lp, lens, beam=4, lm=lm, lm_weight=0.0)
+    assert [(h.tokens, h.frames) for h in plain] == [(h.tokens, h.frames) for h in zero]
+
+
+@pytest.mark.parametrize(("kind", "predictor"), KINDS_PREDICTORS)
+def test_beam_with_lm_matches_per_utterance_reference(kind, predictor):
+    for seed, (beam, order, weight, bonus) in enumerate([(2, 2, 0.5, 0.0), (3, 3, 1.5, 0.5), (4, 1, 0.8, -0.3)]):
+        head = make_head(kind, predictor, vocab=5, seed=seed, blank_bias=0.3)
+        lm = random_lm(5, order, seed)
+        lens = torch.tensor([9, 0, 4, 7])
+        enc = random_enc(4, 9, seed + 40)
+        hyps, _ = modified_beam_search(head, enc, lens, beam=beam, max_symbols=2, lm=lm, lm_weight=weight, token_bonus=bonus)
+        want = [ref_beam(head, enc[b, : lens[b]], beam, 2, lm=lm, lm_weight=weight, bonus=bonus) for b in range(4)]
+        assert_same_hyps(hyps, want)
+        plain, _ = modified_beam_search(head, enc, lens, beam=beam, max_symbols=2)
+        if weight > 1:  # a strong LM changes some result (else this test could not fail)
+            assert [h.tokens for h in plain] != [h.tokens for h in hyps]
+
+
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_beam_with_lm_streaming_equals_whole(kind):
+    """The LM context of every slot is carried across chunks."""
+    head = make_head(kind, "lstm", seed=7, blank_bias=0.5)
+    lm = random_lm(head.vocab_size, 3, seed=2)
+    lens = [11, 4, 0, 8]
+    enc = random_enc(4, 11, 6)
+    kw = {"beam": 3, "max_symbols": 2, "lm": lm, "lm_weight": 1.0, "token_bonus": 0.2}
+    whole, _ = modified_beam_search(head, enc, torch.tensor(lens), **kw)
+    for splits in [fixed_splits(lens, s) for s in (1, 4)] + [random_splits(lens, random.Random(3))]:
+        hyps, _ = decode_chunked(modified_beam_search, head, enc, lens, splits, **kw)
+        assert_same_hyps(hyps, whole, tol=1e-12)

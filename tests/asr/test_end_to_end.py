@@ -84,6 +84,34 @@ def test_hybrid_tdt_trains_and_decodes_every_way(trained_tdt, trained, capsys):
     assert "decoding: beam (beam 4)" in capsys.readouterr().out
 
 
+def test_lm_trains_and_fuses_through_the_cli(trained_tdt, trained, capsys):
+    """`asr lm` writes an ARPA LM over the model's tokens; `asr decode --lm` fuses it into the
+    transducer's beam search, the hybrid's CTC prefix search and chunk-wise streaming."""
+    cuts = str(trained / "cuts_few.jsonl.gz")
+    model = str(trained_tdt / "model.pt")
+    lm = trained_tdt / "lm" / "tokens.arpa.gz"
+    main(["lm", "--model", model, "--cuts", cuts, "--dev", cuts, "--order", "4", "--out", str(lm)])
+    assert lm.is_file() and "perplexity per token: train" in capsys.readouterr().out
+    hyps = {}
+    for name, extra in [("beam", []), ("lm", ["--lm", str(lm), "--lm-weight", "0.6", "--token-bonus", "0.5"]),
+                        ("lm_chunkwise", ["--lm", str(lm), "--lm-weight", "0.6", "--token-bonus", "0.5", "--chunkwise"]),
+                        ("lm_ctc", ["--lm", str(lm), "--lm-weight", "0.6", "--use-ctc"])]:
+        out = trained_tdt / f"dec_{name}"
+        main(["decode", "--model", model, "--cuts", cuts, "--out", str(out), "--method", "beam", *extra])
+        lines = (out / "results_few.txt").read_text().splitlines()
+        hyps[name] = [l.split("HYP: ", 1)[1] for l in lines if "HYP: " in l]
+        assert len(hyps[name]) == 6
+    assert hyps["lm_chunkwise"] == hyps["lm"]  # the LM context is carried across chunks
+    assert "LM tokens.arpa.gz (weight 0.6, bonus 0.5)" in capsys.readouterr().out
+    for bad, msg in [(["--lm", str(lm)], "add --method beam"),
+                     (["--method", "beam", "--lm", str(lm.with_name("missing.arpa"))], "does not exist"),
+                     (["--method", "beam", "--lm", str(lm), "--use-ctc", "--chunkwise"], "streaming CTC decoding is greedy")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["decode", "--model", model, "--cuts", cuts, "--out", str(trained_tdt / "dec_bad"), *bad])
+    with pytest.raises(SystemExit, match="one of them"):
+        main(["lm", "--cuts", cuts, "--out", str(lm)])
+
+
 def test_model_file_is_self_contained_and_safe(trained):
     import torch
 
