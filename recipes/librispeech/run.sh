@@ -7,7 +7,8 @@
 #   NGPU=8 bash recipes/librispeech/run.sh --stage 4 --stop-stage 4           # torchrun, 8 processes
 #
 # Stages: 0 set up .venv | 1 manifests (lhotse) | 2 MUSAN noise (optional) | 3 BPE tokenizer
-#         4 train | 5 decode: greedy, beam, streaming (simulated and chunk-wise) | 6 export
+#         4 train | 5 decode: greedy, beam (with an n-gram LM: LM_ORDER), streaming (simulated and
+#         chunk-wise) | 6 export
 #
 # Environment (defaults in brackets):
 #   LIBRISPEECH   LibriSpeech dir holding train-clean-100/ ... test-other/ [$DL_DIR/LibriSpeech]
@@ -18,6 +19,9 @@
 #   DATA [data/librispeech]   VOCAB [500]   CONFIG [conf/fastconformer_hybrid_tdt_ctc.yaml]
 #   EXP [exp/librispeech/<config name>]   NGPU [1]   TRAIN_ARGS  extra `asr train` arguments
 #   CONTEXTS      Conformer contexts "left,right ..." decoded in stage 5 [every trained one]
+#   LM_ORDER      n: stage 5 also trains an n-gram LM over BPE pieces on the training transcripts
+#                 (`asr lm`; 4 is a fair start) and decodes beam 8 fused with it [empty: skip]
+#   LM_WEIGHT [0.3]   TOKEN_BONUS [0.5]   the fusion weights (tune them on dev-clean/dev-other)
 #
 # The path is proven without a download on the mini corpus, which has LibriSpeech's layout:
 #   LIBRISPEECH=data/mini/corpus/LibriSpeech PARTS="train dev test-seen test-unseen" \
@@ -44,6 +48,9 @@ EXP="${EXP:-exp/librispeech/$(basename "$CONFIG" .yaml)}"
 NGPU="${NGPU:-1}"
 TRAIN_ARGS="${TRAIN_ARGS:-}"
 CONTEXTS="${CONTEXTS:-}"
+LM_ORDER="${LM_ORDER:-}"
+LM_WEIGHT="${LM_WEIGHT:-0.3}"
+TOKEN_BONUS="${TOKEN_BONUS:-0.5}"
 LANG_DIR="$DATA/lang_bpe$VOCAB"
 
 manifests() { local out=(); for p in $1; do out+=("$DATA/manifests/cuts_$p.jsonl.gz"); done; echo "${out[@]}"; }
@@ -99,6 +106,12 @@ if run 5; then
     cuts=($(manifests "$TEST_SETS"))
     asr decode --model "$model" --cuts "${cuts[@]}" --method greedy --out "$EXP/decode/greedy"
     asr decode --model "$model" --cuts "${cuts[@]}" --method beam --beam 4 --out "$EXP/decode/beam4"
+    if [ -n "$LM_ORDER" ]; then  # a BPE-piece n-gram LM of the training transcripts, fused into beam search
+        # shellcheck disable=SC2046
+        asr lm --model "$model" --cuts $(manifests "$TRAIN_PARTS") --order "$LM_ORDER" --out "$EXP/lm/bpe_${LM_ORDER}gram.arpa.gz"
+        asr decode --model "$model" --cuts "${cuts[@]}" --method beam --beam 8 --lm "$EXP/lm/bpe_${LM_ORDER}gram.arpa.gz" \
+            --lm-weight "$LM_WEIGHT" --token-bonus "$TOKEN_BONUS" --out "$EXP/decode/beam8_lm${LM_ORDER}"
+    fi
     # Streaming: "simulated" decodes whole utterances under the streaming attention limits (equal
     # to chunk-wise by construction); "chunkwise" feeds the encoder window by window with its
     # caches and carries the decoder state across chunks, as a live stream does.

@@ -13,6 +13,10 @@ Each cell trains ``recipes/mini/conf/<family>.yaml`` with the head set by ``--se
   context, so their streaming WER is their WER (their whole-utterance forward *is* the stream);
 - decoding speed as RTFx (audio seconds per second of encoder + search, one process).
 
+With ``--lm``, every selected cell is also decoded by beam search (beam 8) alone and fused with
+a character 8-gram LM trained on the training transcripts (``asr lm``); the LM weight and token
+bonus are chosen on dev from a small grid, then test-seen and test-unseen are decoded once.
+
 It also times TDT greedy against RNN-T greedy on the same family's encoder output (search only)
 when both cells exist. Finished cells are skipped (``--force`` retrains), so the grid can be run
 across sessions. Results go to ``--out``/results.json and results.md.
@@ -97,6 +101,39 @@ def run_cell(family: str, head: str, args) -> dict:
     return cell
 
 
+LM_BEAM = 8
+LM_GRID = [(w, b) for w in (0.3, 0.5, 0.8) for b in (0.5, 1.5)]  # (LM weight, token bonus)
+
+
+def lm_cell(family: str, head: str, args) -> dict:
+    """Beam search alone and with the LM (weights chosen on dev) for one finished cell."""
+    exp = args.out / f"{family}_{head}"
+    model = exp / "model.pt"
+    tok = family_tokenizer(family)
+    lm = args.out / "lm" / f"{tok}_8gram.arpa.gz"
+    if not lm.is_file():
+        sh([sys.executable, "-m", "asr.cli", "lm", "--tokenizer", str(args.data / tok), "--order", "8",
+            "--cuts", str(args.data / "manifests" / "cuts_train.jsonl.gz"),
+            "--dev", str(args.data / "manifests" / "cuts_dev.jsonl.gz"), "--out", str(lm)])
+    beam = ["--method", "beam", "--beam", str(LM_BEAM), "--no-progress"]
+    dev = [str(args.data / "manifests" / "cuts_dev.jsonl.gz")]
+    tuned = {}
+    for w, b in LM_GRID:
+        out = exp / f"tune_lm_{w}_{b}"
+        if not (out / "wer.json").is_file():
+            sh([sys.executable, "-m", "asr.cli", "decode", "--model", str(model), "--cuts", *dev, "--out", str(out),
+                *beam, "--lm", str(lm), "--lm-weight", str(w), "--token-bonus", str(b)])
+        tuned[f"{w},{b}"] = json.loads((out / "wer.json").read_text())["splits"]["dev"]["wer"]
+    best = min(tuned, key=tuned.get)
+    w, b = best.split(",")
+    return {
+        "beam": LM_BEAM,
+        "beam_only": decode(model, args.data, exp / f"decode_beam{LM_BEAM}", *beam),
+        "lm": {"file": str(lm), "weight": float(w), "bonus": float(b), "dev_wer": tuned,
+               "splits": decode(model, args.data, exp / f"decode_beam{LM_BEAM}_lm", *beam, "--lm", str(lm), "--lm-weight", w, "--token-bonus", b)},
+    }
+
+
 def _count_joint_calls(head, enc, lens) -> int:
     """Joint network calls (each over the whole batch) of one greedy search."""
     from asr.decoding.transducer import greedy_search
@@ -166,8 +203,9 @@ def tdt_vs_rnnt(family: str, args) -> dict | None:
 
 
 def table(results: dict) -> str:
-    lines = ["| encoder | head | params | steps (min) | test-seen WER | test-unseen WER | streaming: smallest vs largest look-ahead (test-seen) | RTFx |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| encoder | head | params | steps (min) | test-seen WER | test-unseen WER | streaming: smallest vs largest look-ahead (test-seen) "
+             f"| beam {LM_BEAM}; beam {LM_BEAM} + char 8-gram LM (LM weight, bonus) | RTFx |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(results["cells"], key=lambda k: (FAMILIES.index(k.split("_")[0]), list(HEADS).index(k.split("_")[1]))):
         c = results["cells"][key]
         g = c["greedy"]
@@ -181,8 +219,14 @@ def table(results: dict) -> str:
             stream = "= WER (causal)"
         meta = c.get("meta", {})
         minutes = f"{meta.get('steps', '?')} ({meta.get('wall_seconds', 0) / 60:.0f})"
+        lm = "-"
+        if "beam_lm" in c:
+            bl = c["beam_lm"]
+            lm = (f"{bl['beam_only']['test-seen']['wer']:.1f} / {bl['beam_only']['test-unseen']['wer']:.1f}; "
+                  f"**{bl['lm']['splits']['test-seen']['wer']:.1f} / {bl['lm']['splits']['test-unseen']['wer']:.1f}** "
+                  f"({bl['lm']['weight']}, {bl['lm']['bonus']})")
         lines.append(f"| {c['family']} | {head} | {c['params_M']}M | {minutes} | {g['test-seen']['wer']:.1f} | "
-                     f"{g['test-unseen']['wer']:.1f} | {stream} | {g['test-seen']['rtfx']:.0f} |")
+                     f"{g['test-unseen']['wer']:.1f} | {stream} | {lm} | {g['test-seen']['rtfx']:.0f} |")
     for fam, r in results.get("tdt_vs_rnnt", {}).items():
         if r and "speedup_single" in r:
             lines.append("")
@@ -204,6 +248,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("exp/mini/results"))
     ap.add_argument("--force", action="store_true", help="retrain cells that exist")
     ap.add_argument("--table", action="store_true", help="only rewrite results.md")
+    ap.add_argument("--lm", action="store_true", help="also decode the cells by beam search with and without an n-gram LM")
     args = ap.parse_args()
     os.chdir(ROOT)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -212,10 +257,16 @@ def main() -> None:
     if not args.table:
         for family in args.families:
             for head in args.heads:
-                results["cells"][f"{family}_{head}"] = run_cell(family, head, args)
+                cell = run_cell(family, head, args)
+                if args.lm:
+                    cell["beam_lm"] = lm_cell(family, head, args)
+                elif "beam_lm" in results["cells"].get(f"{family}_{head}", {}):
+                    cell["beam_lm"] = results["cells"][f"{family}_{head}"]["beam_lm"]
+                results["cells"][f"{family}_{head}"] = cell
                 res_path.write_text(json.dumps(results, indent=2))  # nothing lost on a crash
-            results["tdt_vs_rnnt"][family] = tdt_vs_rnnt(family, args)
-            res_path.write_text(json.dumps(results, indent=2))
+            if args.force or not results["tdt_vs_rnnt"].get(family):
+                results["tdt_vs_rnnt"][family] = tdt_vs_rnnt(family, args)
+                res_path.write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(table(results))
     print(table(results))
 
