@@ -126,16 +126,6 @@ def rel_positions(num: int, dim: int, start: int, device: torch.device, dtype: t
     return pe.to(dtype)
 
 
-def relative_shift_index(group: int, left: int, device: torch.device) -> Tensor:
-    """Where query i's score for key j sits in a row of distance scores, flattened over the
-    group: ``i * R + (i - j + left + group - 1)`` with ``R = left + 2*group - 1`` -> (G * W,),
-    ``W = left + group``. A constant of the context, shared by every layer."""
-    w, r = left + group, left + 2 * group - 1
-    i = torch.arange(group, device=device)[:, None]
-    j = torch.arange(w, device=device)[None, :]
-    return (i * r + i - j + (left + group - 1)).reshape(-1)
-
-
 class FeedForward(nn.Module):
     """x (B, T, D) -> (B, T, D): LayerNorm, Linear, SiLU, Dropout, Linear, Dropout."""
 
@@ -200,8 +190,13 @@ class ChunkedRelPosAttention(nn.Module):
         # query i -> key j of a group is at distance i - j + left in [-(G-1), left + G - 1]
         pe = self.pos(win.pe).reshape(r, self.h, self.dk)
         by_distance = torch.einsum("bnihd,rhd->bnhir", q + self.bias_v, pe)  # (B, n, H, G, R)
-        position = by_distance.reshape(-1, n, self.h, group * r).index_select(3, win.shift)
-        scores = (content + position.reshape(-1, n, self.h, group, w)) / math.sqrt(self.dk)
+        # win.pe runs from the largest distance down, so column c of query i's row holds the
+        # distance i - j + left for key j = c - (G - 1 - i): a row shifted left by G - 1 - i.
+        # Padded to R + 1 columns and read flat from G - 1 in rows of R, row i starts at
+        # column G - 1 - i of its own padded row (views and one pad: no gather, no scatter back).
+        flat = F.pad(by_distance, (0, 1)).reshape(-1, n, self.h, group * (r + 1))
+        position = flat[..., group - 1 : group - 1 + group * r].reshape(-1, n, self.h, group, r)[..., :w]
+        scores = (content + position) / math.sqrt(self.dk)
         scores = scores.masked_fill(win.blocked, torch.finfo(scores.dtype).min)
         attn = torch.softmax(scores, dim=-1) * win.visible  # rows with no visible key become 0
         out = torch.einsum("bnhij,bnhdj->bnihd", self.drop(attn), v)
@@ -212,7 +207,7 @@ class AttentionWindow(NamedTuple):
     """What every layer of one forward shares (built once by ``ConformerEncoder._window``):
     ``n`` query groups of ``group`` frames, each seeing ``left + group`` keys; ``visible``
     (B, n, 1, G, W) float 1/0 and ``blocked`` its boolean complement; ``pe`` (R, D) the
-    sinusoids of the R = left + 2G - 1 distances; ``shift`` (G*W,) the relative-shift index."""
+    sinusoids of the R = left + 2G - 1 distances, from the largest (left + G - 1) down."""
 
     n: int
     group: int
@@ -220,7 +215,6 @@ class AttentionWindow(NamedTuple):
     visible: Tensor
     blocked: Tensor
     pe: Tensor
-    shift: Tensor
 
 
 class ConvModule(nn.Module):
@@ -369,10 +363,8 @@ class ConformerEncoder(StreamingEncoder):
         """The :class:`AttentionWindow` of one forward: streams at frames ``[start, end)`` (B,)."""
         visible = self._attention_mask(start, end, n, group, left, chunk)[:, :, None]
         dev = start.device
-        pe = rel_positions(left + 2 * group - 1, self.config.d_model, -(group - 1), dev, dtype)
-        return AttentionWindow(
-            n, group, left, visible.to(dtype), ~visible, pe, relative_shift_index(group, left, dev)
-        )
+        pe = rel_positions(left + 2 * group - 1, self.config.d_model, -(group - 1), dev, dtype).flip(0)
+        return AttentionWindow(n, group, left, visible.to(dtype), ~visible, pe)
 
     def _forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         left, right = self._active_context()
