@@ -134,8 +134,8 @@ class NgramLM:
         n_seq = 0
         for s in sequences:
             s = list(s)
-            if any(not 0 < w < vocab_size for w in s):
-                bad = next(w for w in s if not 0 < w < vocab_size)
+            bad = next((w for w in s if not 0 < w < vocab_size), None)
+            if bad is not None:
                 raise ValueError(f"token id {bad} is not a word id (1..{vocab_size - 1})")
             n_seq += 1
             seq = [bos] + s + [eos]
@@ -155,7 +155,7 @@ class NgramLM:
             counts[n] = Counter({g: (c if g[0] == bos else left[g]) for g, c in raw[n].items()})
         probs: list[dict] = [{} for _ in range(order + 1)]
         backoffs: list[dict] = [{} for _ in range(order + 1)]
-        words = vocab_size - 1 + 1  # ids 1..V-1 and </s>
+        words = vocab_size  # ids 1..V-1 and </s>
         lower = {w: 1.0 / words for w in list(range(1, vocab_size)) + [eos]}  # order 0: uniform
 
         disc = [0.0] * (order + 1)
@@ -195,9 +195,7 @@ class NgramLM:
             return p
 
         for n in range(1, order + 1):
-            for g in counts[n]:
-                if n == 1 and g[0] == bos:
-                    continue
+            for g in counts[n]:  # (<s>,) is never counted: n-grams end at a word or </s>
                 probs[n][g] = math.log(max(_interp(n, g[:-1], g[-1]), 1e-99))
             if n >= 2:  # a context's back-off is stored under its children's order
                 for h, t in tot[n].items():
