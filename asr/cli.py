@@ -326,8 +326,9 @@ def _decode_model(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     setting = _set_context(model, args.context)
     fusion = _fusion(args, model.tokenizer)
-    if fusion is not None and args.chunkwise and (args.use_ctc or model.transducer is None):
-        raise SystemExit("error: streaming CTC decoding is greedy; --lm applies to whole-utterance CTC or to transducers")
+    if args.method == "beam" and args.chunkwise and (args.use_ctc or model.transducer is None):
+        raise SystemExit("error: streaming CTC decoding is greedy; --method beam (and --lm) applies to whole-utterance "
+                         "CTC or to transducers")
     mode = "chunkwise" if args.chunkwise else "whole-utterance"
     lm_what = f", LM {Path(args.lm).name} (weight {args.lm_weight}, bonus {args.token_bonus})" if fusion else ""
     what = f"{args.method}{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}{lm_what}, {mode}{setting}"
@@ -674,7 +675,7 @@ def cmd_lm(args: argparse.Namespace) -> None:
     if not seqs:
         raise SystemExit("error: the cut manifests have no transcripts to train an LM on")
     lm = NgramLM.train(seqs, args.order, len(tok))
-    lm.save_arpa(args.out, [tok.id_to_piece(i) for i in range(len(tok))])
+    lm.save_arpa(args.out, tok.pieces())
     msg = f"{args.order}-gram token LM on {len(seqs)} transcripts ({sum(map(len, seqs))} tokens) -> {args.out}"
     if args.dev:
         dev = [s for s in tok.encode_batch(list(_cut_texts(args.dev))) if s]
@@ -691,7 +692,7 @@ def _fusion(args: argparse.Namespace, tokenizer):
     from .decoding.lm import LMFusion, NgramLM
 
     try:
-        lm = NgramLM.load_arpa(args.lm, [tokenizer.id_to_piece(i) for i in range(len(tokenizer))])
+        lm = NgramLM.load_arpa(args.lm, tokenizer.pieces())
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: --lm: {e}") from None
     return LMFusion(lm, args.lm_weight, args.token_bonus)

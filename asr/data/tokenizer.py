@@ -102,8 +102,8 @@ class Tokenizer:
 
     def write_tokens_txt(self, path: str | Path) -> None:
         with open(path, "w") as f:
-            for i in range(len(self)):
-                f.write(f"{self.sp.id_to_piece(i)} {i}\n")
+            for i, piece in enumerate(self.pieces()):
+                f.write(f"{piece} {i}\n")
 
     # ------------------------------------------------------------------ use
     def __len__(self) -> int:
@@ -128,3 +128,7 @@ class Tokenizer:
 
     def id_to_piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
+
+    def pieces(self) -> list[str]:
+        """Every piece, indexed by its id (the symbols of tokens.txt and of a token LM)."""
+        return [self.sp.id_to_piece(i) for i in range(len(self))]
