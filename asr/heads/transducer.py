@@ -127,8 +127,36 @@ class StatelessPredictor(nn.Module):
         return y, [ctx[:, ctx.shape[1] - (self.context_size - 1):]]
 
     def step(self, tokens: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        y, new = self.forward(tokens[:, None], state)
-        return y[:, 0], new
+        if self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            y, new = self.forward(tokens[:, None], state)
+            return y[:, 0], new
+        # decoding: one token per step, so the convolution over the context is a sum of one
+        # precomputed row per context position (``_step_tables``): C gathers instead of an
+        # embedding lookup and a grouped convolution (83 us per call on one CPU thread)
+        ctx = torch.cat([state[0], tokens[:, None]], dim=1)
+        tables = self._step_tables()
+        y = tables[0].index_select(0, ctx[:, 0])
+        for k in range(1, self.context_size):
+            y = y + tables[k].index_select(0, ctx[:, k])
+        return torch.relu(y), [ctx[:, 1:]]
+
+    def _step_tables(self) -> Tensor:
+        """(C, V, P): row ``v`` of table ``k`` is the convolution's output for token ``v`` at
+        context position ``k`` (the embedding times the convolution's k-th tap, its groups laid
+        out as a block-diagonal matrix). Rebuilt whenever the weights change."""
+        emb = self.embed.weight
+        if self.conv is None:
+            return emb[None]
+        w = self.conv.weight  # (P, P / groups, C)
+        version = (lambda t: -1 if t.is_inference() else t._version)  # inference tensors have no counter
+        key = (emb.data_ptr(), version(emb), w.data_ptr(), version(w), emb.device, emb.dtype)
+        cached = getattr(self, "_tables", None)
+        if cached is None or cached[0] != key:
+            P, gs, C = w.shape
+            blocks = w.reshape(P // gs, gs, gs, C)  # (groups, out, in, tap)
+            taps = [torch.block_diag(*blocks[..., k].unbind(0)) for k in range(C)]  # (P out, P in) each
+            self._tables = cached = (key, torch.stack([emb @ t.T for t in taps]))
+        return cached[1]
 
     @staticmethod
     def select_state(state: list[Tensor], index: Tensor) -> list[Tensor]:

@@ -340,6 +340,30 @@ def test_ctc_prefix_beam_search_frames_and_beam_one():
 # greedy
 
 
+@pytest.mark.parametrize("dim,context", [(8, 2), (12, 3), (6, 2), (8, 1)])
+def test_stateless_step_tables_equal_the_convolution(dim, context):
+    """Decoding's table-lookup prediction step equals the training forward (embedding + grouped
+    convolution), and follows the weights when they change (validation between updates)."""
+    from asr.heads.transducer import StatelessPredictor
+
+    torch.manual_seed(0)
+    pred = StatelessPredictor(9, dim, context, dropout=0.0).double().eval()
+    tokens = torch.randint(0, 9, (5,))
+    state = [torch.randint(0, 9, (5, context - 1))]
+    for _ in range(2):
+        with torch.no_grad():
+            want, want_state = pred.forward(tokens[:, None], state)
+        with torch.inference_mode():
+            got, got_state = pred.step(tokens, state)
+        torch.testing.assert_close(got, want[:, 0], rtol=0, atol=1e-12)
+        assert torch.equal(got_state[0], want_state[0])
+        opt = torch.optim.SGD(pred.parameters(), lr=0.5)  # an in-place update, as training does
+        pred.train()
+        pred.forward(tokens[:, None], state)[0].square().sum().backward()
+        opt.step()
+        pred.eval()
+
+
 @pytest.mark.parametrize("predictor", ["lstm", "stateless"])
 @pytest.mark.parametrize("kind", ["rnnt", "tdt"])
 def test_greedy_matches_per_utterance_reference(kind, predictor):
