@@ -668,9 +668,30 @@ def cmd_lm(args: argparse.Namespace) -> None:
     """Token n-gram LM (interpolated Kneser-Ney) on transcripts -> ARPA, for beam-search fusion."""
     from .decoding.lm import NgramLM
 
-    tok = _tokenizer_of(args)
     if args.order < 1:
         raise SystemExit(f"error: --order must be >= 1, got {args.order}")
+    if args.unit == "word":
+        from .decoding.lexicon import train_word_lm
+
+        texts = [t for t in _cut_texts(args.cuts) if t.split()]
+        if not texts:
+            raise SystemExit("error: the cut manifests have no transcripts to train an LM on")
+        lm, symbols = train_word_lm(texts, args.order)
+        lm.save_arpa(args.out, symbols)
+        ids = {w: i for i, w in enumerate(symbols)}
+        words = lambda ts: [[ids.get(w, 0) for w in t.split()] for t in ts if t.split()]  # noqa: E731
+        msg = (f"{args.order}-gram word LM on {len(texts)} transcripts ({sum(len(t.split()) for t in texts)} words, "
+               f"vocabulary {len(symbols) - 1}) -> {args.out}")
+        if args.dev:
+            dev = list(_cut_texts(args.dev))
+            oov = sum(w not in ids for t in dev for w in t.split())
+            closed = [t for t in dev if all(w in ids for w in t.split())]  # perplexity excluding OOV sentences
+            msg += (f"; perplexity per word: train {lm.perplexity(words(texts)):.2f}, dev {lm.perplexity(words(closed)):.2f} "
+                    f"({len(closed)} of {len(dev)} sentences; {oov} of {sum(len(t.split()) for t in dev)} dev words are "
+                    "out of the vocabulary, which the lexicon cannot output)")
+        print(msg)
+        return
+    tok = _tokenizer_of(args)
     seqs = [s for s in tok.encode_batch(list(_cut_texts(args.cuts))) if s]
     if not seqs:
         raise SystemExit("error: the cut manifests have no transcripts to train an LM on")
@@ -692,7 +713,15 @@ def _fusion(args: argparse.Namespace, tokenizer):
     from .decoding.lm import LMFusion, NgramLM
 
     try:
-        lm = NgramLM.load_arpa(args.lm, tokenizer.pieces())
+        if args.lm_unit == "word":
+            from .decoding.lexicon import LexiconLM, arpa_words
+
+            symbols = arpa_words(args.lm)
+            pieces = tokenizer.pieces()
+            lm = LexiconLM(NgramLM.load_arpa(args.lm, symbols), symbols, lambda w: tokenizer.encode_batch([w])[0],
+                           len(pieces), [p.startswith("\u2581") for p in pieces])
+        else:
+            lm = NgramLM.load_arpa(args.lm, tokenizer.pieces())
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: --lm: {e}") from None
     return LMFusion(lm, args.lm_weight, args.token_bonus)
@@ -850,7 +879,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", choices=["greedy", "beam"], default="greedy")
     sp.add_argument("--beam", type=int, default=4, help="beam size for --method beam")
     sp.add_argument("--use-ctc", action="store_true", help="decode a hybrid model's CTC head")
-    sp.add_argument("--lm", metavar="ARPA", help="token n-gram LM (`asr lm`) fused into --method beam")
+    sp.add_argument("--lm", metavar="ARPA", help="n-gram LM (`asr lm`) fused into --method beam")
+    sp.add_argument("--lm-unit", choices=["token", "word"], default="token", help=(
+        "what --lm's words are: the model's tokens (default), or words (`asr lm --unit word`): the search is then "
+        "restricted to the LM's vocabulary, spelled by the model's tokenizer"))
     sp.add_argument("--lm-weight", type=float, default=0.5, help="with --lm: weight of the LM log-probability")
     sp.add_argument("--token-bonus", type=float, default=0.0, help="with --lm: score added per emitted token")
     sp.add_argument("--context", help="Conformer attention context LEFT,RIGHT in encoder frames (see `asr info`)")
@@ -952,7 +984,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tokenizer", help="or a tokenizer dir (bpe.model)")
     sp.add_argument("--cuts", nargs="+", required=True, help="cut manifests whose transcripts train the LM")
     sp.add_argument("--dev", nargs="*", default=[], help="cut manifests to report perplexity on")
-    sp.add_argument("--order", type=int, default=8, help="n-gram order (default 8, for characters; ~4 for BPE)")
+    sp.add_argument("--unit", choices=["token", "word"], default="token", help=(
+        "token (default): an LM over the model's tokens; word: over words, whose vocabulary becomes the decoding "
+        "lexicon (`asr decode --lm FILE --lm-unit word`)"))
+    sp.add_argument("--order", type=int, default=8, help="n-gram order (default 8, for characters; ~4 for BPE; ~3 for words)")
     sp.add_argument("--out", required=True, help="ARPA file to write (.gz compresses)")
     sp.set_defaults(func=cmd_lm)
 

@@ -98,11 +98,19 @@ class BeamState:
     def beam(self) -> int:
         return self.scores.shape[1]
 
-    def best(self) -> list[Hypothesis]:
+    def best(self, lm=None, lm_weight: float = 0.0) -> list[Hypothesis]:
         """The best hypothesis of every utterance: slots with the same token sequence are
         merged (log-add of their scores), the best merged sequence wins; its tokens and frames
-        are those of its best slot."""
+        are those of its best slot. With ``lm`` (and ``lm_context``), every sequence is ranked
+        as if the utterance ended here: ``lm_weight * ln P_lm(</s> | sequence)`` is added (a
+        lexicon LM thus ranks a sequence ending inside a word last)."""
         S = self.scores
+        if lm is not None and self.lm_context is not None:
+            B, K, _ = self.lm_context.shape
+            live = torch.isfinite(S).reshape(-1).tolist()
+            eos = [float(lm.log_probs(c)[lm.eos]) if ok else 0.0
+                   for c, ok in zip(map(tuple, self.lm_context.reshape(B * K, -1).tolist()), live)]
+            S = S + lm_weight * torch.tensor(eos, dtype=S.dtype, device=S.device).view(B, K)
         valid = torch.isfinite(S)
         same = (self.seq_hash[:, :, None] == self.seq_hash[:, None]).all(-1)
         same &= (self.length[:, :, None] == self.length[:, None]) & valid[:, :, None] & valid[:, None]
@@ -183,7 +191,8 @@ def modified_beam_search(
         max_symbols: TDT only: at most this many labels of duration 0 in a row on one frame
             per hypothesis (RNN-T emits at most one label per frame anyway).
         lm, lm_weight, token_bonus: shallow fusion with a token n-gram LM
-            (:mod:`asr.decoding.lm`): every label adds ``lm_weight * ln P_lm(label | the
+            (:mod:`asr.decoding.lm`) or a lexicon-constrained word LM
+            (:mod:`asr.decoding.lexicon`): every label adds ``lm_weight * ln P_lm(label | the
             slot's last labels) + token_bonus`` to its candidate's score. Candidates merged
             have the same token sequence, hence the same LM score, so merging stays exact.
 
@@ -192,8 +201,10 @@ def modified_beam_search(
         sequence, the global encoder frame at which each token was emitted (along the best
         path of that sequence kept in the beam), and ``score``, the log-probability of the
         sequence summed over the paths merged into it (no length normalization; with ``lm``,
-        plus its weighted LM score and bonuses, without an end-of-sentence term). After the
-        last chunk this is the final result. ``state`` continues the batch on its next chunk.
+        plus its weighted LM score and bonuses, and the ranking ends every sequence with the
+        weighted ``ln P_lm(</s> | sequence)``, as CTC prefix search does; the slots' scores
+        carried to the next chunk do not include it). After the last chunk this is the final
+        result. ``state`` continues the batch on its next chunk.
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
@@ -350,7 +361,7 @@ def modified_beam_search(
             frames_done=state.frames_done + lens,
             lm_context=ctx,
         )
-        return new.best(), new
+        return new.best(lm, lm_weight), new
 
 
 def _lm_context(lm, state: BeamState, device) -> Tensor:

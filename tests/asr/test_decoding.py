@@ -198,7 +198,8 @@ def ref_beam(head, enc_1, beam, max_symbols=10, lm=None, lm_weight=0.0, bonus=0.
     """modified_beam_search for one utterance with dicts: hypotheses keyed by (tokens, pointer);
     each step expands those on the current frame t (the smallest pointer), carries the others,
     log-adds candidates with equal keys (timestamps: the best member's), keeps the ``beam`` best.
-    With ``lm``, a label v after ``seq`` also scores ``lm_weight * ln P_lm(v | seq) + bonus``."""
+    With ``lm``, a label v after ``seq`` also scores ``lm_weight * ln P_lm(v | seq) + bonus``, and
+    the final ranking adds ``lm_weight * ln P_lm(</s> | seq)``."""
     r = Ref(head, enc_1)
     T, blank = enc_1.shape[0], head.blank
     tdt = head.durations is not None
@@ -230,6 +231,8 @@ def ref_beam(head, enc_1, beam, max_symbols=10, lm=None, lm_weight=0.0, bonus=0.
     for (seq, _), (sc, fr) in hyps.items():
         g = groups.get(seq)
         groups[seq] = (sc, sc, fr) if g is None else (lae(g[0], sc), *((sc, fr) if sc > g[1] else g[1:]))
+    if lm is not None:  # the final ranking ends every sequence with </s>
+        groups = {seq: (g[0] + lm_weight * float(lm.log_probs(lm.context(seq))[lm.eos]), *g[1:]) for seq, g in groups.items()}
     seq, (score, _, frames) = max(groups.items(), key=lambda kv: kv[1][0])
     return Hypothesis(list(seq), frames, score)
 

@@ -1,0 +1,263 @@
+"""A word n-gram LM and a lexicon, seen by beam search as a token LM.
+
+Beam search fuses LMs token by token (:mod:`asr.decoding.lm`). :class:`LexiconLM` gives a
+word-level n-gram the same interface, so both CTC prefix search and transducer/TDT modified beam
+search take it as ``lm=`` unchanged (like the lexicon decoders of flashlight/torchaudio, or a
+k2 HLG graph, without a WFST):
+
+- the lexicon is the word LM's vocabulary, each word spelled by the model's tokenizer: a
+  word-start piece (``▁`` for characters, ``▁HE`` for BPE) and then pieces that do not start
+  a word. The spellings form a prefix tree;
+- a token that leaves the tree, or a word-start token (or ``</s>``) after a partial word that
+  is not a word, scores ``OFF_LEXICON`` (a large finite penalty, not -inf: a beam never runs
+  empty, and ``lm_weight = 0`` switches everything off);
+- the word LM's probability is spread over the word's tokens with LM look-ahead: extending the
+  partial word ``p`` by token ``v`` scores ``ln M(p v | h) - ln M(p | h)``, where ``M(p | h)`` is
+  the summed probability of the lexicon words that start with ``p`` after history ``h``. The
+  word-start token after a complete word ``w`` scores ``ln P(w | h) - ln M(w | h)`` (w, not a
+  longer word) plus the next word's first step. Over a word the terms telescope to exactly
+  ``ln P(w | h)``, and pruning sees the LM from the word's first token on.
+
+Words in trie order occupy a contiguous range under every tree node, so ``M(p | h)`` is a
+difference of two entries of the cumulative sum of ``P(. | h)`` (computed once per history).
+
+The token context the searches carry (``order - 1`` tokens) is long enough for the word
+history: ``word order x longest spelling``. A context that starts inside a word (older tokens
+fell off) drops that fragment; the history is then shorter, as the n-gram backs off anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .lm import NgramLM
+
+__all__ = ["LexiconLM", "OFF_LEXICON", "train_word_lm"]
+
+OFF_LEXICON = -1.0e4  # ln-score of a token sequence that leaves the lexicon
+UNK = "<unk>"  # word id 0 of a word LM (NgramLM reserves id 0; no lexicon entry)
+
+
+def train_word_lm(texts: Sequence[str], order: int) -> tuple[NgramLM, list[str]]:
+    """Kneser-Ney word n-gram on whitespace-split transcripts: (lm, symbols) with ``symbols[0]``
+    ``<unk>`` and the words (sorted) as ids 1..W, as ``NgramLM.save_arpa`` takes them."""
+    words = sorted({w for t in texts for w in t.split()})
+    if not words:
+        raise ValueError("no words in the transcripts to train a word LM on")
+    symbols = [UNK] + words
+    ids = {w: i for i, w in enumerate(symbols)}
+    seqs = [[ids[w] for w in t.split()] for t in texts if t.split()]
+    return NgramLM.train(seqs, order, len(symbols)), symbols
+
+
+def arpa_words(path) -> list[str]:
+    """The ARPA file's unigram words, ``<unk>`` first (added when absent), without ``<s>`` and
+    ``</s>``: the symbol list to load it with (``NgramLM.load_arpa(path, arpa_words(path))``)."""
+    import gzip
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LM file {path} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    words, inside = [], False
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                if inside:
+                    break
+                inside = line == "\\1-grams:"
+                continue
+            if inside and line:
+                parts = line.split()
+                if len(parts) >= 2 and parts[1] not in ("<s>", "</s>", UNK):
+                    words.append(parts[1])
+    if not words:
+        raise ValueError(f"{path} has no unigram words (not an ARPA word LM?)")
+    return [UNK] + words
+
+
+class _Node:
+    __slots__ = ("children", "lo", "hi", "word")
+
+    def __init__(self) -> None:
+        self.children: dict[int, _Node] = {}
+        self.lo = self.hi = 0  # the range of words (in trie order) under this node
+        self.word = -1  # the word id (LM id) spelled exactly by this node, or -1
+
+
+class LexiconLM:
+    """A word n-gram LM (``NgramLM`` over word ids, ``symbols[i]`` naming id ``i``) restricted to
+    its vocabulary spelled by a tokenizer, as a token LM for ``lm=`` of the beam searches.
+
+    Args:
+        word_lm: the word n-gram (id 0 is ``<unk>`` and is not in the lexicon).
+        symbols: the word of every LM id.
+        spell: text -> token ids (the model's tokenizer, ``lambda w: tok.encode_batch([w])[0]``).
+        vocab_size: the model's token vocabulary V (blank is id 0); the LM's ``bos``/``eos`` are
+            V and V + 1, as for a token ``NgramLM``.
+        word_start: (V,) bool, the tokens that begin a word.
+    """
+
+    def __init__(self, word_lm: NgramLM, symbols: Sequence[str], spell, vocab_size: int, word_start: Sequence[bool]):
+        if len(symbols) != word_lm.vocab_size:
+            raise ValueError(f"{len(symbols)} symbols for a word LM of {word_lm.vocab_size} ids")
+        self.word_lm = word_lm
+        self.symbols = list(symbols)
+        self.vocab_size = vocab_size
+        self.bos, self.eos = vocab_size, vocab_size + 1
+        self.word_start = np.asarray(word_start, dtype=bool)
+        if self.word_start.shape != (vocab_size,):
+            raise ValueError(f"word_start must have {vocab_size} entries, got {self.word_start.shape}")
+        spellings: list[tuple[tuple[int, ...], int]] = []
+        for wid, w in enumerate(self.symbols):
+            if wid == 0 or w in ("<s>", "</s>"):
+                continue
+            sp = tuple(int(t) for t in spell(w))
+            if not sp or not self.word_start[sp[0]] or any(self.word_start[t] for t in sp[1:]) or min(sp) <= 0:
+                raise ValueError(f"word {w!r} is spelled {list(sp)}: not one word-start token followed by "
+                                 "tokens inside a word (or it uses the blank)")
+            spellings.append((sp, wid))
+        if not spellings:
+            raise ValueError("the lexicon is empty")
+        spellings.sort()
+        self.root = _Node()
+        self._order_ids = np.array([wid for _, wid in spellings])  # trie position -> word id
+        for pos, (sp, wid) in enumerate(spellings):
+            node = self.root
+            node.hi = pos + 1
+            for t in sp:
+                node = node.children.setdefault(t, _Node())
+                if not node.hi:
+                    node.lo = pos
+                node.hi = pos + 1
+            if node.word >= 0:
+                raise ValueError(f"words {self.symbols[node.word]!r} and {self.symbols[wid]!r} have the same spelling")
+            node.word = wid
+        self.longest = max(len(sp) for sp, _ in spellings)
+        self.order = word_lm.order * self.longest + 1
+        self._mass_cache: dict[tuple, tuple[np.ndarray, float, np.ndarray]] = {}
+        self._node_cache: dict[tuple, np.ndarray] = {}
+        self._ctx_cache: dict[tuple, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ the token LM interface
+    @property
+    def num_ids(self) -> int:
+        return self.vocab_size + 2
+
+    def start(self) -> tuple[int, ...]:
+        return (self.bos,)
+
+    def context(self, tokens: Sequence[int]) -> tuple[int, ...]:
+        """The last ``order - 1`` tokens after ``tokens``, ``<s>`` first while they fit."""
+        k = self.order - 1
+        return tuple(([self.bos] + list(tokens[-k:]))[-k:])
+
+    def log_probs(self, context: Sequence[int]) -> np.ndarray:
+        """ln-scores (``num_ids``,) of every token (and ``</s>``) after the token ``context``."""
+        ctx = tuple(context)[-(self.order - 1):]
+        hit = self._ctx_cache.get(ctx)
+        if hit is None:
+            history, node = self._parse(ctx)
+            key = (history, id(node) if node is not None else None)
+            hit = self._node_cache.get(key)
+            if hit is None:
+                hit = self._scores(history, node)
+                if len(self._node_cache) > 200_000:
+                    self._node_cache.clear()
+                self._node_cache[key] = hit
+            if len(self._ctx_cache) > 500_000:
+                self._ctx_cache.clear()
+            self._ctx_cache[ctx] = hit
+        return hit
+
+    def words(self, tokens: Sequence[int]) -> list[str]:
+        """The complete lexicon words spelled by ``tokens`` (a helper for tests and debugging)."""
+        out, node = [], None
+        for t in list(tokens) + [int(np.flatnonzero(self.word_start)[0])]:
+            if self.word_start[t]:
+                if node is not None:
+                    out.append(self.symbols[node.word] if node.word >= 0 else UNK)
+                node = self.root.children.get(t)
+            elif node is not None:
+                node = node.children.get(t)
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _parse(self, ctx: tuple[int, ...]) -> tuple[tuple[int, ...], "_Node | None"]:
+        """(word history: the last order-1 word ids, <s> first when known; the partial word's
+        node: root right after <s>, None off the lexicon)."""
+        n_hist = self.word_lm.order - 1
+        if ctx and ctx[0] == self.bos:
+            hist: list[int] = [self.word_lm.bos]
+            toks = ctx[ctx.count(self.bos):]  # (the transducer search pads with several)
+            node: _Node | None = self.root
+        else:  # the window starts inside the history: skip the fragment before a word start
+            hist = []
+            toks = ctx
+            node = None
+            while toks and not self.word_start[toks[0]]:
+                toks = toks[1:]
+        started = node is self.root
+        for t in toks:
+            if self.word_start[t]:
+                if node is not None and node is not self.root:
+                    if node.word >= 0:
+                        hist.append(node.word)
+                    else:
+                        hist = []  # an off-lexicon word: its penalty was paid, start afresh
+                elif node is None and started:
+                    hist = []
+                node = self.root.children.get(t)
+                started = True
+            elif node is not None and node is not self.root:
+                node = node.children.get(t)
+            else:
+                node = None
+        if not started:  # no word start inside the window: nothing known
+            return (), None
+        return tuple(hist[-n_hist:]) if n_hist else (), node
+
+    def _masses(self, history: tuple[int, ...]) -> tuple[np.ndarray, float, np.ndarray]:
+        """(cumulative P(word | history) in trie order (W+1,), P(</s> | history), ln P(. | history))."""
+        hit = self._mass_cache.get(history)
+        if hit is None:
+            lp = self.word_lm.log_probs(history)
+            p = np.exp(lp[self._order_ids])
+            hit = (np.concatenate([[0.0], np.cumsum(p)]), float(np.exp(lp[self.word_lm.eos])), lp)
+            if len(self._mass_cache) > 100_000:
+                self._mass_cache.clear()
+            self._mass_cache[history] = hit
+        return hit
+
+    def _scores(self, history: tuple[int, ...], node: "_Node | None") -> np.ndarray:
+        out = np.full(self.num_ids, OFF_LEXICON)
+        if node is None:
+            return out
+        cum, _, lp = self._masses(history)
+
+        def ln_mass(n: _Node) -> float:
+            m = cum[n.hi] - cum[n.lo]
+            return math.log(m) if m > 0 else OFF_LEXICON
+
+        if node is self.root:  # sentence start: the first word's first token, or an empty sentence
+            end, next_hist = 0.0, history
+        else:
+            here = ln_mass(node)
+            for t, child in node.children.items():
+                out[t] = ln_mass(child) - here
+            if node.word < 0:
+                return out
+            end = float(lp[node.word]) - here
+            n_hist = self.word_lm.order - 1
+            next_hist = (history + (node.word,))[-n_hist:] if n_hist else ()
+        cum2, p_eos, _ = self._masses(next_hist)
+        for t, child in self.root.children.items():
+            m = cum2[child.hi] - cum2[child.lo]
+            out[t] = end + (math.log(m) if m > 0 else OFF_LEXICON)
+        out[self.eos] = end + (math.log(p_eos) if p_eos > 0 else OFF_LEXICON)
+        return out
