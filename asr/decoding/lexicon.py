@@ -28,12 +28,15 @@ fell off) drops that fragment; the history is then shorter, as the n-gram backs 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
 import numpy as np
 
-from .lm import NgramLM
+from .lm import NgramLM, cache_entries
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LexiconLM", "OFF_LEXICON", "train_word_lm"]
 
@@ -114,17 +117,31 @@ class LexiconLM:
         if self.word_start.shape != (vocab_size,):
             raise ValueError(f"word_start must have {vocab_size} entries, got {self.word_start.shape}")
         spellings: list[tuple[tuple[int, ...], int]] = []
+        bad: list[str] = []
         for wid, w in enumerate(self.symbols):
             if wid == 0 or w in ("<s>", "</s>"):
                 continue
             sp = tuple(int(t) for t in spell(w))
-            if not sp or not self.word_start[sp[0]] or any(self.word_start[t] for t in sp[1:]) or min(sp) <= 0:
-                raise ValueError(f"word {w!r} is spelled {list(sp)}: not one word-start token followed by "
-                                 "tokens inside a word (or it uses the blank)")
+            if not sp or min(sp) <= 0 or max(sp) >= vocab_size or not self.word_start[sp[0]] \
+                    or any(self.word_start[t] for t in sp[1:]):
+                bad.append(f"{w!r} -> {list(sp)}")
+                continue
             spellings.append((sp, wid))
         if not spellings:
-            raise ValueError("the lexicon is empty")
+            raise ValueError("no word of the LM is spelled as one word-start token followed by tokens inside a word "
+                             f"(e.g. {', '.join(bad[:3])}): is this the model's tokenizer?")
+        if bad:
+            log.warning("%d of %d LM words left out of the lexicon (their spelling is not one word), e.g. %s",
+                        len(bad), len(bad) + len(spellings), ", ".join(bad[:3]))
         spellings.sort()
+        kept: list[tuple[tuple[int, ...], int]] = []
+        for sp, wid in spellings:  # words the tokenizer spells alike (unknown characters): the first stays
+            if kept and kept[-1][0] == sp:
+                log.warning("words %r and %r have the same spelling %s: only the first is in the lexicon",
+                            self.symbols[kept[-1][1]], self.symbols[wid], list(sp))
+                continue
+            kept.append((sp, wid))
+        spellings = kept
         self.root = _Node()
         self._order_ids = np.array([wid for _, wid in spellings])  # trie position -> word id
         for pos, (sp, wid) in enumerate(spellings):
@@ -135,12 +152,12 @@ class LexiconLM:
                 if not node.hi:
                     node.lo = pos
                 node.hi = pos + 1
-            if node.word >= 0:
-                raise ValueError(f"words {self.symbols[node.word]!r} and {self.symbols[wid]!r} have the same spelling")
             node.word = wid
         self.longest = max(len(sp) for sp, _ in spellings)
         self.order = word_lm.order * self.longest + 1
         self._mass_cache: dict[tuple, tuple[np.ndarray, float, np.ndarray]] = {}
+        self._mass_max = cache_entries(len(self._order_ids), 0.5)
+        self._node_max = cache_entries(self.num_ids, 0.5)
         self._node_cache: dict[tuple, np.ndarray] = {}
         self._ctx_cache: dict[tuple, np.ndarray] = {}
 
@@ -167,10 +184,10 @@ class LexiconLM:
             hit = self._node_cache.get(key)
             if hit is None:
                 hit = self._scores(history, node)
-                if len(self._node_cache) > 200_000:
+                if len(self._node_cache) >= self._node_max:
                     self._node_cache.clear()
                 self._node_cache[key] = hit
-            if len(self._ctx_cache) > 500_000:
+            if len(self._ctx_cache) >= 4 * self._node_max:  # (references to the node cache's vectors)
                 self._ctx_cache.clear()
             self._ctx_cache[ctx] = hit
         return hit
@@ -229,7 +246,7 @@ class LexiconLM:
             lp = self.word_lm.log_probs(history)
             p = np.exp(lp[self._order_ids])
             hit = (np.concatenate([[0.0], np.cumsum(p)]), float(np.exp(lp[self.word_lm.eos])), lp)
-            if len(self._mass_cache) > 100_000:
+            if len(self._mass_cache) >= self._mass_max:
                 self._mass_cache.clear()
             self._mass_cache[history] = hit
         return hit

@@ -34,6 +34,12 @@ __all__ = ["LMFusion", "NgramLM"]
 
 _LN10 = math.log(10.0)
 _BOS, _EOS = "<s>", "</s>"
+CACHE_BYTES = 256 * 2**20  # what the cached score vectors of one LM may hold before a reset
+
+
+def cache_entries(num_ids: int, share: float = 1.0) -> int:
+    """How many cached (num_ids,) float64 score vectors fit in ``share`` of CACHE_BYTES."""
+    return max(1000, int(CACHE_BYTES * share) // (8 * num_ids))
 
 
 class NgramLM:
@@ -69,6 +75,7 @@ class NgramLM:
         uni[self.bos] = -99.0 * _LN10
         self._unigram = uni
         self._cache: dict[tuple, np.ndarray] = {}
+        self._cache_max = cache_entries(self.num_ids)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -101,7 +108,7 @@ class NgramLM:
             if kids is not None:
                 out = out.copy()
                 out[kids[0]] = kids[1]
-        if len(self._cache) > 2_000_000:
+        if len(self._cache) >= self._cache_max:
             self._cache.clear()
         self._cache[ctx] = out
         return out

@@ -81,12 +81,18 @@ def test_off_lexicon_tokens_are_penalized():
     assert after > -50
 
 
-def test_spellings_must_be_one_word():
-    lm, symbols = train_word_lm(["A B"], 2)
-    with pytest.raises(ValueError, match="spelled"):
-        LexiconLM(lm, symbols, lambda w: [3, 2], len(PIECES), [p.startswith("▁") for p in PIECES])
-    with pytest.raises(ValueError, match="same spelling"):
-        LexiconLM(lm, symbols, lambda w: [2, 3], len(PIECES), [p.startswith("▁") for p in PIECES])
+def test_spellings_must_be_one_word(caplog):
+    lm, symbols = train_word_lm(["A B C"], 2)
+    starts = [p.startswith("▁") for p in PIECES]
+    with pytest.raises(ValueError, match="is this the model's tokenizer"):  # no word is spelled as one
+        LexiconLM(lm, symbols, lambda w: [3, 2], len(PIECES), starts)
+    # a word that is not (here: B, spelled with a word start inside) is left out, with a warning
+    lex = LexiconLM(lm, symbols, lambda w: spell(w) if w != "B" else [2, 4, 2], len(PIECES), starts)
+    assert "left out of the lexicon" in caplog.text
+    assert lex.words(spell("A") + spell("C")) == ["A", "C"] and token_score(lex, spell("B")) <= OFF_LEXICON / 2
+    # words spelled alike (characters the tokenizer does not know): the first one stays
+    lex = LexiconLM(lm, symbols, lambda w: [2, 3] if w in "AB" else spell(w), len(PIECES), starts)
+    assert "same spelling" in caplog.text and lex.words(spell("A")) == ["A"]
 
 
 def test_arpa_round_trip_keeps_the_scores(tmp_path):
