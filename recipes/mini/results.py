@@ -13,9 +13,11 @@ Each cell trains ``recipes/mini/conf/<family>.yaml`` with the head set by ``--se
   context, so their streaming WER is their WER (their whole-utterance forward *is* the stream);
 - decoding speed as RTFx (audio seconds per second of encoder + search, one process).
 
-With ``--lm``, every selected cell is also decoded by beam search (beam 8) alone and fused with
-a character 8-gram LM trained on the training transcripts (``asr lm``); the LM weight and token
-bonus are chosen on dev from a small grid, then test-seen and test-unseen are decoded once.
+With ``--lm``, every selected cell is also decoded by beam search (beam 8) alone, fused with a
+character 8-gram LM trained on the training transcripts (``asr lm``), and restricted to the
+training vocabulary by a word 3-gram (``asr lm --unit word``, ``--lm-unit word``); each LM's
+weight and token bonus are chosen on dev from a small grid, then test-seen and test-unseen are
+decoded once. Finished decodes are kept (delete a cell's ``tune_*``/``decode_*`` dirs to redo them).
 
 It also times TDT greedy against RNN-T greedy on the same family's encoder output (search only)
 when both cells exist. Finished cells are skipped (``--force`` retrains), so the grid can be run
@@ -103,34 +105,48 @@ def run_cell(family: str, head: str, args) -> dict:
 
 LM_BEAM = 8
 LM_GRID = [(w, b) for w in (0.3, 0.5, 0.8) for b in (0.5, 1.5)]  # (LM weight, token bonus)
+WORD_LM_GRID = [(w, b) for w in (0.5, 0.8) for b in (0.5, 1.5)]
+
+
+def _lm_file(args, unit: str, tok: str) -> Path:
+    """The character 8-gram (``unit="token"``) or the word 3-gram of the training transcripts."""
+    lm = args.out / "lm" / (f"{tok}_8gram.arpa.gz" if unit == "token" else "words_3gram.arpa.gz")
+    if not lm.is_file():
+        src = ["--tokenizer", str(args.data / tok), "--order", "8"] if unit == "token" else ["--unit", "word", "--order", "3"]
+        sh([sys.executable, "-m", "asr.cli", "lm", *src, "--cuts", str(args.data / "manifests" / "cuts_train.jsonl.gz"),
+            "--dev", str(args.data / "manifests" / "cuts_dev.jsonl.gz"), "--out", str(lm)])
+    return lm
+
+
+def _tuned_lm(model: Path, exp: Path, args, lm: Path, unit: str, grid, beam: list[str]) -> dict:
+    """LM weight and token bonus chosen on dev from ``grid``, then test-seen/unseen decoded once."""
+    dev = [str(args.data / "manifests" / "cuts_dev.jsonl.gz")]
+    name = "lm" if unit == "token" else "wordlm"
+    tuned = {}
+    for w, b in grid:
+        out = exp / f"tune_{name}_{w}_{b}"
+        if not (out / "wer.json").is_file():
+            sh([sys.executable, "-m", "asr.cli", "decode", "--model", str(model), "--cuts", *dev, "--out", str(out),
+                *beam, "--lm", str(lm), "--lm-unit", unit, "--lm-weight", str(w), "--token-bonus", str(b)])
+        tuned[f"{w},{b}"] = json.loads((out / "wer.json").read_text())["splits"]["dev"]["wer"]
+    w, b = min(tuned, key=tuned.get).split(",")
+    splits = decode(model, args.data, exp / f"decode_beam{LM_BEAM}_{name}", *beam, "--lm", str(lm), "--lm-unit", unit,
+                    "--lm-weight", w, "--token-bonus", b)
+    return {"file": str(lm), "weight": float(w), "bonus": float(b), "dev_wer": tuned, "splits": splits}
 
 
 def lm_cell(family: str, head: str, args) -> dict:
-    """Beam search alone and with the LM (weights chosen on dev) for one finished cell."""
+    """Beam search alone, with the character 8-gram and with the word 3-gram and its lexicon
+    (each LM's weights chosen on dev) for one finished cell."""
     exp = args.out / f"{family}_{head}"
     model = exp / "model.pt"
     tok = family_tokenizer(family)
-    lm = args.out / "lm" / f"{tok}_8gram.arpa.gz"
-    if not lm.is_file():
-        sh([sys.executable, "-m", "asr.cli", "lm", "--tokenizer", str(args.data / tok), "--order", "8",
-            "--cuts", str(args.data / "manifests" / "cuts_train.jsonl.gz"),
-            "--dev", str(args.data / "manifests" / "cuts_dev.jsonl.gz"), "--out", str(lm)])
     beam = ["--method", "beam", "--beam", str(LM_BEAM), "--no-progress"]
-    dev = [str(args.data / "manifests" / "cuts_dev.jsonl.gz")]
-    tuned = {}
-    for w, b in LM_GRID:
-        out = exp / f"tune_lm_{w}_{b}"
-        if not (out / "wer.json").is_file():
-            sh([sys.executable, "-m", "asr.cli", "decode", "--model", str(model), "--cuts", *dev, "--out", str(out),
-                *beam, "--lm", str(lm), "--lm-weight", str(w), "--token-bonus", str(b)])
-        tuned[f"{w},{b}"] = json.loads((out / "wer.json").read_text())["splits"]["dev"]["wer"]
-    best = min(tuned, key=tuned.get)
-    w, b = best.split(",")
     return {
         "beam": LM_BEAM,
         "beam_only": decode(model, args.data, exp / f"decode_beam{LM_BEAM}", *beam),
-        "lm": {"file": str(lm), "weight": float(w), "bonus": float(b), "dev_wer": tuned,
-               "splits": decode(model, args.data, exp / f"decode_beam{LM_BEAM}_lm", *beam, "--lm", str(lm), "--lm-weight", w, "--token-bonus", b)},
+        "lm": _tuned_lm(model, exp, args, _lm_file(args, "token", tok), "token", LM_GRID, beam),
+        "word_lm": _tuned_lm(model, exp, args, _lm_file(args, "word", tok), "word", WORD_LM_GRID, beam),
     }
 
 
@@ -204,8 +220,8 @@ def tdt_vs_rnnt(family: str, args) -> dict | None:
 
 def table(results: dict) -> str:
     lines = ["| encoder | head | params | steps (min) | test-seen WER | test-unseen WER | streaming: smallest vs largest look-ahead (test-seen) "
-             f"| beam {LM_BEAM}; beam {LM_BEAM} + char 8-gram LM (LM weight, bonus) | RTFx |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| beam {LM_BEAM}; beam {LM_BEAM} + char 8-gram LM (LM weight, bonus) | beam {LM_BEAM} + word 3-gram and lexicon | RTFx |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(results["cells"], key=lambda k: (FAMILIES.index(k.split("_")[0]), list(HEADS).index(k.split("_")[1]))):
         c = results["cells"][key]
         g = c["greedy"]
@@ -219,14 +235,18 @@ def table(results: dict) -> str:
             stream = "= WER (causal)"
         meta = c.get("meta", {})
         minutes = f"{meta.get('steps', '?')} ({meta.get('wall_seconds', 0) / 60:.0f})"
-        lm = "-"
+        lm = word = "-"
         if "beam_lm" in c:
             bl = c["beam_lm"]
-            lm = (f"{bl['beam_only']['test-seen']['wer']:.1f} / {bl['beam_only']['test-unseen']['wer']:.1f}; "
-                  f"**{bl['lm']['splits']['test-seen']['wer']:.1f} / {bl['lm']['splits']['test-unseen']['wer']:.1f}** "
-                  f"({bl['lm']['weight']}, {bl['lm']['bonus']})")
+
+            def fused(r: dict) -> str:
+                return (f"**{r['splits']['test-seen']['wer']:.1f} / {r['splits']['test-unseen']['wer']:.1f}** "
+                        f"({r['weight']}, {r['bonus']})")
+
+            lm = f"{bl['beam_only']['test-seen']['wer']:.1f} / {bl['beam_only']['test-unseen']['wer']:.1f}; {fused(bl['lm'])}"
+            word = fused(bl["word_lm"]) if "word_lm" in bl else "-"
         lines.append(f"| {c['family']} | {head} | {c['params_M']}M | {minutes} | {g['test-seen']['wer']:.1f} | "
-                     f"{g['test-unseen']['wer']:.1f} | {stream} | {lm} | {g['test-seen']['rtfx']:.0f} |")
+                     f"{g['test-unseen']['wer']:.1f} | {stream} | {lm} | {word} | {g['test-seen']['rtfx']:.0f} |")
     for fam, r in results.get("tdt_vs_rnnt", {}).items():
         if r and "speedup_single" in r:
             lines.append("")
