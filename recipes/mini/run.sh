@@ -26,10 +26,10 @@ CONFIG="${CONFIG:-recipes/mini/conf/conformer.yaml}"
 EXP="${EXP:-exp/mini/$(basename "$CONFIG" .yaml)}"
 TEST_SETS="test-seen test-unseen dev"
 # LM fusion weights for stage 3, chosen on dev for the default model from a 3x2 grid
-# (recipes/mini/results.py --lm: dev WER 39.5 at 0.5, 0.5; 42.0-52.6 elsewhere)
+# (recipes/mini/results.py --lm: dev WER 38.9 at 0.5, 0.5; 41.7-52.0 elsewhere)
 LM_WEIGHT="${LM_WEIGHT:-0.5}"
 TOKEN_BONUS="${TOKEN_BONUS:-0.5}"
-# the same for the word 3-gram with its lexicon (dev WER 38.2 at 0.5, 0.5; 38.4-59.3 at 14 others)
+# the same for the word 3-gram with its lexicon, from a 2x2 grid (dev WER 37.6 at 0.5, 0.5; 40.6-43.1 elsewhere)
 WORD_LM_WEIGHT="${WORD_LM_WEIGHT:-0.5}"
 WORD_TOKEN_BONUS="${WORD_TOKEN_BONUS:-0.5}"
 
