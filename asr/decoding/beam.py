@@ -51,7 +51,7 @@ from .ctc import Hypothesis
 from .transducer import begin_chunk, initial_pred
 
 if TYPE_CHECKING:
-    from .lm import NgramLM
+    from .lm import TokenLM
 
 __all__ = ["BeamState", "modified_beam_search"]
 
@@ -175,7 +175,7 @@ def modified_beam_search(
     beam: int = 4,
     state: BeamState | None = None,
     max_symbols: int = 10,
-    lm: "NgramLM | None" = None,
+    lm: "TokenLM | None" = None,
     lm_weight: float = 0.5,
     token_bonus: float = 0.0,
 ) -> tuple[list[Hypothesis], BeamState]:

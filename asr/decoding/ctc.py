@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .lm import NgramLM
+    from .lm import TokenLM
 
 __all__ = ["Hypothesis", "ctc_greedy", "ctc_prefix_beam_search"]
 
@@ -55,7 +55,7 @@ def ctc_prefix_beam_search(
     lens: torch.Tensor,
     beam: int = 4,
     blank: int = 0,
-    lm: "NgramLM | None" = None,
+    lm: "TokenLM | None" = None,
     lm_weight: float = 0.5,
     token_bonus: float = 0.0,
 ) -> list[Hypothesis]:

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .lm import NgramLM, cache_entries
+from .lm import NgramLM, TokenLM, cache_entries
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class _Node:
         self.word = -1  # the word id (LM id) spelled exactly by this node, or -1
 
 
-class LexiconLM:
+class LexiconLM(TokenLM):
     """A word n-gram LM (``NgramLM`` over word ids, ``symbols[i]`` naming id ``i``) restricted to
     its vocabulary spelled by a tokenizer, as a token LM for ``lm=`` of the beam searches.
 
@@ -162,18 +162,6 @@ class LexiconLM:
         self._ctx_cache: dict[tuple, np.ndarray] = {}
 
     # ------------------------------------------------------------------ the token LM interface
-    @property
-    def num_ids(self) -> int:
-        return self.vocab_size + 2
-
-    def start(self) -> tuple[int, ...]:
-        return (self.bos,)
-
-    def context(self, tokens: Sequence[int]) -> tuple[int, ...]:
-        """The last ``order - 1`` tokens after ``tokens``, ``<s>`` first while they fit."""
-        k = self.order - 1
-        return tuple(([self.bos] + list(tokens[-k:]))[-k:])
-
     def log_probs(self, context: Sequence[int]) -> np.ndarray:
         """ln-scores (``num_ids``,) of every token (and ``</s>``) after the token ``context``."""
         ctx = tuple(context)[-(self.order - 1):]

@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["LMFusion", "NgramLM"]
+__all__ = ["LMFusion", "NgramLM", "TokenLM"]
 
 _LN10 = math.log(10.0)
 _BOS, _EOS = "<s>", "</s>"
@@ -42,7 +42,35 @@ def cache_entries(num_ids: int, share: float = 1.0) -> int:
     return max(1000, int(CACHE_BYTES * share) // (8 * num_ids))
 
 
-class NgramLM:
+class TokenLM:
+    """What the beam searches use of an LM over token ids ``0..vocab_size-1`` (``bos`` =
+    ``vocab_size``, ``eos`` = ``vocab_size + 1``): ``order``, ``context`` and ``log_probs``."""
+
+    order: int
+    vocab_size: int
+    bos: int
+    eos: int
+
+    @property
+    def num_ids(self) -> int:
+        return self.vocab_size + 2
+
+    def start(self) -> tuple[int, ...]:
+        """The context at the start of a sentence."""
+        return (self.bos,)
+
+    def context(self, tokens: Sequence[int]) -> tuple[int, ...]:
+        """The LM context (last ``order - 1`` ids, ``<s>`` first while they fit) after ``tokens``."""
+        k = self.order - 1
+        if k == 0:
+            return ()
+        return tuple(([self.bos] + list(tokens[-k:]))[-k:])
+
+    def log_probs(self, context: Sequence[int]) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class NgramLM(TokenLM):
     """Back-off n-gram LM over token ids ``0..vocab_size-1`` plus ``bos``/``eos``.
 
     ``probs[n]`` maps an n-gram (tuple of ids) to its natural-log probability given its first
@@ -78,21 +106,6 @@ class NgramLM:
         self._cache_max = cache_entries(self.num_ids)
 
     # ------------------------------------------------------------------ queries
-    @property
-    def num_ids(self) -> int:
-        return self.vocab_size + 2
-
-    def start(self) -> tuple[int, ...]:
-        """The context at the start of a sentence."""
-        return (self.bos,)
-
-    def context(self, tokens: Sequence[int]) -> tuple[int, ...]:
-        """The LM context (last ``order - 1`` ids, ``<s>`` first) after ``tokens``."""
-        k = self.order - 1
-        if k == 0:
-            return ()
-        return tuple(([self.bos] + list(tokens[-k:]))[-k:])
-
     def log_probs(self, context: Sequence[int]) -> np.ndarray:
         """ln P(id | context) for every id (``num_ids``,). ``context``: up to ``order - 1``
         previous ids (older ones are ignored), ``<s>`` first at a sentence start."""
