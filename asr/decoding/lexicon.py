@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from .lm import NgramLM, TokenLM, cache_entries
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LexiconLM", "OFF_LEXICON", "train_word_lm"]
+__all__ = ["OFF_LEXICON", "LexiconLM", "train_word_lm"]
 
 OFF_LEXICON = -1.0e4  # ln-score of a token sequence that leaves the lexicon
 UNK = "<unk>"  # word id 0 of a word LM (NgramLM reserves id 0; no lexicon entry)
@@ -85,7 +85,7 @@ def arpa_words(path) -> list[str]:
 
 
 class _Node:
-    __slots__ = ("children", "lo", "hi", "word")
+    __slots__ = ("children", "hi", "lo", "word")
 
     def __init__(self) -> None:
         self.children: dict[int, _Node] = {}
@@ -193,7 +193,7 @@ class LexiconLM(TokenLM):
         return out
 
     # ------------------------------------------------------------------ internals
-    def _parse(self, ctx: tuple[int, ...]) -> tuple[tuple[int, ...], "_Node | None"]:
+    def _parse(self, ctx: tuple[int, ...]) -> tuple[tuple[int, ...], _Node | None]:
         """(word history: the last order-1 word ids, <s> first when known; the partial word's
         node: root right after <s>, None off the lexicon)."""
         n_hist = self.word_lm.order - 1
@@ -239,7 +239,7 @@ class LexiconLM(TokenLM):
             self._mass_cache[history] = hit
         return hit
 
-    def _scores(self, history: tuple[int, ...], node: "_Node | None") -> np.ndarray:
+    def _scores(self, history: tuple[int, ...], node: _Node | None) -> np.ndarray:
         out = np.full(self.num_ids, OFF_LEXICON)
         if node is None:
             return out

@@ -148,7 +148,12 @@ def test_transducer_beam_with_the_lexicon_matches_the_reference(kind, predictor)
     """Modified beam search takes the lexicon LM as any token LM: equal to the per-utterance
     reference search, and every word it outputs is in the lexicon."""
     from asr.decoding.beam import modified_beam_search
-    from tests.asr.test_decoding import assert_same_hyps, make_head, random_enc, ref_beam
+    from tests.asr.test_decoding import (
+        assert_same_hyps,
+        make_head,
+        random_enc,
+        ref_beam,
+    )
 
     # vocab 5: blank, unk, ▁, A, B
     words = ["A", "AB", "B", "BAB", "BB"]
