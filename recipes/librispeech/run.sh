@@ -7,7 +7,7 @@
 #   NGPU=8 bash recipes/librispeech/run.sh --stage 4 --stop-stage 4           # torchrun, 8 processes
 #
 # Stages: 0 set up .venv | 1 manifests (lhotse) | 2 MUSAN noise (optional) | 3 BPE tokenizer
-#         4 train | 5 decode: greedy, beam (with an n-gram LM: LM_ORDER), streaming (simulated and
+#         4 train | 5 decode: greedy, beam (with n-gram LMs: LM_ORDER, WORD_LM_ORDER), streaming (simulated and
 #         chunk-wise) | 6 export
 #
 # Environment (defaults in brackets):
@@ -22,6 +22,9 @@
 #   LM_ORDER      n: stage 5 also trains an n-gram LM over BPE pieces on the training transcripts
 #                 (`asr lm`; 4 is a fair start) and decodes beam 8 fused with it [empty: skip]
 #   LM_WEIGHT [0.3]   TOKEN_BONUS [0.5]   the fusion weights (tune them on dev-clean/dev-other)
+#   WORD_LM_ORDER n: stage 5 also trains a word n-gram on the training transcripts (`asr lm --unit
+#                 word`; 3 is a fair start) and decodes beam 8 restricted to its vocabulary [empty: skip]
+#   WORD_LM_WEIGHT [0.5]   WORD_TOKEN_BONUS [0.5]   its fusion weights
 #
 # The path is proven without a download on the mini corpus, which has LibriSpeech's layout:
 #   LIBRISPEECH=data/mini/corpus/LibriSpeech PARTS="train dev test-seen test-unseen" \
@@ -51,6 +54,9 @@ CONTEXTS="${CONTEXTS:-}"
 LM_ORDER="${LM_ORDER:-}"
 LM_WEIGHT="${LM_WEIGHT:-0.3}"
 TOKEN_BONUS="${TOKEN_BONUS:-0.5}"
+WORD_LM_ORDER="${WORD_LM_ORDER:-}"
+WORD_LM_WEIGHT="${WORD_LM_WEIGHT:-0.5}"
+WORD_TOKEN_BONUS="${WORD_TOKEN_BONUS:-0.5}"
 LANG_DIR="$DATA/lang_bpe$VOCAB"
 
 manifests() { local out=(); for p in $1; do out+=("$DATA/manifests/cuts_$p.jsonl.gz"); done; echo "${out[@]}"; }
@@ -111,6 +117,12 @@ if run 5; then
         asr lm --model "$model" --cuts $(manifests "$TRAIN_PARTS") --order "$LM_ORDER" --out "$EXP/lm/bpe_${LM_ORDER}gram.arpa.gz"
         asr decode --model "$model" --cuts "${cuts[@]}" --method beam --beam 8 --lm "$EXP/lm/bpe_${LM_ORDER}gram.arpa.gz" \
             --lm-weight "$LM_WEIGHT" --token-bonus "$TOKEN_BONUS" --out "$EXP/decode/beam8_lm${LM_ORDER}"
+    fi
+    if [ -n "$WORD_LM_ORDER" ]; then  # a word n-gram of the training transcripts: its vocabulary is the lexicon
+        # shellcheck disable=SC2046
+        asr lm --unit word --cuts $(manifests "$TRAIN_PARTS") --order "$WORD_LM_ORDER" --out "$EXP/lm/words_${WORD_LM_ORDER}gram.arpa.gz"
+        asr decode --model "$model" --cuts "${cuts[@]}" --method beam --beam 8 --lm "$EXP/lm/words_${WORD_LM_ORDER}gram.arpa.gz" \
+            --lm-unit word --lm-weight "$WORD_LM_WEIGHT" --token-bonus "$WORD_TOKEN_BONUS" --out "$EXP/decode/beam8_wordlm${WORD_LM_ORDER}"
     fi
     # Streaming: "simulated" decodes whole utterances under the streaming attention limits (equal
     # to chunk-wise by construction); "chunkwise" feeds the encoder window by window with its
