@@ -181,15 +181,17 @@ class LexiconLM(TokenLM):
         return hit
 
     def words(self, tokens: Sequence[int]) -> list[str]:
-        """The complete lexicon words spelled by ``tokens`` (a helper for tests and debugging)."""
-        out, node = [], None
+        """The words spelled by ``tokens``, ``<unk>`` for each that is not in the lexicon (a
+        helper for tests and debugging)."""
+        out, node, started = [], None, False
         for t in list(tokens) + [int(np.flatnonzero(self.word_start)[0])]:
             if self.word_start[t]:
-                if node is not None:
-                    out.append(self.symbols[node.word] if node.word >= 0 else UNK)
+                if started:
+                    out.append(self.symbols[node.word] if node is not None and node.word >= 0 else UNK)
                 node = self.root.children.get(t)
-            elif node is not None:
-                node = node.children.get(t)
+            else:
+                node = node.children.get(t) if node is not None else None
+            started = True
         return out
 
     # ------------------------------------------------------------------ internals

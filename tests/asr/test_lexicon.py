@@ -76,6 +76,7 @@ def test_off_lexicon_tokens_are_penalized():
     # a partial word cannot end the sentence, a complete one can
     assert token_score(lex, spell("CA")) <= OFF_LEXICON / 2
     assert token_score(lex, spell("CA"), eos=False) > -50
+    assert lex.words(spell("CC") + spell("A")) == ["<unk>", "A"] and lex.words([3] + spell("A")) == ["<unk>", "A"]
     # after an off-lexicon word the search carries on with the lexicon
     after = float(lex.log_probs(lex.context(spell("CC") + spell("A")))[2])
     assert after > -50
