@@ -665,7 +665,8 @@ def _tokenizer_of(args: argparse.Namespace):
 
 
 def cmd_lm(args: argparse.Namespace) -> None:
-    """Token n-gram LM (interpolated Kneser-Ney) on transcripts -> ARPA, for beam-search fusion."""
+    """Token or word n-gram LM (interpolated Kneser-Ney) on transcripts -> ARPA, for beam-search
+    fusion (a word LM's vocabulary is the decoding lexicon)."""
     from .decoding.lm import NgramLM
 
     if args.order < 1:
@@ -976,10 +977,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output dir, e.g. data/librispeech/lang_bpe500")
     sp.set_defaults(func=cmd_tokenizer)
 
-    sp = sub.add_parser("lm", help="train a token n-gram LM for beam-search fusion", description=(
-        "Interpolated Kneser-Ney n-gram LM over a model's tokens (characters or BPE pieces), trained on the "
-        "transcripts of cut manifests and written as ARPA (.arpa or .arpa.gz); fuse it with `asr decode "
-        "--method beam --lm FILE --lm-weight A --token-bonus B` (tune A and B on a dev set)."))
+    sp = sub.add_parser("lm", help="train a token or word n-gram LM for beam-search fusion", description=(
+        "Interpolated Kneser-Ney n-gram LM over a model's tokens (characters or BPE pieces) or, with --unit word, "
+        "over words, trained on the transcripts of cut manifests and written as ARPA (.arpa or .arpa.gz); fuse it "
+        "with `asr decode --method beam --lm FILE [--lm-unit word] --lm-weight A --token-bonus B` (tune A and B on "
+        "a dev set). A word LM restricts the search to its vocabulary."))
     sp.add_argument("--model", help="model file: use its tokenizer")
     sp.add_argument("--tokenizer", help="or a tokenizer dir (bpe.model)")
     sp.add_argument("--cuts", nargs="+", required=True, help="cut manifests whose transcripts train the LM")

@@ -12,8 +12,9 @@ trained elsewhere (KenLM's ``lmplz`` on text encoded as pieces) loads too.
 Fusion (``asr.decoding.ctc.ctc_prefix_beam_search`` and ``asr.decoding.beam.modified_beam_search``
 take ``lm=``): every label a hypothesis emits adds ``lm_weight * ln P_lm(label | last order-1
 labels) + token_bonus`` to its score (the bonus offsets the LM's pull towards short outputs);
-both also add ``lm_weight * ln P_lm(</s> | ...)`` when they rank the final hypotheses.
-:mod:`asr.decoding.lexicon` puts a word n-gram behind the same interface. Tune both weights on a dev set (``asr decode --lm ... --lm-weight A --token-bonus B``).
+both also add ``lm_weight * ln P_lm(</s> | ...)`` when they rank the final hypotheses. Tune
+both weights on a dev set (``asr decode --lm ... --lm-weight A --token-bonus B``).
+:mod:`asr.decoding.lexicon` puts a word n-gram behind the same interface (:class:`TokenLM`).
 
 ``log_probs(context)`` returns the natural-log distribution over all ids (``vocab_size`` token ids
 and ``eos``), computed once per context and cached.
