@@ -153,6 +153,8 @@ class LexiconLM(TokenLM):
                     node.lo = pos
                 node.hi = pos + 1
             node.word = wid
+        kids = list(self.root.children.items())
+        self._starts = tuple(np.array(a) for a in zip(*[(t, n.lo, n.hi) for t, n in kids]))  # (tokens, lo, hi)
         self.longest = max(len(sp) for sp, _ in spellings)
         self.order = word_lm.order * self.longest + 1
         self._mass_cache: dict[tuple, tuple[np.ndarray, float, np.ndarray]] = {}
@@ -263,8 +265,8 @@ class LexiconLM(TokenLM):
             n_hist = self.word_lm.order - 1
             next_hist = (history + (node.word,))[-n_hist:] if n_hist else ()
         cum2, p_eos, _ = self._masses(next_hist)
-        for t, child in self.root.children.items():
-            m = cum2[child.hi] - cum2[child.lo]
-            out[t] = end + (math.log(m) if m > 0 else OFF_LEXICON)
+        toks, lo, hi = self._starts  # every word-start token at once (BPE has hundreds)
+        m = cum2[hi] - cum2[lo]
+        out[toks] = end + np.where(m > 0, np.log(np.maximum(m, 1e-300)), OFF_LEXICON)
         out[self.eos] = end + (math.log(p_eos) if p_eos > 0 else OFF_LEXICON)
         return out

@@ -218,6 +218,11 @@ def tdt_vs_rnnt(family: str, args) -> dict | None:
     return out
 
 
+def _fused(r: dict) -> str:
+    """One LM's cell: test-seen / test-unseen WER and the (weight, bonus) chosen on dev."""
+    return f"**{r['splits']['test-seen']['wer']:.1f} / {r['splits']['test-unseen']['wer']:.1f}** ({r['weight']}, {r['bonus']})"
+
+
 def table(results: dict) -> str:
     lines = ["| encoder | head | params | steps (min) | test-seen WER | test-unseen WER | streaming: smallest vs largest look-ahead (test-seen) "
              f"| beam {LM_BEAM}; beam {LM_BEAM} + char 8-gram LM (LM weight, bonus) | beam {LM_BEAM} + word 3-gram and lexicon | RTFx |",
@@ -238,13 +243,8 @@ def table(results: dict) -> str:
         lm = word = "-"
         if "beam_lm" in c:
             bl = c["beam_lm"]
-
-            def fused(r: dict) -> str:
-                return (f"**{r['splits']['test-seen']['wer']:.1f} / {r['splits']['test-unseen']['wer']:.1f}** "
-                        f"({r['weight']}, {r['bonus']})")
-
-            lm = f"{bl['beam_only']['test-seen']['wer']:.1f} / {bl['beam_only']['test-unseen']['wer']:.1f}; {fused(bl['lm'])}"
-            word = fused(bl["word_lm"]) if "word_lm" in bl else "-"
+            lm = f"{bl['beam_only']['test-seen']['wer']:.1f} / {bl['beam_only']['test-unseen']['wer']:.1f}; {_fused(bl['lm'])}"
+            word = _fused(bl["word_lm"]) if "word_lm" in bl else "-"
         lines.append(f"| {c['family']} | {head} | {c['params_M']}M | {minutes} | {g['test-seen']['wer']:.1f} | "
                      f"{g['test-unseen']['wer']:.1f} | {stream} | {lm} | {word} | {g['test-seen']['rtfx']:.0f} |")
     for fam, r in results.get("tdt_vs_rnnt", {}).items():
