@@ -749,6 +749,14 @@ def write_valid_table(metrics_path: Path, out_md: Path) -> str:
     return table
 
 
+def validated_points(epochs: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key`` (e.g. ``dev_wer``) over the epoch records that have it: dev
+    metrics exist only on validated epochs, and a None between two of them would break the
+    plotted line into isolated markers."""
+    valid = [r for r in epochs if r.get(key) is not None]
+    return [r["step"] for r in valid], [r[key] for r in valid]
+
+
 def plot_curves(metrics_path: Path, out_png: Path) -> None:
     """Loss (train steps, per-epoch train/dev) and dev WER against steps."""
     import matplotlib
@@ -764,10 +772,9 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
         ax1.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, label="train (per step)")
     if epochs:
         ax1.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="train (epoch)")
-        for key in sorted(k for k in epochs[-1] if k.endswith("_loss") and k != "train_loss"):
-            ax1.plot([r["step"] for r in epochs], [r.get(key) for r in epochs], "s-", label=key.replace("_loss", ""))
-        for key in sorted(k for k in epochs[-1] if k.endswith("_wer")):
-            ax2.plot([r["step"] for r in epochs], [r.get(key) for r in epochs], "o-", label=key.replace("_wer", ""))
+        for ax, suffix, marker in ((ax1, "_loss", "s-"), (ax2, "_wer", "o-")):
+            for key in sorted({k for r in epochs for k in r if k.endswith(suffix) and k != "train_loss"}):
+                ax.plot(*validated_points(epochs, key), marker, label=key.removesuffix(suffix))
     ax1.set_xlabel("step"), ax1.set_ylabel("loss per token"), ax1.set_yscale("log"), ax1.legend(), ax1.grid(alpha=0.3)
     ax2.set_xlabel("step"), ax2.set_ylabel("WER %"), ax2.legend() if epochs else None, ax2.grid(alpha=0.3)
     ax1.set_title("loss"), ax2.set_title("validation WER (greedy)")

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from asr.training.schedules import eden_factor, lr_at
-from asr.training.trainer import OptimConfig, TrainConfig, resolve_precision, write_valid_table
+from asr.training.trainer import OptimConfig, TrainConfig, plot_curves, resolve_precision, validated_points, write_valid_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -466,3 +466,9 @@ def test_valid_table_from_the_last_validation(tmp_path):
     assert "| dev | 1.2500 | 50.00 | 10 | 3 | 1 | 1 |" in table
     assert "| test | 1.5000 | 60.00 | 5 | 2 | 1 | 0 |" in table
     assert write_valid_table(tmp_path / "missing.jsonl", tmp_path / "x.md") == ""
+    # the curves join the validated epochs (3 has none) and take splits from every record
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert validated_points(epochs, "dev_wer") == ([5, 9], [90.0, 50.0])
+    assert validated_points(epochs, "test_wer") == ([9], [60.0])
+    plot_curves(m, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
