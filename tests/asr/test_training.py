@@ -466,7 +466,7 @@ def test_valid_table_from_the_last_validation(tmp_path):
     assert "| dev | 1.2500 | 50.00 | 10 | 3 | 1 | 1 |" in table
     assert "| test | 1.5000 | 60.00 | 5 | 2 | 1 | 0 |" in table
     assert write_valid_table(tmp_path / "missing.jsonl", tmp_path / "x.md") == ""
-    # the curves join the validated epochs (3 has none) and take splits from every record
+    # the curves join the validated epochs (3 has none); plot_curves writes a PNG
     epochs = [r for r in recs if r["kind"] == "epoch"]
     assert validated_points(epochs, "dev_wer") == ([5, 9], [90.0, 50.0])
     assert validated_points(epochs, "test_wer") == ([9], [60.0])
