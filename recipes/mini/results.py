@@ -3,6 +3,9 @@
     python recipes/mini/results.py                           # the whole grid (about 5 h on 2 cores)
     python recipes/mini/results.py --families conformer --heads tdt hybrid --minutes 15
     python recipes/mini/results.py --table                   # only rebuild results.md from results.json
+    python recipes/mini/results.py --families conformer --heads pruned pruned_hybrid   # k2's pruned RNN-T (not in the default grid)
+    python recipes/mini/results.py --families lstm --heads rnnt tdt --out exp/mini/results_2x \
+        --set model.encoder_config.subsampling=2                 # a variant of the configs, in its own --out
 
 Each cell trains ``recipes/mini/conf/<family>.yaml`` with the head set by ``--set`` for at most
 ``--minutes`` of wall clock (validation included), then decodes test-seen and test-unseen:
@@ -41,7 +44,14 @@ HEADS = {
     "rnnt": ["model.head=rnnt", "model.ctc_weight=0.0"],
     "tdt": ["model.head=tdt", "model.ctc_weight=0.0"],
     "hybrid": ["model.head=tdt", "model.ctc_weight=0.3"],
+    # k2's pruned RNN-T, alone and with the auxiliary CTC head (not in the default grid)
+    "pruned": ["model.head=pruned_rnnt", "model.ctc_weight=0.0"],
+    "pruned_hybrid": ["model.head=pruned_rnnt", "model.ctc_weight=0.3"],
 }
+HEAD_NAMES = {"ctc": "CTC", "rnnt": "RNN-T", "tdt": "TDT", "hybrid": "hybrid TDT+CTC", "pruned": "pruned RNN-T",
+              "pruned_hybrid": "hybrid pruned RNN-T+CTC"}
+DEFAULT_HEADS = ["ctc", "rnnt", "tdt", "hybrid"]
+HYBRIDS = {"hybrid", "pruned_hybrid"}  # their auxiliary CTC head is decoded too
 SPLITS = ["test-seen", "test-unseen"]
 
 
@@ -77,22 +87,29 @@ def run_cell(family: str, head: str, args) -> dict:
 
         shutil.rmtree(exp)
     exp.mkdir(parents=True, exist_ok=True)
-    if not model.is_file():
+    overrides_file = exp / "overrides.json"  # the --set a cell was trained with
+    if model.is_file():
+        trained_with = json.loads(overrides_file.read_text()) if overrides_file.is_file() else []
+        if trained_with != args.set:
+            raise SystemExit(f"{exp} was trained with --set {trained_with or '(none)'}, not {args.set or '(none)'}: "
+                             "give this variant its own --out, or --force to retrain")
+    else:
+        overrides_file.write_text(json.dumps(args.set))
         t0 = time.time()
         sh([sys.executable, "-m", "asr.cli", "train", "--config", str(ROOT / "recipes/mini/conf" / f"{family}.yaml"),
             "--exp-dir", str(exp), "--no-progress", "--set", f"max_minutes={args.minutes}",
             f"data.train=[{args.data}/manifests/cuts_train.jsonl.gz]", f"data.dev=[{args.data}/manifests/cuts_dev.jsonl.gz]",
             f"data.tokenizer={args.data}/{family_tokenizer(family)}",
-            f"data.augment.noise_manifest={args.data}/corpus/noise/recordings.jsonl.gz", *HEADS[head]],
+            f"data.augment.noise_manifest={args.data}/corpus/noise/recordings.jsonl.gz", *HEADS[head], *args.set],
            log=exp / "run.log")
         print(f"  trained {family}/{head} in {(time.time() - t0) / 60:.1f} min", flush=True)
     import torch
 
     ckpt = torch.load(model, map_location="cpu", weights_only=True)
-    cell = {"family": family, "head": head, "meta": ckpt.get("meta", {}),
+    cell = {"family": family, "head": head, "meta": ckpt.get("meta", {}), "overrides": args.set,
             "params_M": round(sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.startswith("feat_")) / 1e6, 2)}
     cell["greedy"] = decode(model, args.data, exp / "decode_greedy")
-    if head == "hybrid":
+    if head in HYBRIDS:
         cell["ctc_head"] = decode(model, args.data, exp / "decode_ctc", "--use-ctc")
     contexts = subprocess.run([sys.executable, "-m", "asr.cli", "info", str(model), "--contexts"], cwd=ROOT,
                               capture_output=True, text=True, check=True).stdout.split()
@@ -227,10 +244,10 @@ def table(results: dict) -> str:
     lines = ["| encoder | head | params | steps (min) | test-seen WER | test-unseen WER | streaming: smallest vs largest look-ahead (test-seen) "
              f"| beam {LM_BEAM}; beam {LM_BEAM} + char 8-gram LM (LM weight, bonus) | beam {LM_BEAM} + word 3-gram and lexicon | RTFx |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for key in sorted(results["cells"], key=lambda k: (FAMILIES.index(k.split("_")[0]), list(HEADS).index(k.split("_")[1]))):
+    for key in sorted(results["cells"], key=lambda k: (FAMILIES.index(k.split("_", 1)[0]), list(HEADS).index(k.split("_", 1)[1]))):
         c = results["cells"][key]
         g = c["greedy"]
-        head = {"hybrid": "hybrid TDT+CTC", "rnnt": "RNN-T", "tdt": "TDT", "ctc": "CTC"}[c["head"]]
+        head = HEAD_NAMES[c["head"]]
         if "ctc_head" in c:
             head += f" (CTC head: {c['ctc_head']['test-seen']['wer']:.1f} / {c['ctc_head']['test-unseen']['wer']:.1f})"
         if "streaming_smallest" in c:
@@ -245,7 +262,8 @@ def table(results: dict) -> str:
             bl = c["beam_lm"]
             lm = f"{bl['beam_only']['test-seen']['wer']:.1f} / {bl['beam_only']['test-unseen']['wer']:.1f}; {_fused(bl['lm'])}"
             word = _fused(bl["word_lm"]) if "word_lm" in bl else "-"
-        lines.append(f"| {c['family']} | {head} | {c['params_M']}M | {minutes} | {g['test-seen']['wer']:.1f} | "
+        family = c["family"] + (f" ({', '.join(c['overrides'])})" if c.get("overrides") else "")
+        lines.append(f"| {family} | {head} | {c['params_M']}M | {minutes} | {g['test-seen']['wer']:.1f} | "
                      f"{g['test-unseen']['wer']:.1f} | {stream} | {lm} | {word} | {g['test-seen']['rtfx']:.0f} |")
     for fam, r in results.get("tdt_vs_rnnt", {}).items():
         if r and "speedup_single" in r:
@@ -262,11 +280,14 @@ def table(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
-    ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    ap.add_argument("--heads", nargs="+", default=DEFAULT_HEADS, choices=list(HEADS))
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--data", type=Path, default=Path("data/mini"))
     ap.add_argument("--out", type=Path, default=Path("exp/mini/results"))
     ap.add_argument("--force", action="store_true", help="retrain cells that exist")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every trained cell, after the head's (e.g. model.encoder_config.subsampling=2); "
+                         "give such a variant its own --out")
     ap.add_argument("--table", action="store_true", help="only rewrite results.md")
     ap.add_argument("--lm", action="store_true", help="also decode the cells by beam search with and without an n-gram LM")
     args = ap.parse_args()
