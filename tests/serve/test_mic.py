@@ -229,7 +229,11 @@ def test_missing_portaudio_is_a_clear_error(tmp_path):
 def test_mic_transcribes_speech_until_seconds(pulse, live_model, tmp_path):
     """Not a terminal: partial results as lines, a final line (rule2 endpoint, with times) and the
     transcript, then it stops by itself after --seconds; torch is never imported. The recording
-    (--save) holds the utterance, and the output is exactly its decoding (:func:`_check_live`)."""
+    (--save) holds the utterance, and the output is exactly its decoding (:func:`_check_live`).
+
+    The tiny model may emit a token on the lead-in's digital silence (one session's model
+    printed "A" on 2 s of zeros offline too): such a segment is closed by rule2 before the
+    speech's and must have started in the lead-in; the speech's segment is the last final."""
     wav, ref = live_model.utterances[0]
     dur = len(read_wav(wav)) / 16000
     seconds = round(1.0 + dur + 2.5, 2)  # silence, the utterance, then enough silence for rule2 (1.2 s)
@@ -256,13 +260,15 @@ def test_mic_transcribes_speech_until_seconds(pulse, live_model, tmp_path):
     partials = [line for line in stdout.splitlines() if line.startswith("partial ")]
     finals = FINAL.findall(stdout)
     assert len(partials) >= 3, stdout  # the text grew while the speech played
-    assert len(finals) == 1, stdout
-    start, end, rule, text = finals[0]
-    assert rule == "rule2", stdout
+    assert 1 <= len(finals) <= 2, stdout
+    assert all(rule == "rule2" for _, _, rule, _ in finals), stdout
+    assert all(float(start) < 1.0 for start, _, _, _ in finals[:-1]), stdout  # in the lead-in silence
+    start, end, rule, text = finals[-1]
     assert 0 <= float(start) and float(end) - float(start) >= dur, stdout
     assert float(end) <= seconds + 0.5, stdout
     assert sf.info(str(saved)).frames == round(seconds * 44100)  # --seconds of audio
-    assert _check_live(stdout, saved, EndpointConfig(), live_model.onnx_dir, wav, ref) == text
+    transcript = _check_live(stdout, saved, EndpointConfig(), live_model.onnx_dir, wav, ref)
+    assert transcript == " ".join(t for _, _, _, t in finals), stdout
 
 
 def test_mic_ctrl_c_on_a_terminal_flushes_the_last_words(pulse, live_model, tmp_path):
