@@ -34,7 +34,9 @@ WORD_LM_WEIGHT="${WORD_LM_WEIGHT:-0.5}"
 WORD_TOKEN_BONUS="${WORD_TOKEN_BONUS:-0.5}"
 
 
-source scripts/bootstrap.sh  # stage 0 always runs: it is a no-op when .venv is up to date
+# stage 0 always runs (a no-op when .venv is up to date); stages 5 and 6 run the ONNX runtime
+# (serve: kaldi-native-fbank) and sherpa-onnx
+source scripts/bootstrap.sh "serve,sherpa"
 
 if run 1; then
     banner 1 "build the mini LibriSpeech corpus, manifests and tokenizers ($DATA)"
