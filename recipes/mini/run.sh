@@ -109,7 +109,9 @@ fi
 
 if run 6; then
     banner 6 "stream one unseen-voice test file through the ONNX runtime (no torch)"
-    wav=$(find "$DATA/corpus/LibriSpeech/test-unseen" -name '*.flac' | sort | head -n 1)
+    # sed, not head: head exits after one line and, under pipefail, the SIGPIPE it can send sort
+    # ends the script (exit 141, seen on a fresh clone)
+    wav=$(find "$DATA/corpus/LibriSpeech/test-unseen" -name '*.flac' | sort | sed -n 1p)
     asr stream --onnx "$EXP/onnx" "$wav"
     grep -h "$(basename "$wav" .flac)" "$DATA"/corpus/LibriSpeech/test-unseen/*/*/*.trans.txt | sed 's/^/reference: /'
 fi
