@@ -768,7 +768,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     if cfg.ctc_warmup_steps:
         head += f", CTC warm-up {cfg.ctc_warmup_steps} steps"
     print(f"head:        {head}")
-    if cfg.head == "tdt":
+    if cfg.head in ("tdt", "pruned_tdt"):
         print(f"durations:   {cfg.transducer.durations}")
     print(f"parameters:  {n / 1e6:.2f}M")
     print(f"vocabulary:  {cfg.vocab_size} tokens")

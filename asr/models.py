@@ -6,6 +6,8 @@ Heads (``ModelConfig.head``):
 - ``rnnt``: prediction network + joint, trained by ``kernels.fused_transducer_loss``;
 - ``tdt``: the same with duration outputs (``transducer.durations``, ``sigma``, ``omega``);
 - ``pruned_rnnt``: k2-style pruned RNN-T (``kernels.pruned_rnnt_loss``);
+- ``pruned_tdt``: a TDT trained on the same pruned lattice (``kernels.pruned_rnnt_loss`` with
+  ``durations``); it decodes, exports and runs like a ``tdt`` head;
 - hybrid: any transducer head with ``ctc_weight > 0`` adds an auxiliary CTC head on the shared
   encoder; the loss is ``(1 - ctc_weight) * transducer + ctc_weight * ctc`` (the Stateful
   Conformer paper's hybrid; NeMo uses 0.3). ``decode(..., use_ctc=True)`` decodes that head.
@@ -47,6 +49,7 @@ from .data.tokenizer import Tokenizer
 from .decoding.ctc import Hypothesis, ctc_greedy
 from .encoders import build_encoder
 from .heads.ctc import CTCHead
+from .heads.transducer import KINDS as TRANSDUCER_KINDS
 from .heads.transducer import TransducerConfig, TransducerHead
 
 if TYPE_CHECKING:
@@ -64,7 +67,7 @@ VERSION = 1
 class ModelConfig:
     encoder: str = "conformer"
     encoder_config: dict = field(default_factory=dict)  # build_encoder(encoder, **encoder_config)
-    head: Literal["ctc", "rnnt", "tdt", "pruned_rnnt"] = "ctc"
+    head: Literal["ctc", "rnnt", "tdt", "pruned_rnnt", "pruned_tdt"] = "ctc"
     vocab_size: int = 0  # set from the tokenizer
     dropout: float = 0.1
     ctc_weight: float = 0.0  # transducer heads: > 0 adds the auxiliary CTC head (hybrid)
@@ -88,8 +91,8 @@ class ASRModel(nn.Module):
             if tokenizer is None:
                 raise ValueError("ModelConfig.vocab_size is not set and no tokenizer was given")
             config = dataclasses.replace(config, vocab_size=len(tokenizer))
-        if config.head not in ("ctc", "rnnt", "tdt", "pruned_rnnt"):
-            raise ValueError(f"ModelConfig.head must be ctc, rnnt, tdt or pruned_rnnt, got {config.head!r}")
+        if config.head != "ctc" and config.head not in TRANSDUCER_KINDS:
+            raise ValueError(f"ModelConfig.head must be one of ctc, {', '.join(TRANSDUCER_KINDS)}, got {config.head!r}")
         if not 0.0 <= config.ctc_weight < 1.0:
             raise ValueError(f"ModelConfig.ctc_weight must be in [0, 1), got {config.ctc_weight}")
         if config.ctc_warmup_steps < 0:

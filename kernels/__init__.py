@@ -4,7 +4,8 @@ Public API (see kernels/README.md):
     rnnt_loss, tdt_loss                 losses over materialized logits (B, T, U+1, V [+ D])
     fused_transducer_loss               joint + loss without building the logits
     pruned_rnnt_loss                    k2-style simple loss + pruned exact loss, one call
-    rnnt_loss_simple, get_prune_ranges, prune_pred, rnnt_loss_pruned   its pieces
+                                        (the pruned TDT loss with durations=)
+    rnnt_loss_simple, get_prune_ranges, prune_pred, rnnt_loss_pruned, tdt_loss_pruned   its pieces
     use_backend                         force "numba" or "triton" (tests)
 """
 
@@ -18,6 +19,7 @@ from .pruned import (
     pruned_rnnt_loss,
     rnnt_loss_pruned,
     rnnt_loss_simple,
+    tdt_loss_pruned,
 )
 
 __all__ = [
@@ -30,5 +32,6 @@ __all__ = [
     "get_prune_ranges",
     "prune_pred",
     "rnnt_loss_pruned",
+    "tdt_loss_pruned",
     "use_backend",
 ]

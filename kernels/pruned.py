@@ -11,13 +11,18 @@ label positions; the full joint runs only there.
 3. Pruned loss. The joint runs on (B, T, s_range) pairs (enc[t], pred[s_begin[t] + r]); the
    exact RNN-T loss is taken over the paths that stay inside the windows.
 
-Composable pieces (`rnnt_loss_simple`, `get_prune_ranges`, `prune_pred`, `rnnt_loss_pruned`)
-and a one-call `pruned_rnnt_loss` for model code.
+The same windows serve TDT (not in k2): the joint's window logits then carry the D duration
+channels and the exact TDT loss is taken over the paths whose every state (including where a
+duration jump lands) lies inside its frame's window. The simple loss stays an RNN-T's: it only
+places the windows.
+
+Composable pieces (`rnnt_loss_simple`, `get_prune_ranges`, `prune_pred`, `rnnt_loss_pruned`,
+`tdt_loss_pruned`) and a one-call `pruned_rnnt_loss` (TDT with ``durations=``) for model code.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Union
+from typing import Callable, NamedTuple, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +30,14 @@ from torch import Tensor
 
 from . import _checks
 from ._backend import as_index, get_backend
-from .losses import finish
+from .losses import finish, lattice_weights
 
 __all__ = [
     "rnnt_loss_simple",
     "get_prune_ranges",
     "prune_pred",
     "rnnt_loss_pruned",
+    "tdt_loss_pruned",
     "pruned_rnnt_loss",
     "PrunedRNNTLoss",
 ]
@@ -177,37 +183,68 @@ def _pruned_row_labels(targets: Tensor, s_begin: Tensor, T_lens: Tensor, U_lens:
 
 
 class _PrunedLoss(torch.autograd.Function):
+    """-loglik (B,) of the RNN-T (durations None) or TDT lattice restricted to the windows, from
+    the (B, T, R, V [+ D]) joint logits at label positions s (B, T, R)."""
+
     @staticmethod
-    def forward(ctx, logits, labels, s, T_lens, U_lens, blank, fastemit_lambda):  # type: ignore[override]
-        B, T, R, V = logits.shape
+    def forward(ctx, logits, labels, s, T_lens, U_lens, blank, durations, sigma, fastemit_lambda):  # type: ignore[override]
+        B, T, R, C = logits.shape
+        D = 0 if durations is None else durations.shape[0]
+        V = C - D
         be = get_backend(logits.device)
         cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        x = logits.detach().to(cdt).contiguous().view(-1, V)
+        x = logits.detach().to(cdt).contiguous().view(-1, C)
         lab = labels.view(-1)
-        stats = be.rows_forward(x, lab, blank, V, 0)
+        stats = be.rows_forward(x, lab, blank, V, D)
+        # states outside the windows get -inf blank and label arcs: a path may enter one but
+        # never leaves it, so only the paths that stay inside the windows are summed
         W = int(s.max()) + 1 if s.numel() else 1
         lpb = torch.full((B, T, W), float("-inf"), dtype=torch.float64, device=logits.device)
         lpl = torch.full_like(lpb, float("-inf"))
         lpb.scatter_(2, s, stats[:, 1].view(B, T, R))
         lpl.scatter_(2, s, stats[:, 2].view(B, T, R))
-        alpha, beta, ll = be.rnnt_lattice(lpb, lpl, T_lens, U_lens)
-        ctx.save_for_backward(logits, lab, s, stats, T_lens, U_lens, lpb, lpl, alpha, beta, ll)
-        ctx.cfg = (blank, fastemit_lambda)
+        if D == 0:
+            lpd = None
+            alpha, beta, ll = be.rnnt_lattice(lpb, lpl, T_lens, U_lens)
+        else:
+            lpd = torch.zeros(B, T, W, D, dtype=torch.float64, device=logits.device)
+            lpd.scatter_(2, s[..., None].expand(B, T, R, D), stats[:, 4:].reshape(B, T, R, D))
+            alpha, beta, ll = be.tdt_lattice(lpb, lpl, lpd, durations, sigma, T_lens, U_lens)
+        ctx.save_for_backward(logits, lab, s, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations)
+        ctx.cfg = (blank, V, D, sigma, fastemit_lambda)
         return (-ll).to(cdt)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        logits, lab, s, stats, T_lens, U_lens, lpb, lpl, alpha, beta, ll = ctx.saved_tensors
-        blank, fastemit_lambda = ctx.cfg
-        B, T, R, V = logits.shape
+        logits, lab, s, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations = ctx.saved_tensors
+        blank, V, D, sigma, fastemit_lambda = ctx.cfg
+        B, T, R, C = logits.shape
         be = get_backend(logits.device)
-        w = be.rnnt_weights(lpb, lpl, T_lens, U_lens, alpha, beta, ll, grad.double().contiguous(), 1.0 + fastemit_lambda)
-        w = w.gather(2, s[..., None].expand(B, T, R, 3)).view(-1, 3).contiguous()
+        w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, grad, fastemit_lambda)
+        w = w.gather(2, s[..., None].expand(B, T, R, w.shape[-1])).view(-1, w.shape[-1]).contiguous()
         cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        x = logits.detach().to(cdt).contiguous().view(-1, V)
+        x = logits.detach().to(cdt).contiguous().view(-1, C)
         g = torch.empty_like(x)
-        be.rows_backward(x, lab, blank, V, 0, stats, w, g)
-        return g.view(B, T, R, V).to(logits.dtype), None, None, None, None, None, None
+        be.rows_backward(x, lab, blank, V, D, stats, w, g)
+        return g.view(B, T, R, C).to(logits.dtype), None, None, None, None, None, None, None, None
+
+
+def _pruned_inputs(logits, targets, s_begin, logit_lengths, target_lengths, blank, reduction, fastemit_lambda, D):
+    """Checks and row labels shared by `rnnt_loss_pruned` (D = 0) and `tdt_loss_pruned`."""
+    _checks.check_reduction(reduction)
+    _checks.check_float("logits", logits, 4)
+    _checks.check_same_device(logits=logits, targets=targets, s_begin=s_begin, logit_lengths=logit_lengths,
+                              target_lengths=target_lengths)
+    B, T, R, C = logits.shape
+    if C <= D:
+        raise ValueError(f"logits.shape[-1] = {C} leaves no token channels for {D} durations")
+    _checks.check_int("s_begin", s_begin, 2)
+    if tuple(s_begin.shape) != (B, T):
+        raise ValueError(f"s_begin.shape = {tuple(s_begin.shape)}; expected ({B}, {T}) to match logits")
+    T_lens, U_lens = _check_lengths(targets, logit_lengths, target_lengths, B, T, targets.shape[1], C - D, blank)
+    fastemit_lambda = _checks.check_finite_number("fastemit_lambda", fastemit_lambda)
+    labels, s = _pruned_row_labels(targets, s_begin.long(), T_lens, U_lens, R)
+    return labels, s, T_lens, U_lens, fastemit_lambda
 
 
 def rnnt_loss_pruned(
@@ -228,18 +265,39 @@ def rnnt_loss_pruned(
         targets: (B, U); s_begin: (B, T) int64 window starts (from `get_prune_ranges`).
         other arguments as in `rnnt_loss`.
     """
-    _checks.check_reduction(reduction)
-    _checks.check_float("logits", logits, 4)
-    _checks.check_same_device(logits=logits, targets=targets, s_begin=s_begin, logit_lengths=logit_lengths,
-                              target_lengths=target_lengths)
-    B, T, R, V = logits.shape
-    _checks.check_int("s_begin", s_begin, 2)
-    if tuple(s_begin.shape) != (B, T):
-        raise ValueError(f"s_begin.shape = {tuple(s_begin.shape)}; expected ({B}, {T}) to match logits")
-    T_lens, U_lens = _check_lengths(targets, logit_lengths, target_lengths, B, T, targets.shape[1], V, blank)
-    fastemit_lambda = _checks.check_finite_number("fastemit_lambda", fastemit_lambda)
-    labels, s = _pruned_row_labels(targets, s_begin.long(), T_lens, U_lens, R)
-    losses = _PrunedLoss.apply(logits, labels, s, T_lens, U_lens, int(blank), fastemit_lambda)
+    labels, s, T_lens, U_lens, fe = _pruned_inputs(logits, targets, s_begin, logit_lengths, target_lengths, blank,
+                                                   reduction, fastemit_lambda, 0)
+    losses = _PrunedLoss.apply(logits, labels, s, T_lens, U_lens, int(blank), None, 0.0, fe)
+    return finish(losses, reduction, zero_infinity)
+
+
+def tdt_loss_pruned(
+    logits: Tensor,
+    targets: Tensor,
+    s_begin: Tensor,
+    logit_lengths: Tensor,
+    target_lengths: Tensor,
+    durations: Sequence[int],
+    blank: int = 0,
+    sigma: float = 0.0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+) -> Tensor:
+    """Exact TDT loss over the paths whose every state stays inside the windows.
+
+    Args:
+        logits: (B, T, s_range, V + D) joint logits at (t, s_begin[b, t] + r); the last D
+            channels are duration logits, normalized apart from the tokens (as in `tdt_loss`).
+        durations, sigma: as in `tdt_loss`; other arguments as in `rnnt_loss_pruned`.
+    A label or blank with duration d jumps from frame t to t + d; the state it lands on must lie
+    in frame t + d's window, else the path is dropped (as k2 drops RNN-T paths that leave them).
+    """
+    durs = _checks.check_durations(durations)
+    sigma = _checks.check_finite_number("sigma", sigma)
+    labels, s, T_lens, U_lens, _ = _pruned_inputs(logits, targets, s_begin, logit_lengths, target_lengths, blank,
+                                                  reduction, 0.0, len(durs))
+    dur_t = torch.tensor(durs, dtype=torch.int64, device=logits.device)
+    losses = _PrunedLoss.apply(logits, labels, s, T_lens, U_lens, int(blank), dur_t, sigma, 0.0)
     return finish(losses, reduction, zero_infinity)
 
 
@@ -268,8 +326,10 @@ def pruned_rnnt_loss(
     reduction: str = "mean",
     fastemit_lambda: float = 0.0,
     zero_infinity: bool = False,
+    durations: Sequence[int] | None = None,
+    sigma: float = 0.0,
 ) -> PrunedRNNTLoss:
-    """k2-style pruned RNN-T loss in one call.
+    """k2-style pruned RNN-T loss in one call; with ``durations``, the pruned TDT loss.
 
     Args:
         enc: (B, T, H) encoder output projected to the joint dimension.
@@ -282,7 +342,11 @@ def pruned_rnnt_loss(
             activation(enc + pred) @ weight.T + bias.
         s_range: label positions kept per frame (>= 2; k2 recipes use 5).
         simple_loss_scale: weight of the simple loss in `loss` (k2 recipes: 0.5 after warm-up).
-        fastemit_lambda: FastEmit on the pruned loss (gradient scaling, value unchanged).
+        fastemit_lambda: FastEmit on the pruned loss (gradient scaling, value unchanged; RNN-T only).
+        durations, sigma: TDT (as in `tdt_loss`): the joint then has V + D outputs, the last D
+            being duration logits, and the pruned loss is `tdt_loss_pruned`. The simple loss and
+            the windows stay the RNN-T's over the V tokens: they only choose where the full joint
+            runs.
     Returns:
         PrunedRNNTLoss(loss, simple_loss, pruned_loss, s_begin). Gradients reach enc, pred,
         am_logits, lm_logits and the joint's parameters; the window choice is not differentiated.
@@ -313,6 +377,12 @@ def pruned_rnnt_loss(
         logits = F.linear(h, weight, bias)
     if logits.shape[:3] != pred_p.shape[:3]:
         raise ValueError(f"joint returned shape {tuple(logits.shape)}; expected {tuple(pred_p.shape[:3])} + (V,)")
-    pruned = rnnt_loss_pruned(logits, targets, s_begin, enc_lengths, target_lengths, blank, reduction,
-                              fastemit_lambda, zero_infinity)
+    if durations is None:
+        pruned = rnnt_loss_pruned(logits, targets, s_begin, enc_lengths, target_lengths, blank, reduction,
+                                  fastemit_lambda, zero_infinity)
+    elif fastemit_lambda:
+        raise ValueError(f"fastemit_lambda = {fastemit_lambda} is only supported for RNN-T (durations=None)")
+    else:
+        pruned = tdt_loss_pruned(logits, targets, s_begin, enc_lengths, target_lengths, durations, blank, sigma,
+                                 reduction, zero_infinity)
     return PrunedRNNTLoss(simple_loss_scale * simple + pruned, simple, pruned, s_begin)

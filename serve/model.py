@@ -141,8 +141,9 @@ class OnnxModel:
         self.use_ctc = use_ctc or not transducer
         if self.use_ctc and not has_ctc:
             raise ValueError(f"{self.dir}: this {self.head} model has no CTC head (use_ctc needs a hybrid or CTC model)")
-        self.durations = list(card["durations"]) if self.head == "tdt" and card.get("durations") else None
-        if self.head == "tdt" and not self.durations:
+        tdt = self.head in ("tdt", "pruned_tdt")  # the pruned TDT differs in training only
+        self.durations = list(card["durations"]) if tdt and card.get("durations") else None
+        if tdt and not self.durations:
             raise ValueError(f"{card_path}: a TDT model needs 'durations'")
         self.states = [
             StateSpec(s["name"], tuple(int(d) for d in s["shape"]), _DTYPES.get(s.get("dtype", "float32"), np.float32), int(s["batch_axis"]))

@@ -1,9 +1,10 @@
-"""Transducer heads: prediction networks, the joint, and the RNN-T / TDT / pruned RNN-T losses.
+"""Transducer heads: prediction networks, the joint, and the RNN-T / TDT / pruned losses.
 
 A :class:`TransducerHead` owns a prediction network (``LSTMPredictor`` or icefall's
 ``StatelessPredictor``) and a :class:`Joint`. Training never builds the (B, T, U+1, V) logits:
 the loss is ``kernels.fused_transducer_loss`` on the projected encoder and prediction outputs
-(or ``kernels.pruned_rnnt_loss`` for ``kind="pruned_rnnt"``).
+(or ``kernels.pruned_rnnt_loss`` for ``kind="pruned_rnnt"``, and with the TDT's durations for
+``kind="pruned_tdt"``: a TDT model trained on k2's pruned lattice, decoded as a TDT).
 
 The interface the decoders use (``asr.decoding.transducer``):
 
@@ -33,7 +34,9 @@ from torch import Tensor, nn
 
 import kernels
 
-__all__ = ["TransducerConfig", "TransducerHead", "LSTMPredictor", "StatelessPredictor", "Joint"]
+__all__ = ["KINDS", "TransducerConfig", "TransducerHead", "LSTMPredictor", "StatelessPredictor", "Joint"]
+
+KINDS = ("rnnt", "tdt", "pruned_rnnt", "pruned_tdt")
 
 
 @dataclass
@@ -47,14 +50,15 @@ class TransducerConfig:
     context_size: int = 2  # stateless: tokens of left context (icefall uses 2)
     joint_dim: int = 320
     activation: Literal["tanh", "relu"] = "tanh"
-    # TDT (kind="tdt"): duration set, logit under-normalization sigma, and omega, the
+    # TDT (kind="tdt" or "pruned_tdt"): duration set, logit under-normalization sigma, and omega, the
     # probability per step of training on the plain RNN-T loss instead (the TDT paper; NeMo's
     # defaults are [0, 1, 2, 3, 4], 0.02 and 0.1).
     durations: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     sigma: float = 0.02
     omega: float = 0.1
     fastemit_lambda: float = 0.0  # FastEmit (Yu et al. 2021): label-arc gradients x (1 + lambda)
-    # pruned RNN-T (kind="pruned_rnnt"): window size and weight of the simple (linear joint) loss
+    # pruned RNN-T / TDT (kind="pruned_rnnt" / "pruned_tdt"): window size and weight of the simple
+    # (linear joint) loss
     prune_range: int = 5
     simple_loss_scale: float = 0.5
     dropout: float = 0.1
@@ -191,17 +195,17 @@ class Joint(nn.Module):
 
 
 class TransducerHead(nn.Module):
-    """Prediction network + joint + loss for ``kind`` in {"rnnt", "tdt", "pruned_rnnt"}."""
+    """Prediction network + joint + loss for ``kind`` in {"rnnt", "tdt", "pruned_rnnt", "pruned_tdt"}."""
 
     def __init__(self, kind: str, enc_dim: int, vocab_size: int, cfg: TransducerConfig, blank: int = 0):
         super().__init__()
-        if kind not in ("rnnt", "tdt", "pruned_rnnt"):
-            raise ValueError(f"transducer kind must be rnnt, tdt or pruned_rnnt, got {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"transducer kind must be one of {', '.join(KINDS)}, got {kind!r}")
         self.kind = kind
         self.cfg = cfg
         self.blank = blank
         self.vocab_size = vocab_size
-        if kind == "tdt":
+        if kind in ("tdt", "pruned_tdt"):
             d = list(cfg.durations)
             if len(set(d)) != len(d) or min(d) < 0 or max(d) < 1:
                 raise ValueError(f"TDT durations must be distinct ints >= 0 with one > 0, got {d}")
@@ -217,7 +221,7 @@ class TransducerHead(nn.Module):
         out_dim = vocab_size + (len(self.durations) if self.durations else 0)
         self.joint = Joint(enc_dim, self.predictor.output_dim, cfg.joint_dim, out_dim, cfg.activation)
         self.enc_dropout = nn.Dropout(cfg.dropout)
-        if kind == "pruned_rnnt":
+        if kind.startswith("pruned"):
             # the "simple" joint: am[t] + lm[u] -> V (k2's linear joint over the full lattice)
             self.simple_am = nn.Linear(enc_dim, vocab_size)
             self.simple_lm = nn.Linear(self.predictor.output_dim, vocab_size)
@@ -242,18 +246,23 @@ class TransducerHead(nn.Module):
         w, b_ = self.joint.out.weight, self.joint.out.bias
         act = self.cfg.activation
         fe = self.cfg.fastemit_lambda
-        if self.kind == "pruned_rnnt":
+        # TDT's omega: the probability per step of training on the plain RNN-T loss instead
+        tdt_step = self.durations is not None and not (self.training and self.cfg.omega > 0 and random.random() < self.cfg.omega)
+        V = self.vocab_size
+        if self.kind.startswith("pruned"):
+            if not tdt_step:  # pruned RNN-T, or pruned TDT's omega step: the token logits only
+                w, b_ = w[:V], None if b_ is None else b_[:V]
             out = kernels.pruned_rnnt_loss(
                 enc_p, pred_p, self.simple_am(enc), self.simple_lm(pred), tgt, enc_lens, tgt_lens, joint=(w, b_),
                 s_range=self.cfg.prune_range, blank=self.blank, simple_loss_scale=self.cfg.simple_loss_scale,
-                activation=act, reduction="none", fastemit_lambda=fe)
+                activation=act, reduction="none", fastemit_lambda=fe, durations=self.durations if tdt_step else None,
+                sigma=self.cfg.sigma)
             loss = out.loss
-        elif self.kind == "tdt" and not (self.training and self.cfg.omega > 0 and random.random() < self.cfg.omega):
+        elif tdt_step:
             loss = kernels.fused_transducer_loss(
                 enc_p, pred_p, w, b_, tgt, enc_lens, tgt_lens, blank=self.blank, durations=self.durations,
                 sigma=self.cfg.sigma, activation=act, reduction="none", fastemit_lambda=fe)
         else:  # RNN-T, or TDT's omega step: the plain RNN-T loss on the token logits
-            V = self.vocab_size
             loss = kernels.fused_transducer_loss(
                 enc_p, pred_p, w[:V], None if b_ is None else b_[:V], tgt, enc_lens, tgt_lens, blank=self.blank,
                 activation=act, reduction="none", fastemit_lambda=fe)

@@ -3,7 +3,7 @@
     python recipes/mini/results.py                           # the whole grid (about 5 h on 2 cores)
     python recipes/mini/results.py --families conformer --heads tdt hybrid --minutes 15
     python recipes/mini/results.py --table                   # only rebuild results.md from results.json
-    python recipes/mini/results.py --families conformer --heads pruned pruned_hybrid   # k2's pruned RNN-T (not in the default grid)
+    python recipes/mini/results.py --families conformer --heads pruned pruned_hybrid pruned_tdt_hybrid   # k2's pruned RNN-T, a pruned TDT (not in the default grid)
     python recipes/mini/results.py --families lstm --heads rnnt tdt --out exp/mini/results_2x \
         --set model.encoder_config.subsampling=2                 # a variant of the configs, in its own --out
 
@@ -44,14 +44,16 @@ HEADS = {
     "rnnt": ["model.head=rnnt", "model.ctc_weight=0.0"],
     "tdt": ["model.head=tdt", "model.ctc_weight=0.0"],
     "hybrid": ["model.head=tdt", "model.ctc_weight=0.3"],
-    # k2's pruned RNN-T, alone and with the auxiliary CTC head (not in the default grid)
+    # k2's pruned RNN-T, alone and with the auxiliary CTC head, and the TDT on the same pruned
+    # lattice with the CTC head (not in the default grid)
     "pruned": ["model.head=pruned_rnnt", "model.ctc_weight=0.0"],
     "pruned_hybrid": ["model.head=pruned_rnnt", "model.ctc_weight=0.3"],
+    "pruned_tdt_hybrid": ["model.head=pruned_tdt", "model.ctc_weight=0.3"],
 }
 HEAD_NAMES = {"ctc": "CTC", "rnnt": "RNN-T", "tdt": "TDT", "hybrid": "hybrid TDT+CTC", "pruned": "pruned RNN-T",
-              "pruned_hybrid": "hybrid pruned RNN-T+CTC"}
+              "pruned_hybrid": "hybrid pruned RNN-T+CTC", "pruned_tdt_hybrid": "hybrid pruned TDT+CTC"}
 DEFAULT_HEADS = ["ctc", "rnnt", "tdt", "hybrid"]
-HYBRIDS = {"hybrid", "pruned_hybrid"}  # their auxiliary CTC head is decoded too
+HYBRIDS = {"hybrid", "pruned_hybrid", "pruned_tdt_hybrid"}  # their auxiliary CTC head is decoded too
 SPLITS = ["test-seen", "test-unseen"]
 
 

@@ -16,7 +16,8 @@ ENCODERS = {
     "lstm": {"num_layers": 1, "hidden_size": 32, "proj_size": 16},
     "ssm": {"d_model": 32, "num_layers": 1},
 }
-HEADS = [("ctc", 0.0, "lstm"), ("rnnt", 0.0, "lstm"), ("tdt", 0.3, "stateless"), ("pruned_rnnt", 0.0, "stateless")]
+HEADS = [("ctc", 0.0, "lstm"), ("rnnt", 0.0, "lstm"), ("tdt", 0.3, "stateless"), ("pruned_rnnt", 0.0, "stateless"),
+         ("pruned_tdt", 0.3, "stateless")]
 
 
 def make_model(encoder: str, head: str, ctc_weight: float, predictor: str) -> ASRModel:
@@ -47,8 +48,9 @@ def test_every_head_trains_a_step(head, ctc_weight, predictor):
         assert {"transducer_loss", "ctc_loss"} <= out.keys()
 
 
-def test_tdt_omega_uses_plain_rnnt_loss(monkeypatch):
-    m = make_model("lstm", "tdt", 0.0, "lstm").train()
+@pytest.mark.parametrize("head", ["tdt", "pruned_tdt"])
+def test_tdt_omega_uses_plain_rnnt_loss(head):
+    m = make_model("lstm", head, 0.0, "lstm").train()
     x, lens, tg = torch.randn(2, 40, 80), torch.tensor([40, 33]), [[1, 2], [3]]
     m.transducer.cfg.omega = 1.0  # always the RNN-T loss: duration logits get no gradient
     m(x, lens, tg)["loss"].backward()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import kernels
+from kernels.reference import tdt_loss_reference
 
 
 def _inputs(B=3, T=7, U=4, V=9, H=8, seed=0, dtype=torch.float64):
@@ -81,3 +82,62 @@ def test_pruned_float32_long_targets() -> None:
     assert torch.isfinite(out.loss)
     g = torch.autograd.grad(out.loss, [enc, pred, w, b, am, lm])
     assert all(torch.isfinite(x).all() for x in g)
+
+
+DURS = [0, 1, 2, 3]
+
+
+def test_pruned_tdt_full_window_equals_tdt_and_narrow_window_is_an_upper_bound() -> None:
+    enc, pred, _, _, am, lm, y, tl, ul = _inputs(seed=4)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(9 + len(DURS), 8, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9 + len(DURS), generator=g, dtype=torch.float64, requires_grad=True)
+    full = kernels.fused_transducer_loss(enc, pred, w, b, y, tl, ul, durations=DURS, sigma=0.05, reduction="none")
+    wide = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), s_range=5, reduction="none",
+                                    durations=DURS, sigma=0.05)
+    torch.testing.assert_close(wide.pruned_loss, full)
+    gw = torch.autograd.grad(wide.pruned_loss.sum(), [enc, pred, w, b])
+    gf = torch.autograd.grad(full.sum(), [enc, pred, w, b])
+    for a, c in zip(gw, gf):
+        torch.testing.assert_close(a, c)
+    narrow = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), s_range=2, reduction="none",
+                                      durations=DURS, sigma=0.05)
+    assert torch.isfinite(narrow.pruned_loss).all()
+    assert (narrow.pruned_loss > full + 1e-6).any() and (narrow.pruned_loss >= full - 1e-9).all()
+    with pytest.raises(ValueError, match="only supported for RNN-T"):
+        kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), durations=DURS, fastemit_lambda=0.1)
+
+
+def test_pruned_tdt_equals_the_reference_on_a_lattice_dead_outside_the_windows() -> None:
+    """The pruned TDT loss is the exact TDT loss of a full lattice whose states outside the
+    windows emit neither blank nor their label (all token mass on a third token): duration
+    jumps that land outside a window end their path."""
+    B, T, U, V, R = 3, 9, 5, 7, 3
+    g = torch.Generator().manual_seed(6)
+    y = torch.randint(1, V, (B, U), generator=g)
+    tl, ul = torch.tensor([9, 7, 4]), torch.tensor([5, 3, 0])
+    am, lm = torch.randn(B, T, V, generator=g, dtype=torch.float64), torch.randn(B, U + 1, V, generator=g, dtype=torch.float64)
+    _, occ = kernels.rnnt_loss_simple(am, lm, y, tl, ul)
+    s_begin = kernels.get_prune_ranges(occ, tl, ul, R)
+    logits = torch.randn(B, T, R, V + len(DURS), generator=g, dtype=torch.float64)
+    full = torch.randn(B, T, U + R + 1, V + len(DURS), generator=g, dtype=torch.float64)
+    yy = torch.cat([y, torch.zeros(B, R + 1, dtype=torch.long)], 1)
+    for bb in range(B):
+        for t in range(T):
+            for u in range(U + R + 1):
+                r = u - int(s_begin[bb, t])
+                if 0 <= r < R:
+                    full[bb, t, u] = logits[bb, t, r]
+                else:  # dead state: all token mass on a token that is neither blank nor y[u]
+                    full[bb, t, u, :V] = -1e4
+                    full[bb, t, u, next(k for k in range(1, V) if k != int(yy[bb, u]))] = 0.0
+    ref = tdt_loss_reference(full[:, :, : U + 1], y, tl, ul, DURS, sigma=0.03, reduction="none")
+    got = kernels.tdt_loss_pruned(logits, y, s_begin, tl, ul, DURS, sigma=0.03, reduction="none")
+    torch.testing.assert_close(got, ref)
+    assert torch.isfinite(got).all()
+    x = logits.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda z: kernels.tdt_loss_pruned(z, y, s_begin, tl, ul, DURS, sigma=0.03, reduction="sum"), (x,)
+    )
+    with pytest.raises(ValueError, match="no token channels"):
+        kernels.tdt_loss_pruned(logits[..., :3], y, s_begin, tl, ul, DURS)

@@ -129,7 +129,8 @@ def test_triton_fused_and_pruned_equal_numba() -> None:
             rnnt = kernels.fused_transducer_loss(enc, pred, w[:V], b[:V], y, tl, ul, tile_rows=5)
             am, lm = enc @ w[:V].T, pred @ w[:V].T
             pr = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w[:V], b[:V]), s_range=2).loss
-            total = tdt + rnnt + pr
+            ptdt = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), s_range=2, durations=[0, 1]).loss
+            total = tdt + rnnt + pr + ptdt
             outs.append((total, torch.autograd.grad(total, params)))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
     for a, c in zip(outs[0][1], outs[1][1]):

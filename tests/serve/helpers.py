@@ -102,7 +102,7 @@ def build(tmp_path, family: str, head: str, predictor: str = "stateless", ctc_we
     """(model, export dir): a tiny model (emitting, see above, or random) exported without the
     sherpa-onnx files. ``calib``: 16 kHz audio the emitting model is set on (default: 2.5 s of
     synthetic audio). ``beta``: the blank logit (see :func:`make_emitting`)."""
-    extra = DUR_UNITS if head == "tdt" else 0
+    extra = DUR_UNITS if head in ("tdt", "pruned_tdt") else 0
     kw = dict(context_size=1, pred_dim=V, joint_dim=2 * V + extra, activation="relu") if emitting else {}
     model = tiny_model(family, head=head, predictor=predictor, ctc_weight=ctc_weight, seed=seed, **kw, **encoder)
     if emitting:

@@ -46,6 +46,8 @@ CASES = {
     "lstm-tdt-lstm-predictor": (dict(family="lstm", head="tdt", predictor="lstm"), [("greedy", False), ("beam", False)]),
     "conformer-hybrid-ctc-head": (dict(family="conformer", head="rnnt", ctc_weight=0.3), [("greedy", True), ("greedy", False)]),
     "lstm-hybrid-tdt-ctc-head": (dict(family="lstm", head="tdt", ctc_weight=0.3), [("greedy", True)]),
+    # a pruned TDT exports as a TDT: the runtime must read its durations
+    "lstm-hybrid-pruned-tdt": (dict(family="lstm", head="pruned_tdt", ctc_weight=0.3), [("greedy", False), ("greedy", True)]),
     "conformer-noncausal-subsampling": (dict(family="conformer", head="rnnt", causal_subsampling=False), [("greedy", False)]),
     # raw random transducers: up to max_symbols=10 labels on one frame
     "lstm-rnnt-random": (dict(family="lstm", head="rnnt", emitting=False), [("greedy", False)]),
