@@ -22,8 +22,9 @@ training vocabulary by a word 3-gram (``asr lm --unit word``, ``--lm-unit word``
 weight and token bonus are chosen on dev from a small grid, then test-seen and test-unseen are
 decoded once. Finished decodes are kept (delete a cell's ``tune_*``/``decode_*`` dirs to redo them).
 
-It also times TDT greedy against RNN-T greedy on the same family's encoder output (search only)
-when both cells exist. Finished cells are skipped (``--force`` retrains), so the grid can be run
+It also times TDT greedy against RNN-T greedy search (search only, each model on its own
+encoder's output) for the TDT and RNN-T cells of a family, and for its hybrid pruned TDT and
+RNN-T cells, when both cells of a pair exist. Finished cells are skipped (``--force`` retrains), so the grid can be run
 across sessions. Results go to ``--out``/results.json and results.md.
 """
 
@@ -189,8 +190,12 @@ def _count_joint_calls(head, enc, lens) -> int:
     return calls
 
 
-def tdt_vs_rnnt(family: str, args) -> dict | None:
-    """Greedy search time (encoder excluded) of the TDT and RNN-T cells of one family on
+# (RNN-T cell, TDT cell, suffix of the results key): the pairs whose greedy search is timed
+SPEED_PAIRS = [("rnnt", "tdt", ""), ("pruned_hybrid", "pruned_tdt_hybrid", " (hybrid pruned heads)")]
+
+
+def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt") -> dict | None:
+    """Greedy search time (encoder excluded) of a TDT and an RNN-T cell of one family on
     test-seen, 1 thread, in two settings: batches of up to 120 s of audio (offline decoding),
     and one utterance at a time (B=1: what a streaming server does per stream). Batched label
     looping evaluates the joint until *every* utterance of the batch has found its next label,
@@ -203,7 +208,7 @@ def tdt_vs_rnnt(family: str, args) -> dict | None:
     from asr.decoding.transducer import greedy_search
     from asr.models import load
 
-    paths = {h: args.out / f"{family}_{h}" / "model.pt" for h in ("rnnt", "tdt")}
+    paths = {"rnnt": args.out / f"{family}_{rnnt_cell}" / "model.pt", "tdt": args.out / f"{family}_{tdt_cell}" / "model.pt"}
     if not all(p.is_file() for p in paths.values()):
         return None
     torch.set_num_threads(1)
@@ -307,9 +312,11 @@ def main() -> None:
                     cell["beam_lm"] = results["cells"][f"{family}_{head}"]["beam_lm"]
                 results["cells"][f"{family}_{head}"] = cell
                 res_path.write_text(json.dumps(results, indent=2))  # nothing lost on a crash
-            if args.force or not results["tdt_vs_rnnt"].get(family):
-                results["tdt_vs_rnnt"][family] = tdt_vs_rnnt(family, args)
-                res_path.write_text(json.dumps(results, indent=2))
+            for rnnt_cell, tdt_cell, suffix in SPEED_PAIRS:
+                key = family + suffix
+                if args.force or not results["tdt_vs_rnnt"].get(key):
+                    results["tdt_vs_rnnt"][key] = tdt_vs_rnnt(family, args, rnnt_cell, tdt_cell)
+                    res_path.write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(table(results))
     print(table(results))
 
