@@ -10,7 +10,7 @@ only imports torch and numba, and minus a "warm" process that also ran one tiny 
 (numba's LLVM runtime alone adds ~60 MB the first time any numba kernel runs); on CUDA torch.cuda.max_memory_allocated. The first step (JIT
 compilation, caches) is not timed; the time is the median of --repeats steps.
 
-Cases: materialized / fused / pruned for RNN-T (and materialized / fused for TDT), and, when
+Cases: materialized / fused / pruned for RNN-T and for TDT, and, when
 installed, warprnnt-numba (NeMo's numba kernels) and fast_rnnt (k2's full and pruned losses).
 """
 
@@ -35,6 +35,7 @@ CASES = [
     "pruned",
     "materialized_tdt",
     "fused_tdt",
+    "pruned_tdt",
     "warprnnt_numba",
     "fast_rnnt_full",
     "fast_rnnt_pruned",
@@ -89,13 +90,14 @@ def _step_fn(case: str, shape: tuple[int, ...], device: str):
         def step():
             return kernels.fused_transducer_loss(enc, pred, weight, bias, targets, enc_lens, tgt_lens,
                                                  durations=DURATIONS)
-    elif case == "pruned":
+    elif case in ("pruned", "pruned_tdt"):
         w_am, w_lm = param(V, H, scale=H**-0.5), param(V, H, scale=H**-0.5)
         params += [w_am, w_lm]
+        durations = DURATIONS if case == "pruned_tdt" else None
 
         def step():
             out = kernels.pruned_rnnt_loss(enc, pred, enc @ w_am.T, pred @ w_lm.T, targets, enc_lens, tgt_lens,
-                                           (weight, bias), s_range=S_RANGE)
+                                           (weight, bias), s_range=S_RANGE, durations=durations)
             return out.loss
     elif case == "warprnnt_numba":
         from warprnnt_numba import RNNTLossNumba
