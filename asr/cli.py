@@ -768,8 +768,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     if cfg.ctc_warmup_steps:
         head += f", CTC warm-up {cfg.ctc_warmup_steps} steps"
     print(f"head:        {head}")
-    if cfg.head in ("tdt", "pruned_tdt"):
-        print(f"durations:   {cfg.transducer.durations}")
+    if model.transducer is not None and model.transducer.durations is not None:  # tdt, pruned_tdt
+        print(f"durations:   {model.transducer.durations}")
     print(f"parameters:  {n / 1e6:.2f}M")
     print(f"vocabulary:  {cfg.vocab_size} tokens")
     if contexts:
