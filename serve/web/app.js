@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 const live = (window.live = {
   status: "idle", ready: false, done: false, finals: [], partial: "", errors: [],
   closeCode: null, closeReason: "", piecesSent: 0, sampleRate: null, deviceRate: null, ended: false,
+  droppedMs: null,  // microphone audio the browser itself dropped (its track stats; null: not reported)
 });
 const MODEL_RATE = 16000;  // the rate the page sends; the server resamples any other
 let ws = null, ctx = null, media = null, node = null, queue = [];
@@ -43,7 +44,7 @@ async function start() {
   $("partial").textContent = "";
   $("error").textContent = "";
   Object.assign(live, { ready: false, done: false, finals: [], partial: "", errors: [], closeCode: null,
-                        closeReason: "", piecesSent: 0, ended: false });
+                        closeReason: "", piecesSent: 0, ended: false, droppedMs: null });
   queue = [];
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     showError("No microphone access on this page: browsers allow it only over https, or from http://localhost / http://127.0.0.1.");
@@ -146,7 +147,8 @@ function onMessage(msg) {
     }
   } else if (msg.type === "done") {
     live.done = true;
-    setStatus(`done: ${msg.audio_seconds.toFixed(1)} s of audio, ${msg.segments} segment(s)`);
+    const dropped = live.droppedMs ? `; the browser dropped ${Math.round(live.droppedMs)} ms of microphone audio (a busy machine?)` : "";
+    setStatus(`done: ${msg.audio_seconds.toFixed(1)} s of audio, ${msg.segments} segment(s)${dropped}`);
   } else if (msg.type === "error") {
     showError("Server: " + msg.message);
   }
@@ -172,9 +174,17 @@ function stopCapture() {
   media = null; node = null; ctx = null;
 }
 
+function captureStats() {
+  // MediaStreamTrack audio stats (Chromium): frames the capture lost to glitches before the page saw them
+  const track = media && media.getAudioTracks()[0];
+  const s = track && track.stats;
+  if (s && typeof s.totalFramesDuration === "number") live.droppedMs = s.totalFramesDuration - s.deliveredFramesDuration;
+}
+
 function stop() {
   $("stop").disabled = true;
   setStatus("finishing ...");
+  captureStats();
   if (media) media.getTracks().forEach((t) => t.stop());
   if (node && live.ready) node.port.postMessage("flush");  // the last samples, then "end"
   else { stopCapture(); if (ws) ws.close(1000, "stopped before the server was ready"); }

@@ -106,7 +106,9 @@ def wait_for(cdp: DevTools, expression: str, timeout: float, what: str):
 def aligned_snr(received: np.ndarray, rate: int, x: np.ndarray) -> tuple[float, float, float]:
     """Where ``x`` (16 kHz) starts in ``received`` (seconds; negative: its start is missing),
     the gain, and the SNR (dB) of ``received`` (resampled to 16 kHz) against ``x`` where they
-    overlap. Located by a 2 s piece from the middle of ``x``."""
+    overlap. Located by a 2 s piece from the middle of ``x``, to the sample, then to a 40th of
+    a sample: the browser's capture starts at any fraction of a sample, and at half a sample
+    off, the fricatives alone bring an exact copy down to about 7 dB (a CI run did)."""
     from math import gcd
 
     from scipy.signal import correlate, resample_poly
@@ -119,10 +121,17 @@ def aligned_snr(received: np.ndarray, rate: int, x: np.ndarray) -> tuple[float, 
         return 0.0, 0.0, -100.0
     lag = int(np.argmax(np.abs(correlate(y, probe, mode="valid", method="fft")))) - mid
     a, b = max(0, -lag), min(len(x), len(y) - lag)
-    ref, seg = x[a:b], y[a + lag : b + lag]
-    gain = float(np.dot(seg, ref) / np.dot(ref, ref))
-    noise = float(np.sum((seg - gain * ref) ** 2)) + 1e-12
-    return lag / 16000, gain, 10 * np.log10(float(np.sum((gain * ref) ** 2)) / noise)
+    seg = y[a + lag : b + lag].astype(np.float64)
+    n = b - a + 2048  # zero padding: the FFT shift's wrap-around stays out of the overlap
+    spectrum, freqs = np.fft.rfft(x[a:b].astype(np.float64), n), np.fft.rfftfreq(n)
+    best = (-np.inf, 0.0, 0.0)
+    for d in np.linspace(-1, 1, 81):  # x delayed by d samples
+        ref = np.fft.irfft(spectrum * np.exp(-2j * np.pi * freqs * d), n)[: b - a]
+        gain = float(np.dot(seg, ref) / np.dot(ref, ref))
+        noise = float(np.sum((seg - gain * ref) ** 2)) + 1e-12
+        best = max(best, (10 * np.log10(float(np.sum((gain * ref) ** 2)) / noise), d, gain))
+    snr, d, gain = best
+    return (lag + d) / 16000, gain, snr
 
 
 WORKLET_RUN = """
@@ -248,8 +257,14 @@ def test_page_transcribes_the_microphone(live_model, tmp_path, monkeypatch):
     rate = rates.pop()
     audio = np.concatenate([a for _, a in received])
     assert len(audio) / rate == pytest.approx(live["piecesSent"] * 0.1, abs=0.11)
+    np.save(tmp_path / "received.npy", audio)  # for a look after a failure (pytest keeps the last runs' tmp_path)
     start, gain, snr = aligned_snr(audio, rate, x)
-    assert -0.02 < start < 0.3 and 0.9 < gain < 1.1 and snr > 10, (start, gain, snr)  # nothing lost, no distortion beyond sub-sample shifts
+    # nothing lost, no distortion: a 2 s piece locates the utterance, and all of it matches the
+    # file (26.4-27.0 dB in four runs here: what Chromium's resampling to its device rate and the
+    # page's back to 16 kHz leave); the browser reports what its capture dropped, if anything
+    report = str(dict(start=start, gain=gain, snr=float(snr), dropped_ms=live["droppedMs"]))
+    assert -0.02 < start < 0.3 and 0.9 < gain < 1.1 and snr > 20, report
+    assert live["droppedMs"] is not None, report
     tail = audio[int((start + len(x) / 16000 + 0.1) * rate):]
     assert len(tail) and np.abs(tail).max() < 0.01, "the file looped (or noise followed it)"
     # The page shows exactly what the runtime makes of that audio ...
