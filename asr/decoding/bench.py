@@ -4,7 +4,9 @@
 
 Random heads decode random encoder output; ``--blank-bias`` sets how often they emit a label
 (the printed labels/frame should look like a trained model's: about 0.2-0.5 for BPE at 40 ms
-frames). For a trained model call :func:`time_decoder` with its head and encoder output.
+frames). For a trained model call :func:`time_decoder` with its head and encoder output, and
+:func:`count_greedy_steps` for what its greedy search did (joint calls; a TDT's decisions by
+kind and duration: whether it skips frames at all).
 RTFx = audio seconds decoded per wall-clock second (decoding only, encoder excluded).
 """
 
@@ -20,7 +22,7 @@ from asr.heads.transducer import TransducerConfig, TransducerHead
 from .beam import modified_beam_search
 from .transducer import greedy_search
 
-__all__ = ["time_decoder"]
+__all__ = ["count_greedy_steps", "time_decoder"]
 
 
 def time_decoder(fn, head, enc, enc_lens, frame_shift_s: float, repeats: int = 3, **kw) -> dict:
@@ -41,6 +43,50 @@ def time_decoder(fn, head, enc, enc_lens, frame_shift_s: float, repeats: int = 3
         "rtfx": frames * frame_shift_s / best,
         "labels_per_frame": sum(len(h.tokens) for h in hyps) / max(1, frames),
     }
+
+
+def count_greedy_steps(head, enc, enc_lens, **kw) -> dict:
+    """What one :func:`greedy_search` of ``head`` over ``enc`` did: ``joint_calls`` (each over
+    the whole batch; what frame skipping saves) and, for a TDT head and one utterance
+    (``enc`` of batch 1), ``decisions``: its steps by kind and duration, e.g. ``{"label 1": 40,
+    "blank 2": 7}`` (a blank's duration 0 advances one frame and counts as 1; the call made
+    past the last frame is not a decision). Otherwise ``decisions`` is None."""
+    calls = 0
+    picks: list[tuple[bool, int]] = []
+    tdt = head.durations is not None and enc.shape[0] == 1
+    joint_forward = head.joint.forward
+
+    def counting(*a, **k):
+        nonlocal calls
+        calls += 1
+        out = joint_forward(*a, **k)
+        if tdt:
+            V = head.vocab_size
+            picks.append((int(out[0, :V].argmax()) == head.blank, head.durations[int(out[0, V:].argmax())]))
+        return out
+
+    head.joint.forward = counting
+    try:
+        greedy_search(head, enc, enc_lens, **kw)
+    finally:
+        del head.joint.forward
+    if not tdt:
+        return {"joint_calls": calls, "decisions": None}
+    # replay the search's frame pointer (transducer.greedy_search's rules) to drop the last look
+    max_symbols = kw.get("max_symbols", 10)
+    decisions: dict[str, int] = {}
+    t, T, count = 0, int(enc_lens[0]), 0
+    for is_blank, d in picks:
+        if t >= T:
+            break
+        step = max(d, 1) if is_blank else d
+        key = f"{'blank' if is_blank else 'label'} {step}"
+        decisions[key] = decisions.get(key, 0) + 1
+        t += step
+        count = 0 if (is_blank or d > 0) else count + 1
+        if count >= max_symbols:
+            t, count = t + 1, 0
+    return {"joint_calls": calls, "decisions": dict(sorted(decisions.items()))}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -170,26 +170,6 @@ def lm_cell(family: str, head: str, args) -> dict:
     }
 
 
-def _count_joint_calls(head, enc, lens) -> int:
-    """Joint network calls (each over the whole batch) of one greedy search."""
-    from asr.decoding.transducer import greedy_search
-
-    calls = 0
-    joint_forward = head.joint.forward
-
-    def counting(*a, **k):
-        nonlocal calls
-        calls += 1
-        return joint_forward(*a, **k)
-
-    head.joint.forward = counting
-    try:
-        greedy_search(head, enc, lens)
-    finally:
-        del head.joint.forward
-    return calls
-
-
 # (RNN-T cell, TDT cell, suffix of the results key): the pairs whose greedy search is timed
 SPEED_PAIRS = [("rnnt", "tdt", ""), ("pruned_hybrid", "pruned_tdt_hybrid", " (hybrid pruned heads)")]
 
@@ -204,7 +184,7 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
     from lhotse import CutSet
 
     from asr.data.dataset import ASRDataset, SamplerConfig, make_sampler
-    from asr.decoding.bench import time_decoder
+    from asr.decoding.bench import count_greedy_steps, time_decoder
     from asr.decoding.transducer import greedy_search
     from asr.models import load
 
@@ -227,16 +207,22 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
         out[head] = {}
         for setting, batches in (("batched", encoded), ("single", singles)):
             total = {"seconds": 0.0, "labels": 0, "frames": 0, "calls": 0}
+            hist: dict[str, int] = {}
             for enc, lens in batches:
                 r = time_decoder(greedy_search, model.transducer, enc, lens, model.frame_seconds)
                 total["seconds"] += r["seconds"]
                 total["frames"] += int(lens.sum())
                 total["labels"] += round(r["labels_per_frame"] * int(lens.sum()))
-                total["calls"] += _count_joint_calls(model.transducer, enc, lens)
+                steps = count_greedy_steps(model.transducer, enc, lens)
+                total["calls"] += steps["joint_calls"]
+                for k, n in (steps["decisions"] or {}).items():
+                    hist[k] = hist.get(k, 0) + n
             audio = total["frames"] * model.frame_seconds
             out[head][setting] = {"search_seconds": round(total["seconds"], 3), "search_rtfx": round(audio / total["seconds"], 1),
                                   "labels_per_frame": round(total["labels"] / max(1, total["frames"]), 3),
                                   "joint_calls": total["calls"]}
+            if hist and setting == "single":  # what the TDT's greedy search decided, by kind and duration
+                out[head][setting]["durations"] = dict(sorted(hist.items()))
     for setting in ("batched", "single"):
         out[f"speedup_{setting}"] = round(out["rnnt"][setting]["search_seconds"] / out["tdt"][setting]["search_seconds"], 2)
     return out
@@ -281,6 +267,9 @@ def table(results: dict) -> str:
                 lines.append(f"- {what}: RNN-T {rn['search_seconds']} s ({rn['joint_calls']} joint calls, "
                              f"{rn['labels_per_frame']} labels/frame), TDT {td['search_seconds']} s ({td['joint_calls']} "
                              f"joint calls): **{r[f'speedup_{setting}']}x**")
+                if "durations" in td:
+                    lines.append(f"  - the TDT's decisions by kind and duration: "
+                                 + ", ".join(f"{k}: {n}" for k, n in td["durations"].items()))
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from asr.decoding import (
     greedy_search,
     modified_beam_search,
 )
+from asr.decoding.bench import count_greedy_steps
 from asr.heads.transducer import TransducerConfig, TransducerHead
 
 ENC_DIM = 6
@@ -114,9 +115,10 @@ def ref_greedy_rnnt(head, enc_1, max_symbols):
     return Hypothesis(list(seq), frames, score)
 
 
-def ref_greedy_tdt(head, enc_1, max_symbols):
+def ref_greedy_tdt(head, enc_1, max_symbols, decisions=None):
     """A frame pointer t: blank moves by its duration (at least 1), a label by its duration;
-    after max_symbols labels on one frame, one frame on."""
+    after max_symbols labels on one frame, one frame on. ``decisions`` (a dict) counts the
+    steps as "blank 2", "label 0", ... (by the frames a blank moves)."""
     r = Ref(head, enc_1)
     seq, frames, score = (), [], 0.0
     t, n = 0, 0
@@ -125,6 +127,9 @@ def ref_greedy_tdt(head, enc_1, max_symbols):
         k, j = argmax(tok), argmax(dur)
         d = head.durations[j]
         score += tok[k] + dur[j]
+        if decisions is not None:
+            key = f"blank {max(d, 1)}" if k == head.blank else f"label {d}"
+            decisions[key] = decisions.get(key, 0) + 1
         if k == head.blank:
             t, n = t + max(d, 1), 0
             continue
@@ -453,6 +458,44 @@ def test_tdt_durations_without_zero(predictor):
     assert any(b - a > 1 for h in hyps for a, b in zip(h.frames, h.frames[1:]))
     chunked, _ = decode_chunked(greedy_search, head, enc, lens.tolist(), fixed_splits(lens.tolist(), 3))
     assert_same_hyps(chunked, hyps, tol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["varied", "blanks", "capped", "rnnt"])
+def test_count_greedy_steps(case):
+    """The benchmark's account of a greedy search: joint calls, and a TDT's decisions by kind
+    and duration equal to the reference search's (the look past the last frame left out)."""
+    if case == "rnnt":
+        head = make_head("rnnt", "lstm", seed=3)
+    elif case == "capped":  # labels of duration 0 until max_symbols forces the frame on
+        head = make_head("tdt", "stateless", seed=2, blank_bias=-30.0, dur_bias=[30, 0, 0, 0, 0])
+    elif case == "blanks":  # mostly blanks: searches end on one, then look past the last frame
+        head = make_head("tdt", "lstm", seed=6, blank_bias=3.0)
+    else:
+        head = make_head("tdt", "lstm", seed=5, blank_bias=2.0, dur_bias=[3.0, 0, 0, 0, 0])
+    kinds, looked_past = set(), 0
+    for (seed, T), cap in itertools.product(((1, 13), (2, 7), (3, 1), (4, 20)), (1, 3)):
+        enc = random_enc(1, T, seed)
+        lens = torch.tensor([T])
+        got = count_greedy_steps(head, enc, lens, max_symbols=cap)
+        hyps, _ = greedy_search(head, enc, lens, max_symbols=cap)
+        if case == "rnnt":  # one call per label and per blank (frames left below the cap)
+            frames = hyps[0].frames
+            calls = len(frames) + sum(frames.count(t) < cap for t in range(T))
+            assert got["decisions"] is None and calls <= got["joint_calls"] <= calls + 1, (got, calls)
+            continue
+        want = {}
+        ref = ref_greedy_tdt(head, enc[0], cap, want)
+        assert got["decisions"] == dict(sorted(want.items())), (got, want)
+        assert sum(n for k, n in want.items() if k.startswith("label")) == len(ref.tokens) == len(hyps[0].tokens)
+        assert sum(want.values()) <= got["joint_calls"] <= sum(want.values()) + 1
+        kinds |= set(want)
+        looked_past += got["joint_calls"] - sum(want.values())
+    if case == "varied":  # the random head moves by several durations, so the counts can differ
+        assert len(kinds) >= 3, kinds
+    if case == "blanks":
+        assert looked_past > 0
+    batched = count_greedy_steps(head, random_enc(2, 5, 4), torch.tensor([5, 3]))
+    assert batched["decisions"] is None and batched["joint_calls"] > 0
 
 
 def test_greedy_rejects_bad_lengths():
