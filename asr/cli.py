@@ -6,7 +6,7 @@
     asr transcribe  text (and timestamps) for audio files (--onnx DIR: the torch-free runtime)
     asr stream      live recognition from a microphone (--mic) or simulated from a file (ONNX runtime)
     asr serve       live recognition server: WebSocket + web page (ONNX runtime)
-    asr bench       benchmarks: runtime (serve.bench), server load (serve.loadtest)
+    asr bench       benchmarks: runtime (serve.bench), server load (serve.loadtest), search (asr.decoding.bench)
     asr tokenizer   train a sentencepiece tokenizer on cut manifests
     asr prepare-noise  MUSAN -> noise manifest for augmentation
     asr info        describe a model file
@@ -615,9 +615,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> None:
     """``asr bench runtime ...`` = ``python -m serve.bench ...``; ``asr bench serve ...`` =
-    ``python -m serve.loadtest ...`` (the options are passed on)."""
+    ``python -m serve.loadtest ...``; ``asr bench search ...`` = ``python -m asr.decoding.bench
+    ...`` (the options are passed on)."""
     if args.what == "runtime":
         from serve.bench import main as bench_main
+    elif args.what == "search":
+        from asr.decoding.bench import main as bench_main
     else:
         from serve.loadtest import main as bench_main
     bench_main(args.rest)
@@ -963,8 +966,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("bench", help="benchmarks: runtime speed, server load", description=(
         "asr bench runtime [OPTIONS]: the streaming runtime against sherpa-onnx (python -m serve.bench); "
         "asr bench serve --onnx DIR [OPTIONS]: many real-time clients against `asr serve` (python -m "
-        "serve.loadtest). `asr bench runtime --help` and `asr bench serve --help` list the options."))
-    sp.add_argument("what", choices=["runtime", "serve"], help="which benchmark")
+        "serve.loadtest); asr bench search [OPTIONS]: greedy and beam search speed of random heads, or "
+        "with --model M --cuts C what a trained transducer's greedy search does (python -m "
+        "asr.decoding.bench). `asr bench WHAT --help` lists the options."))
+    sp.add_argument("what", choices=["runtime", "serve", "search"], help="which benchmark")
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="its options")
     sp.set_defaults(func=cmd_bench)
 

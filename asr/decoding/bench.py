@@ -6,7 +6,10 @@ Random heads decode random encoder output; ``--blank-bias`` sets how often they 
 (the printed labels/frame should look like a trained model's: about 0.2-0.5 for BPE at 40 ms
 frames). For a trained model call :func:`time_decoder` with its head and encoder output, and
 :func:`count_greedy_steps` for what its greedy search did (joint calls; a TDT's decisions by
-kind and duration: whether it skips frames at all).
+kind and duration: whether it skips frames at all); from the shell:
+
+    python -m asr.decoding.bench --model exp/mini/conformer/model.pt --context 128,12 --cuts data/mini/manifests/cuts_test-seen.jsonl.gz
+
 RTFx = audio seconds decoded per wall-clock second (decoding only, encoder excluded).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,7 +26,7 @@ from asr.heads.transducer import TransducerConfig, TransducerHead
 from .beam import modified_beam_search
 from .transducer import greedy_search
 
-__all__ = ["count_greedy_steps", "time_decoder"]
+__all__ = ["count_greedy_steps", "count_model_steps", "time_decoder"]
 
 
 def time_decoder(fn, head, enc, enc_lens, frame_shift_s: float, repeats: int = 3, **kw) -> dict:
@@ -89,6 +93,49 @@ def count_greedy_steps(head, enc, enc_lens, **kw) -> dict:
     return {"joint_calls": calls, "decisions": dict(sorted(decisions.items()))}
 
 
+def count_model_steps(model_path: Path, manifests: list[Path], max_cuts: int | None = None,
+                      context: str | None = None, device: str = "cpu") -> dict:
+    """:func:`count_greedy_steps` of a trained transducer over cut manifests, one utterance at
+    a time (what a streaming server does per stream); printed and returned per manifest."""
+    from lhotse import CutSet
+
+    from asr.cli import _set_context
+    from asr.data.dataset import ASRDataset, SamplerConfig, make_sampler
+    from asr.models import load
+
+    model = load(model_path).to(device)
+    if model.transducer is None:
+        raise SystemExit(f"{model_path} has no transducer head (a {model.config.head} model): nothing to count")
+    setting = _set_context(model, context)
+    ds = ASRDataset(model.tokenizer, model.features, None)
+    print(f"{model_path}: {model.config.encoder} {model.config.head}{setting}; greedy search, one utterance at a time")
+    out = {}
+    for manifest in manifests:
+        cuts = CutSet.from_file(manifest)
+        if max_cuts:
+            cuts = cuts.subset(first=max_cuts)
+        total = {"utterances": 0, "frames": 0, "joint_calls": 0}
+        decisions: dict[str, int] = {}
+        for batch in make_sampler(cuts, SamplerConfig(max_duration=120), train=False):
+            b = ds[batch]
+            with torch.inference_mode():
+                enc, lens = model.encode(b["features"].to(device), b["feature_lens"].to(device))
+                for i in range(len(lens)):
+                    r = count_greedy_steps(model.transducer, enc[i : i + 1, : int(lens[i])], lens[i : i + 1])
+                    total["utterances"] += 1
+                    total["frames"] += int(lens[i])
+                    total["joint_calls"] += r["joint_calls"]
+                    for k, n in (r["decisions"] or {}).items():
+                        decisions[k] = decisions.get(k, 0) + n
+        total["decisions"] = dict(sorted(decisions.items())) if model.transducer.durations is not None else None
+        out[str(manifest)] = total
+        line = f"{manifest}: {total['utterances']} utterances, {total['frames']} frames, {total['joint_calls']} joint calls"
+        if total["decisions"] is not None:
+            line += "; decisions: " + ", ".join(f"{k}: {n}" for k, n in total["decisions"].items())
+        print(line)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -101,7 +148,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", type=Path, help="a trained transducer model: instead of timing random heads, count "
+                    "what its greedy search does on --cuts, one utterance at a time (joint calls; a TDT's "
+                    "decisions by kind and duration)")
+    ap.add_argument("--cuts", type=Path, nargs="+", help="lhotse cut manifests for --model")
+    ap.add_argument("--max-cuts", type=int, help="only the first N cuts of each manifest")
+    ap.add_argument("--context", help="LEFT,RIGHT attention context of a Conformer --model (default: the model's)")
     args = ap.parse_args(argv)
+    if args.model is not None:
+        if not args.cuts:
+            ap.error("--model needs --cuts")
+        return count_model_steps(args.model, args.cuts, args.max_cuts, args.context, args.device)
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device)

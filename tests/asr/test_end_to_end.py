@@ -84,6 +84,24 @@ def test_hybrid_tdt_trains_and_decodes_every_way(trained_tdt, trained, capsys):
     assert "decoding: beam (beam 4)" in capsys.readouterr().out
 
 
+def test_bench_search_counts_a_trained_models_steps(trained_tdt, trained, capsys):
+    """`asr bench search --model`: what the trained TDT's greedy search does on cut manifests;
+    a model without a transducer and a look-ahead for a non-Conformer are refused clearly."""
+    from asr.decoding.bench import count_model_steps
+
+    cuts = trained / "cuts_few.jsonl.gz"
+    main(["bench", "search", "--model", str(trained_tdt / "model.pt"), "--cuts", str(cuts)])
+    out = capsys.readouterr().out
+    assert "lstm tdt; greedy search, one utterance at a time" in out and "6 utterances" in out, out
+    r = count_model_steps(trained_tdt / "model.pt", [cuts], max_cuts=2)[str(cuts)]
+    assert r["utterances"] == 2 and sum(r["decisions"].values()) <= r["joint_calls"] <= sum(r["decisions"].values()) + 2
+    assert any(k.startswith("label") for k in r["decisions"]) and any(k.startswith("blank") for k in r["decisions"]), r
+    with pytest.raises(SystemExit, match="no transducer head"):
+        main(["bench", "search", "--model", str(trained / "model.pt"), "--cuts", str(cuts)])
+    with pytest.raises(SystemExit, match="--context applies to Conformer"):
+        main(["bench", "search", "--model", str(trained_tdt / "model.pt"), "--cuts", str(cuts), "--context", "8,2"])
+
+
 def test_lm_trains_and_fuses_through_the_cli(trained_tdt, trained, capsys):
     """`asr lm` writes an ARPA LM over the model's tokens; `asr decode --lm` fuses it into the
     transducer's beam search, the hybrid's CTC prefix search and chunk-wise streaming."""
