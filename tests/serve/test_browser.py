@@ -107,8 +107,9 @@ def aligned_snr(received: np.ndarray, rate: int, x: np.ndarray) -> tuple[float, 
     """Where ``x`` (16 kHz) starts in ``received`` (seconds; negative: its start is missing),
     the gain, and the SNR (dB) of ``received`` (resampled to 16 kHz) against ``x`` where they
     overlap. Located by a 2 s piece from the middle of ``x``, to the sample, then to a 40th of
-    a sample: the browser's capture starts at any fraction of a sample, and at half a sample
-    off, the fricatives alone bring an exact copy down to about 7 dB (a CI run did)."""
+    a sample: the browser's capture starts at any fraction of a sample, and aligned only to the
+    sample one capture read 27.0 dB, 16.3 dB shifted by a quarter sample and 10.5 dB by half
+    (the fricatives); a CI run read 7.5 dB that way and failed."""
     from math import gcd
 
     from scipy.signal import correlate, resample_poly
