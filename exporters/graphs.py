@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asr.encoders.base import mask_frames
+from asr.encoders.conformer import query_group
 
 __all__ = [
     "state_names",
@@ -214,7 +215,7 @@ def conformer_offline(enc, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
     :func:`offline_encoder`, whose attention windows are gathered rather than unfolded."""
     left, right = enc.context
     chunk = right + 1
-    group = chunk * max(1, -(-left // chunk))
+    group = query_group(left, chunk)
     x = enc.subsample(mask_frames(x, x_lens))
     y_lens = enc.output_lengths(x_lens)
     return enc._layers_whole(x, y_lens, group, left, chunk), y_lens

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from asr.encoders.conformer import query_group
+
 from .graphs import (
     DecoderGraph,
     JoinerGraph,
@@ -218,7 +220,7 @@ def _export_offline(model, path: Path, ctc: bool, meta: dict) -> Path:
     group = 1
     if enc.family == "conformer":
         left, right = enc.context
-        group = (right + 1) * max(1, -(-left // (right + 1)))
+        group = query_group(left, right + 1)
     # long enough that every length-dependent branch takes its general path while tracing
     frames = max(256, (2 * group + 1) * enc.subsampling + 3, 2 * 32 * enc.subsampling + 3)
     x, lens = _example(model, 2, frames)

@@ -374,14 +374,16 @@ def test_bench_runs_tiny():
         assert row[k] > 0
 
 
+@pytest.mark.parametrize("groups", [1, 2, 5])
 @pytest.mark.parametrize("left,right,length", [(6, 0, 23), (5, 1, 23), (4, 3, 9), (0, 2, 11), (13, 2, 40)])
-def test_conformer_grouped_mask_equals_dense_chunk_mask(left, right, length):
-    """The grouped (memory-linear) mask sees exactly the keys of the dense chunked mask."""
+def test_conformer_grouped_mask_equals_dense_chunk_mask(left, right, length, groups):
+    """The grouped (memory-linear) mask sees exactly the keys of the dense chunked mask, for
+    groups of one chunk, of a few chunks, and of about `left` frames."""
     from asr.encoders.conformer import ConformerEncoder
 
     chunk = right + 1
     t = 41
-    group = chunk * max(1, -(-left // chunk))
+    group = chunk * (max(1, -(-left // chunk)) if groups == 5 else groups)
     n = -(-t // group)
     lens = torch.tensor([length, t])
     m = ConformerEncoder._attention_mask(torch.zeros(2, dtype=torch.int64), lens, n, group, left, chunk)
@@ -395,6 +397,32 @@ def test_conformer_grouped_mask_equals_dense_chunk_mask(left, right, length):
     ref = (j >= start - left) & (j < start + chunk)
     for b in range(2):
         assert torch.equal(dense[b], ref & (j < lens[b]))
+
+
+def test_conformer_query_group_size():
+    """query_group: a multiple of the chunk near GROUP_FRAMES, never longer than the utterance
+    (rounded up to a chunk); the whole-utterance forward's outputs do not depend on it."""
+    from asr.encoders.base import mask_frames
+    from asr.encoders.conformer import GROUP_FRAMES, query_group
+
+    for left in (0, 4, 128):
+        for chunk in (1, 2, 3, 13, 14, 40):
+            g = query_group(left, chunk)
+            assert g % chunk == 0 and g >= GROUP_FRAMES and g - chunk < GROUP_FRAMES
+            for frames in (1, 5, 17, 300):
+                gf = query_group(left, chunk, frames)
+                assert gf % chunk == 0 and gf <= max(g, chunk) and gf < frames + chunk
+    enc = build_encoder("conformer", **TINY["conformer"]).eval()
+    torch.manual_seed(3)
+    x, lens = torch.randn(2, 150, 20), torch.tensor([150, 97])
+    left, right = enc.context
+    with torch.no_grad():
+        xs = enc.subsample(mask_frames(x, lens))
+        ys = enc.output_lengths(lens)
+        ref = enc._layers_whole(xs, ys, (right + 1) * 7, left, right + 1)
+        got, _ = enc(x, lens)
+    for b, n in enumerate(ys.tolist()):
+        torch.testing.assert_close(got[b, :n], ref[b, :n], atol=1e-5, rtol=1e-5)
 
 
 def test_lstm_recurrent_projection_streams_exactly():
