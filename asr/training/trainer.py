@@ -69,7 +69,7 @@ import torch
 from lhotse import CutSet
 from tqdm import tqdm
 
-from ..config import save_yaml
+from ..config import save_yaml, to_dict
 from ..data.dataset import ASRDataset, AugmentConfig, SamplerConfig, SeededCuts, batch_seed, make_loader, make_sampler
 from ..data.features import FeatureConfig
 from ..data.tokenizer import Tokenizer
@@ -78,7 +78,7 @@ from ..models import ASRModel, ModelConfig, read_checkpoint, save_atomic
 from .distributed import Dist
 from .schedules import lr_at
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "lr_at", "resolve_precision", "write_valid_table"]
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "init_weights", "lr_at", "resolve_precision", "write_valid_table"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,13 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    # Warm start: a model.pt or training checkpoint whose weights initialize this model before
+    # step 1 (a resumed run takes its own checkpoint instead). init_modules: name prefixes to
+    # take (e.g. [encoder.] when the tokenizer changes), each tensor of them must exist with the
+    # same shape; empty: every tensor whose name and shape match. The feature normalization
+    # (feat_mean, feat_std) always comes along: the encoder was trained on it.
+    init_from: str = ""
+    init_modules: list[str] = field(default_factory=list)
     max_epochs: int = 30
     max_steps: int = 0  # 0: no limit
     max_minutes: float = 0.0  # wall-clock budget for the training loop, validation included; 0: none
@@ -189,6 +196,42 @@ def feature_stats(cuts: CutSet, features: FeatureConfig, max_cuts: int = 300) ->
 
 
 @torch.no_grad()
+def init_weights(model: ASRModel, path: str, modules: list[str], features: FeatureConfig) -> list[str]:
+    """Copy weights from the model file or training checkpoint ``path`` into ``model`` (see
+    ``TrainConfig.init_from``). Returns the names copied; a clear error when the feature
+    settings differ, a requested module does not match, or nothing matches at all."""
+    ckpt = read_checkpoint(path)
+    if "state_dict" not in ckpt and isinstance(ckpt.get("model"), dict):
+        ckpt = ckpt["model"]  # a training checkpoint
+    src = ckpt.get("state_dict")
+    if not isinstance(src, dict):
+        raise ValueError(f"init_from {path}: not a model file or training checkpoint (no state_dict)")
+    theirs = ckpt.get("features")
+    ours = to_dict(features)
+    if isinstance(theirs, dict) and theirs != ours:
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ValueError(f"init_from {path}: its feature settings differ in {diff} "
+                         f"({ {k: theirs.get(k) for k in diff} } vs { {k: ours.get(k) for k in diff} })")
+    own = model.state_dict()
+    always = ("feat_mean", "feat_std")
+    wanted = [k for k in own if k in always or not modules or any(k.startswith(m) for m in modules)]
+    if modules:
+        bad = [k for k in wanted if k not in always and (k not in src or tuple(src[k].shape) != tuple(own[k].shape))]
+        if bad:
+            why = [f"{k} ({'missing' if k not in src else f'{tuple(src[k].shape)} vs {tuple(own[k].shape)}'})" for k in bad[:5]]
+            raise ValueError(f"init_from {path}: {len(bad)} tensor(s) of init_modules {modules} do not match this model: "
+                             + ", ".join(why) + (" ..." if len(bad) > 5 else ""))
+    take = [k for k in wanted if k in src and tuple(src[k].shape) == tuple(own[k].shape)]
+    if not [k for k in take if k not in always]:
+        raise ValueError(f"init_from {path}: no weight matches this model by name and shape")
+    skipped = [k for k in own if k not in take]
+    model.load_state_dict({k: src[k] for k in take}, strict=False)
+    n = sum(own[k].numel() for k in take)
+    log.info("init_from %s: %d tensors (%.2fM values) copied%s", path, len(take), n / 1e6,
+             f"; {len(skipped)} left as initialized: {', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''}" if skipped else "")
+    return take
+
+
 def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: bool = False, desc: str = "decode",
              decode=None, compute_loss: bool = True) -> dict:
     """Loss and WER over a loader. ``decode(x, lens) -> hypotheses`` defaults to greedy
@@ -299,6 +342,8 @@ class Trainer:
                 stats = torch.zeros(2, F, device=self.device)
             stats = self.dist.broadcast_tensor(stats)
             self.model.set_feature_stats(stats[0], stats[1])
+        if cfg.init_from:
+            init_weights(self.model, cfg.init_from, cfg.init_modules, cfg.features)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s encoder + %s head, %.2fM parameters; %s, %s, %d process(es)", cfg.model.encoder, cfg.model.head,
                  n_params / 1e6, self.device, self.precision, self.dist.world_size)

@@ -475,3 +475,54 @@ def test_valid_table_from_the_last_validation(tmp_path):
     assert validated_points(epochs, "test_wer") == ([9], [60.0])
     plot_curves(m, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------- warm start
+def test_init_from_copies_matching_weights_and_names_what_does_not_match(trained_ctc, tiny_data, tmp_path):
+    """init_from: the encoder of a trained CTC model seeds a transducer (its new head left as
+    initialized); a tensor of a different shape is skipped, or named in an error when its
+    module was asked for; other feature settings or an encoder of another size are errors."""
+    from asr.config import from_dict
+    from asr.training.trainer import Trainer
+
+    src_path = trained_ctc / "model.pt"
+    src = _ckpt_state(src_path)["state_dict"]
+    enc = {"encoder": "lstm", "encoder_config": {"preset": "small", "num_layers": 2, "hidden_size": 256, "proj_size": 128, "input_size": 128}}
+
+    def trainer(head: str, init: str, modules: list[str], model: dict = enc, features: dict | None = None) -> Trainer:
+        cfg = {"exp_dir": str(tmp_path / "exp"), "seed": 5, "init_from": init, "init_modules": modules,
+               "data": {"tokenizer": str(tiny_data / "lang_bpe48")}, "model": {**model, "head": head}}
+        if features:
+            cfg["features"] = features
+        t = Trainer(from_dict(TrainConfig, cfg), progress=False)
+        t.setup(None)
+        return t
+
+    fresh = trainer("rnnt", "", []).model.state_dict()
+    got = trainer("rnnt", str(src_path), ["encoder."]).model.state_dict()
+    enc_keys = [k for k in got if k.startswith("encoder.")]
+    assert enc_keys and all(torch.equal(got[k], src[k]) for k in enc_keys + ["feat_mean", "feat_std"])
+    assert not torch.equal(fresh["feat_std"], src["feat_std"])  # the source's normalization came along
+    head_keys = [k for k in got if k.startswith("transducer.")]
+    assert head_keys and all(torch.equal(got[k], fresh[k]) for k in head_keys)
+    assert not any(torch.equal(fresh[k], src[k]) for k in enc_keys if fresh[k].numel() > 1)
+
+    # a head of another vocabulary: skipped when every matching tensor is asked for, an error
+    # that names it when its module is
+    other = _ckpt_state(src_path)
+    other["state_dict"]["ctc.proj.weight"] = torch.zeros(7, other["state_dict"]["ctc.proj.weight"].shape[1])
+    other_path = tmp_path / "other_vocab.pt"
+    torch.save(other, other_path)
+    got = trainer("ctc", str(other_path), []).model.state_dict()
+    assert all(torch.equal(got[k], src[k]) for k in enc_keys)
+    assert torch.equal(got["ctc.proj.bias"], src["ctc.proj.bias"]) and not torch.equal(got["ctc.proj.weight"], src["ctc.proj.weight"])
+    with pytest.raises(ValueError, match=r"ctc\.proj\.weight \(\(7, "):
+        trainer("ctc", str(other_path), ["encoder.", "ctc."])
+
+    bigger = {**enc, "encoder_config": {**enc["encoder_config"], "hidden_size": 320}}
+    with pytest.raises(ValueError, match=r"init_modules \['encoder\.'\] do not match.*encoder\."):
+        trainer("ctc", str(src_path), ["encoder."], model=bigger)
+    with pytest.raises(ValueError, match=r"feature settings differ in \['num_mel_bins'\]"):
+        trainer("ctc", str(src_path), ["encoder."], features={"num_mel_bins": 64})
+    with pytest.raises(ValueError, match="no weight matches"):
+        trainer("rnnt", str(src_path), [], model={"encoder": "conformer", "encoder_config": {"d_model": 32, "num_layers": 1, "num_heads": 2}})
