@@ -44,6 +44,13 @@ Mixed precision. ``precision: auto`` trains in bf16 autocast on a GPU that suppo
 fp32 otherwise; ``fp16`` uses autocast with a GradScaler (saved in checkpoints). Training on
 the CPU is always fp32 (a bf16/fp16 request logs a warning).
 
+Warm start. ``init_from: model.pt`` copies a trained model's weights into the new one before
+the first step: every tensor that matches by name and shape, or only the modules named in
+``init_modules`` (e.g. ``[encoder.]`` to fine-tune on another vocabulary with fresh heads),
+each of which must then match. The feature normalization comes along; different feature
+settings are an error. ``init_freeze_steps: N`` keeps the copied weights fixed for the first N
+steps while the new heads learn on them. A resumed run loads its own checkpoint instead.
+
 At the end ``model.pt`` (weights averaged over the last ``average_last`` epoch checkpoints),
 ``metrics.jsonl``, TensorBoard events, ``curves.png`` (loss and WER) and ``valid_wer.md`` are in
 ``exp_dir``.
@@ -127,6 +134,10 @@ class TrainConfig:
     # (feat_mean, feat_std) always comes along: the encoder was trained on it.
     init_from: str = ""
     init_modules: list[str] = field(default_factory=list)
+    # The copied weights get no updates for the first N steps, while the new heads learn on
+    # them: a random head's first gradients otherwise wreck a trained encoder (a character
+    # Conformer fine-tuned on BPE collapsed onto the output prior within 50 steps).
+    init_freeze_steps: int = 0
     max_epochs: int = 30
     max_steps: int = 0  # 0: no limit
     max_minutes: float = 0.0  # wall-clock budget for the training loop, validation included; 0: none
@@ -342,8 +353,13 @@ class Trainer:
                 stats = torch.zeros(2, F, device=self.device)
             stats = self.dist.broadcast_tensor(stats)
             self.model.set_feature_stats(stats[0], stats[1])
+        self.frozen: list[torch.nn.Parameter] = []
         if cfg.init_from:
-            init_weights(self.model, cfg.init_from, cfg.init_modules, cfg.features)
+            taken = set(init_weights(self.model, cfg.init_from, cfg.init_modules, cfg.features))
+            if cfg.init_freeze_steps > 0:
+                self.frozen = [p for n, p in self.model.named_parameters() if n in taken]
+        elif cfg.init_freeze_steps > 0:
+            raise ValueError("init_freeze_steps needs init_from: it freezes the weights copied from there")
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s encoder + %s head, %.2fM parameters; %s, %s, %d process(es)", cfg.model.encoder, cfg.model.head,
                  n_params / 1e6, self.device, self.precision, self.dist.world_size)
@@ -385,6 +401,10 @@ class Trainer:
         Every rank takes the same branch.
         """
         net = self.ddp if self.ddp is not None else self.model
+        freeze = bool(self.frozen) and self.step < self.cfg.init_freeze_steps
+        if self.ddp is None:  # frozen weights need no gradient at all (a cheaper backward)
+            for p in self.frozen:
+                p.requires_grad_(not freeze)
         n = len(micro_batches)
         res = {"loss_sum": 0.0, "tokens": 0.0, "unalignable": 0, "frames": 0, "padded_frames": 0}
         extra: dict = {}
@@ -413,6 +433,9 @@ class Trainer:
             res["loss_sum"] += g_sum
             res["tokens"] += g_tokens
             extra = {k: v for k, v in out.items() if k.endswith("_loss") and isinstance(v, float)}
+        if freeze and self.ddp is not None:  # DDP reduces every registered gradient: drop the frozen ones after
+            for p in self.frozen:
+                p.grad = None
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.opt)
         max_norm = self.optim.grad_clip if self.optim.grad_clip > 0 else math.inf

@@ -188,14 +188,18 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
     from asr.decoding.transducer import greedy_search
     from asr.models import load
 
+    from asr.cli import _set_context
+
     paths = {"rnnt": args.out / f"{family}_{rnnt_cell}" / "model.pt", "tdt": args.out / f"{family}_{tdt_cell}" / "model.pt"}
     if not all(p.is_file() for p in paths.values()):
         return None
     torch.set_num_threads(1)
-    out = {}
+    out = {"context": args.search_context} if args.search_context else {}
     cuts = CutSet.from_file(args.data / "manifests" / "cuts_test-seen.jsonl.gz")
     for head, path in paths.items():
         model = load(path)
+        if args.search_context:
+            _set_context(model, args.search_context)  # the look-ahead both encoders run at
         ds = ASRDataset(model.tokenizer, model.features, None)
         encoded = []
         for batch_cuts in make_sampler(cuts, SamplerConfig(max_duration=120), train=False):
@@ -261,7 +265,8 @@ def table(results: dict) -> str:
     for fam, r in results.get("tdt_vs_rnnt", {}).items():
         if r and "speedup_single" in r:
             lines.append("")
-            lines.append(f"TDT vs RNN-T greedy search on {fam} encoder output (test-seen, 1 thread, search only):")
+            ctx = f", attention context {r['context']}" if r.get("context") else ""
+            lines.append(f"TDT vs RNN-T greedy search on {fam.split('@')[0]} encoder output (test-seen, 1 thread, search only{ctx}):")
             for setting, what in (("batched", "batches of up to 120 s"), ("single", "one utterance at a time")):
                 rn, td = r["rnnt"][setting], r["tdt"][setting]
                 lines.append(f"- {what}: RNN-T {rn['search_seconds']} s ({rn['joint_calls']} joint calls, "
@@ -284,6 +289,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="config overrides for every trained cell, after the head's (e.g. model.encoder_config.subsampling=2); "
                          "give such a variant its own --out")
+    ap.add_argument("--search-context", metavar="LEFT,RIGHT",
+                    help="time the TDT-vs-RNN-T greedy search on Conformer encoder output at this attention context "
+                         "(e.g. 128,12: 480 ms look-ahead at 4x) instead of the model's default; kept under its own key")
     ap.add_argument("--table", action="store_true", help="only rewrite results.md")
     ap.add_argument("--lm", action="store_true", help="also decode the cells by beam search with and without an n-gram LM")
     args = ap.parse_args()
@@ -301,8 +309,10 @@ def main() -> None:
                     cell["beam_lm"] = results["cells"][f"{family}_{head}"]["beam_lm"]
                 results["cells"][f"{family}_{head}"] = cell
                 res_path.write_text(json.dumps(results, indent=2))  # nothing lost on a crash
+            if args.search_context and family != "conformer":
+                continue  # only the Conformer has a look-ahead to choose
             for rnnt_cell, tdt_cell, suffix in SPEED_PAIRS:
-                key = family + suffix
+                key = family + suffix + (f"@{args.search_context}" if args.search_context else "")
                 if args.force or not results["tdt_vs_rnnt"].get(key):
                     results["tdt_vs_rnnt"][key] = tdt_vs_rnnt(family, args, rnnt_cell, tdt_cell)
                     res_path.write_text(json.dumps(results, indent=2))

@@ -526,3 +526,46 @@ def test_init_from_copies_matching_weights_and_names_what_does_not_match(trained
         trainer("ctc", str(src_path), ["encoder."], features={"num_mel_bins": 64})
     with pytest.raises(ValueError, match="no weight matches"):
         trainer("rnnt", str(src_path), [], model={"encoder": "conformer", "encoder_config": {"d_model": 32, "num_layers": 1, "num_heads": 2}})
+
+
+@pytest.mark.parametrize("ddp_path", [False, True])
+def test_init_freeze_steps_keep_the_copied_weights_fixed_then_release_them(trained_ctc, tiny_data, tmp_path, ddp_path):
+    """init_freeze_steps=2: the first two steps update only the new head, the third the copied
+    encoder too; on one process the frozen weights get no gradient at all, under DDP (every
+    registered gradient is reduced) theirs are dropped before the optimizer sees them."""
+    from lhotse import CutSet
+
+    from asr.config import from_dict
+    from asr.data.dataset import ASRDataset
+    from asr.training.trainer import Trainer
+
+    src = _ckpt_state(trained_ctc / "model.pt")["state_dict"]
+    model = {"encoder": "lstm", "head": "rnnt",
+             "encoder_config": {"preset": "small", "num_layers": 2, "hidden_size": 256, "proj_size": 128, "input_size": 128}}
+    cfg = {"exp_dir": str(tmp_path / "exp"), "seed": 5, "init_from": str(trained_ctc / "model.pt"), "init_modules": ["encoder."],
+           "init_freeze_steps": 2, "data": {"tokenizer": str(tiny_data / "lang_bpe48")}, "model": model,
+           "optim": {"lr": 1e-3, "warmup_steps": 1, "schedule": "constant"}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = Trainer(from_dict(TrainConfig, cfg), progress=False)
+        t.setup(None)
+        if ddp_path:
+            t.ddp = t.model  # the same forward; takes the trainer's DDP branch (no real process group)
+        cuts = CutSet.from_file(tiny_data / "manifests/cuts_train.jsonl.gz").subset(first=2)
+        batch = ASRDataset(t.tokenizer, t.cfg.features, None)[cuts]
+        enc = [k for k in src if k.startswith("encoder.")]
+        head0 = {k: v.clone() for k, v in t.model.state_dict().items() if k.startswith("transducer.")}
+        for step in (1, 2, 3):
+            res = t.train_step([batch], epoch=1)
+            assert "skipped" not in res and t.step == step
+            now = t.model.state_dict()
+            assert all(torch.equal(now[k], src[k]) for k in enc) == (step <= 2), step
+            assert not all(torch.equal(now[k], head0[k]) for k in head0)
+            if step <= 2 and not ddp_path:
+                assert all(p.grad is None and not p.requires_grad for p in t.frozen)
+        assert t.frozen and all(p.requires_grad for p in t.frozen)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="init_freeze_steps needs init_from"):
+        Trainer(from_dict(TrainConfig, {**cfg, "init_from": ""}), progress=False).setup(None)
