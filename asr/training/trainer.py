@@ -206,7 +206,6 @@ def feature_stats(cuts: CutSet, features: FeatureConfig, max_cuts: int = 300) ->
     return mean.float(), std.float()
 
 
-@torch.no_grad()
 def init_weights(model: ASRModel, path: str, modules: list[str], features: FeatureConfig) -> list[str]:
     """Copy weights from the model file or training checkpoint ``path`` into ``model`` (see
     ``TrainConfig.init_from``). Returns the names copied; a clear error when the feature
@@ -243,6 +242,7 @@ def init_weights(model: ASRModel, path: str, modules: list[str], features: Featu
     return take
 
 
+@torch.no_grad()
 def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: bool = False, desc: str = "decode",
              decode=None, compute_loss: bool = True) -> dict:
     """Loss and WER over a loader. ``decode(x, lens) -> hypotheses`` defaults to greedy

@@ -183,12 +183,11 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
     import torch
     from lhotse import CutSet
 
+    from asr.cli import _set_context
     from asr.data.dataset import ASRDataset, SamplerConfig, make_sampler
     from asr.decoding.bench import count_greedy_steps, time_decoder
     from asr.decoding.transducer import greedy_search
     from asr.models import load
-
-    from asr.cli import _set_context
 
     paths = {"rnnt": args.out / f"{family}_{rnnt_cell}" / "model.pt", "tdt": args.out / f"{family}_{tdt_cell}" / "model.pt"}
     if not all(p.is_file() for p in paths.values()):
