@@ -99,9 +99,11 @@ class StatePacker:
         if not states:
             raise ValueError("nothing to pack")
         n = states[0].shape[self.axes[0]]
-        parts = [s.movedim(a, 0).reshape(n, -1) for s, a in zip(states, self.axes)]
+        # explicit sizes, and empty states (a zero left context's attention cache) left out: a
+        # reshape to -1 over zero elements is what torch's ONNX shape inference once crashed on
+        parts = [s.movedim(a, 0).reshape(n, size) for s, a, size in zip(states, self.axes, self.sizes) if size]
         if self.width > sum(self.sizes):
-            parts.append(torch.zeros_like(parts[0][:, :1]))
+            parts.append(states[0].new_zeros((n, 1)))  # nothing to carry: one unused column
         return torch.cat(parts, dim=1)
 
     def unpack(self, packed: Tensor) -> list[Tensor]:
@@ -109,7 +111,7 @@ class StatePacker:
         out, pos = [], 0
         for shape, axis, size in zip(self.shapes, self.axes, self.sizes):
             rest = [d for i, d in enumerate(shape) if i != axis]
-            t = packed[:, pos : pos + size].reshape([n] + rest)
+            t = packed[:, pos : pos + size].reshape([n] + rest) if size else packed.new_zeros([n] + rest)
             out.append(t.movedim(0, axis))
             pos += size
         return out

@@ -336,3 +336,26 @@ def test_cli_export(tmp_path, capsys):
         main(["export", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="causal"):
         main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "y"), "--lookahead", "80"])
+
+
+def test_state_packer_round_trip_with_empty_states():
+    """StatePacker: states of any layout (batch on its own axis) pack into (N, S) and back;
+    an empty state (a zero left context's attention cache) takes no columns and comes back
+    empty; with nothing to carry the packed state is one unused column."""
+    from exporters.graphs import StatePacker
+
+    torch.manual_seed(0)
+    shapes, axes = [(2, 0, 1, 4), (1, 3), (2, 1, 5)], [2, 0, 1]
+    packer = StatePacker(shapes, axes)
+    assert packer.width == 3 + 10
+    states = [torch.randn(2, 0, 3, 4), torch.randn(3, 3), torch.randn(2, 3, 5)]
+    packed = packer.pack(states)
+    assert packed.shape == (3, 13)
+    back = packer.unpack(packed)
+    for a, b in zip(states, back):
+        assert a.shape == b.shape and torch.equal(a, b)
+    empty = StatePacker([(1, 0, 4)], [0])
+    assert empty.width == 1
+    packed = empty.pack([torch.randn(2, 0, 4)])
+    assert packed.shape == (2, 1) and not packed.any()
+    assert empty.unpack(packed)[0].shape == (2, 0, 4)

@@ -158,6 +158,16 @@ def test_sherpa_ctc_model_and_lookahead(tmp_path):
     export(model, tmp_path / "conformer", lookahead_ms=160)  # context [0, 2]: no attention cache
     model.encoder.set_context(0, 2)
     _check(model, tmp_path / "conformer", "transducer")
+    _check(model, tmp_path / "conformer", "ctc")  # its packed state holds an empty attention cache
+    # no reshape of an empty tensor in the packed graph (torch's ONNX shape inference crashed on one)
+    import onnx
+
+    for path in (tmp_path / "conformer" / "sherpa-onnx").rglob("*ctc*.onnx"):
+        m = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+        dims = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+                for v in [*m.graph.value_info, *m.graph.input]}
+        empty = [n.name for n in m.graph.node if n.op_type == "Reshape" and 0 in dims.get(n.input[0], [])]
+        assert not empty, (path.name, empty)
 
 
 def test_sherpa_int8_files_load(tmp_path):
