@@ -963,7 +963,7 @@ def build_parser() -> argparse.ArgumentParser:
     _endpoint_args(sp, "one segment per connection")
     sp.set_defaults(func=cmd_serve)
 
-    sp = sub.add_parser("bench", help="benchmarks: runtime speed, server load", description=(
+    sp = sub.add_parser("bench", help="benchmarks: runtime speed, server load, search", description=(
         "asr bench runtime [OPTIONS]: the streaming runtime against sherpa-onnx (python -m serve.bench); "
         "asr bench serve --onnx DIR [OPTIONS]: many real-time clients against `asr serve` (python -m "
         "serve.loadtest); asr bench search [OPTIONS]: greedy and beam search speed of random heads, or "
