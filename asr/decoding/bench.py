@@ -53,8 +53,9 @@ def count_greedy_steps(head, enc, enc_lens, **kw) -> dict:
     """What one :func:`greedy_search` of ``head`` over ``enc`` did: ``joint_calls`` (each over
     the whole batch; what frame skipping saves) and, for a TDT head and one utterance
     (``enc`` of batch 1), ``decisions``: its steps by kind and duration, e.g. ``{"label 1": 40,
-    "blank 2": 7}`` (a blank's duration 0 advances one frame and counts as 1; the call made
-    past the last frame is not a decision). Otherwise ``decisions`` is None."""
+    "blank 2": 7}`` (a blank's duration 0 advances one frame and counts as 1). Otherwise
+    ``decisions`` is None. A batch may call the joint once more per utterance, past its last
+    frame (label looping evaluates the whole batch); one utterance never does."""
     calls = 0
     picks: list[tuple[bool, int]] = []
     tdt = head.durations is not None and enc.shape[0] == 1
@@ -76,20 +77,10 @@ def count_greedy_steps(head, enc, enc_lens, **kw) -> dict:
         del head.joint.forward
     if not tdt:
         return {"joint_calls": calls, "decisions": None}
-    # replay the search's frame pointer (transducer.greedy_search's rules) to drop the last look
-    max_symbols = kw.get("max_symbols", 10)
-    decisions: dict[str, int] = {}
-    t, T, count = 0, int(enc_lens[0]), 0
+    decisions: dict[str, int] = {}  # one utterance: greedy_search's scalar path makes one call per decision
     for is_blank, d in picks:
-        if t >= T:
-            break
-        step = max(d, 1) if is_blank else d
-        key = f"{'blank' if is_blank else 'label'} {step}"
+        key = f"blank {max(d, 1)}" if is_blank else f"label {d}"
         decisions[key] = decisions.get(key, 0) + 1
-        t += step
-        count = 0 if (is_blank or d > 0) else count + 1
-        if count >= max_symbols:
-            t, count = t + 1, 0
     return {"joint_calls": calls, "decisions": dict(sorted(decisions.items()))}
 
 

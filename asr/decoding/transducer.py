@@ -18,6 +18,10 @@ least one utterance on by a frame and each pass of step 3 emits at least one lab
 prediction network runs (max labels of an utterance + 1) times, the joint at most (frames of
 all utterances + that) times; a TDT blank skipping d frames saves d - 1 joint evaluations.
 
+A batch of one (a streaming server's per-stream call) takes a scalar path with the same
+decisions, scores and state: the frame pointer and symbol count are Python ints, so a blank
+costs one joint call and an argmax instead of a dozen masking ops around it.
+
 Streaming: :class:`DecoderState` holds everything needed to continue on the next chunk of
 encoder frames of the same batch. Decoding an encoder output chunk by chunk, passing the
 returned state back in, gives the tokens and frames of one call on the whole output, whatever
@@ -36,6 +40,8 @@ from torch import Tensor
 from .ctc import Hypothesis
 
 __all__ = ["DecoderState", "greedy_search"]
+
+NUMPY_ARGMAX = True  # one-stream search: argmax through numpy for CPU float32/64 logits (else torch)
 
 
 @dataclass
@@ -173,6 +179,8 @@ def greedy_search(
     with torch.inference_mode():
         lens, state = begin_chunk(enc, enc_lens, state, lambda B: _initial_state(head, B, enc.device))
         B, T = enc.shape[:2]
+        if B == 1:  # one stream (what a streaming server decodes per connection): scalar control flow
+            return _greedy_one(head, enc, int(lens[0]), state, max_symbols)
         device = enc.device
         pred = head.predictor
         blank, V = head.blank, head.vocab_size
@@ -242,4 +250,80 @@ def greedy_search(
             frames_done=state.frames_done + lens,
             skip=t - lens,
         )
+    return hyps, new
+
+
+def _greedy_one(head, enc: Tensor, T: int, state: DecoderState, max_symbols: int) -> tuple[list[Hypothesis], DecoderState]:
+    """:func:`greedy_search` for a batch of one: the same decisions, scores and state, with the
+    frame pointer and the symbol count as Python ints. The batched loop's masks (``where``,
+    ``any``) cost more than the joint itself at B=1; here a step is one joint call and an argmax
+    per output group (tokens; durations), read on the host. Decisions are the argmax of the
+    logits (that of their log-softmax); the chosen symbols' log-probs are computed once at the
+    end, over all the steps' logits at once, and added in step order as the batched loop adds
+    them. A label's prediction step goes through ``head.step_one`` when the head has it
+    (memoized)."""
+    pred = head.predictor
+    blank, V = head.blank, head.vocab_size
+    durs = head.durations
+    step_one = getattr(head, "step_one", None)
+    joint = head.joint.forward
+    enc_p = head.joint.project_enc(enc)[0]  # (T', J), T' >= T: the batched loop's product, bit for bit
+    pstate, pred_p = state.pred_state, state.pred_out
+    base = int(state.frames_done[0])
+    t, count = int(state.skip[0]), 0
+    toks: list[int] = []
+    frames: list[int] = []
+    rows: list[Tensor] = []  # every step's logits (1, V [+ D])
+    picks: list[tuple[int, int]] = []  # every step's (token, duration index)
+    # the argmax on the host through numpy where the logits live there: a third of torch's
+    # per-call cost at this size (both return the first of equal maxima)
+    on_host = NUMPY_ARGMAX and enc_p.device.type == "cpu" and enc_p.dtype in (torch.float32, torch.float64)
+    while t < T:
+        logits = joint(enc_p[t : t + 1], pred_p)
+        rows.append(logits)
+        row = logits.numpy()[0] if on_host else logits[0]
+        tok = int(row[:V].argmax())
+        if durs is not None:
+            di = int(row[V:].argmax())
+            d = durs[di]
+            picks.append((tok, di))
+        else:
+            picks.append((tok, 0))
+        if tok == blank:
+            t += max(d, 1) if durs is not None else 1
+            count = 0
+            continue
+        toks.append(tok)
+        frames.append(base + t)
+        if step_one is not None:
+            pred_p, pstate = step_one(tok, pstate)
+        else:
+            out, pstate = pred.step(torch.tensor([tok], device=enc.device), pstate)
+            pred_p = head.joint.project_pred(out)
+        if durs is not None:
+            t += d
+            count = count + 1 if d == 0 else 0
+        else:
+            count += 1
+        if count >= max_symbols:
+            t, count = t + 1, 0
+    score = float(state.scores[0])
+    if rows:
+        logits = torch.cat(rows)
+        idx = torch.tensor(picks, device=enc.device)
+        lp = logits[:, :V].log_softmax(-1).gather(1, idx[:, :1])[:, 0].double()
+        if durs is not None:
+            lp = lp + logits[:, V:].log_softmax(-1).gather(1, idx[:, 1:])[:, 0].double()
+        for v in lp.tolist():
+            score += v
+    h = state.hyps[0]
+    hyps = [Hypothesis(h.tokens + toks, h.frames + frames, score)]
+    new = DecoderState(
+        pred_state=pstate,
+        pred_out=pred_p,
+        scores=torch.tensor([score], dtype=torch.float64, device=enc.device),
+        hyps=hyps,
+        frames_done=state.frames_done + T,
+        skip=torch.tensor([t - T], dtype=torch.long, device=enc.device),
+    )
     return hyps, new

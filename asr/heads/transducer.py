@@ -17,7 +17,9 @@ The interface the decoders use (``asr.decoding.transducer``):
 - ``head.predictor.select_state(state, index (N,)) -> state`` and ``merge_state(state_a,
   state_b, take_b (B,) bool) -> state`` for batched search;
 - ``head.joint.project_pred(out) -> (..., J)`` and ``head.joint(enc_p, pred_p) -> logits``
-  with enc_p, pred_p broadcastable (..., J).
+  with enc_p, pred_p broadcastable (..., J);
+- optional, for one stream: ``head.step_one(token, state) -> (pred_p (1, J), new_state)``, the
+  two calls above in one, memoized by context for the stateless predictor.
 
 Prediction starts from the blank token (blank doubles as start-of-sequence, as in NeMo and
 icefall).
@@ -52,7 +54,8 @@ class TransducerConfig:
     activation: Literal["tanh", "relu"] = "tanh"
     # TDT (kind="tdt" or "pruned_tdt"): duration set, logit under-normalization sigma, and omega, the
     # probability per step of training on the plain RNN-T loss instead (the TDT paper; NeMo's
-    # defaults are [0, 1, 2, 3, 4], 0.02 and 0.1).
+    # defaults are [0, 1, 2, 3, 4], 0.02 and 0.1). sigma charges every step of an alignment: on
+    # sparse units (BPE) 0.05 is what taught the mini Conformer blank jumps (0.02 did not; README).
     durations: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     sigma: float = 0.02
     omega: float = 0.1
@@ -96,6 +99,13 @@ class LSTMPredictor(nn.Module):
     def merge_state(old: list[Tensor], new: list[Tensor], take_new: Tensor) -> list[Tensor]:
         m = take_new.view(1, -1, 1)
         return [torch.where(m, n, o) for o, n in zip(old, new)]
+
+
+def weights_key(*tensors: Tensor) -> tuple:
+    """Changes whenever one of ``tensors`` is replaced or written in place (an optimizer step,
+    ``load_state_dict``): what a cache computed from them is keyed by."""
+    version = (lambda t: -1 if t.is_inference() else t._version)  # inference tensors have no counter
+    return tuple((t.data_ptr(), version(t), t.device, t.dtype) for t in tensors if t is not None)
 
 
 class StatelessPredictor(nn.Module):
@@ -152,8 +162,7 @@ class StatelessPredictor(nn.Module):
         if self.conv is None:
             return emb[None]
         w = self.conv.weight  # (P, P / groups, C)
-        version = (lambda t: -1 if t.is_inference() else t._version)  # inference tensors have no counter
-        key = (emb.data_ptr(), version(emb), w.data_ptr(), version(w), emb.device, emb.dtype)
+        key = weights_key(emb, w)
         cached = getattr(self, "_tables", None)
         if cached is None or cached[0] != key:
             P, gs, C = w.shape
@@ -225,6 +234,32 @@ class TransducerHead(nn.Module):
             # the "simple" joint: am[t] + lm[u] -> V (k2's linear joint over the full lattice)
             self.simple_am = nn.Linear(enc_dim, vocab_size)
             self.simple_lm = nn.Linear(self.predictor.output_dim, vocab_size)
+
+    STEP_MEMO_SIZE = 1 << 16  # entries of (1, J) floats: 64 MiB at J=256 when full
+
+    def step_one(self, token: int, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """Decoding one stream: the projected prediction output (1, J) and the new state after
+        ``token``, i.e. ``joint.project_pred(predictor.step(tensor([token]), state)[0])``.
+        The stateless predictor's output depends only on its last ``context_size`` tokens, so
+        those results are memoized by context (a label step becomes a dictionary lookup once
+        its context was seen, in any utterance); the memo empties itself when the weights
+        change or it is full. The LSTM predictor, whose state is the whole history, is just
+        stepped."""
+        pred = self.predictor
+        if not isinstance(pred, StatelessPredictor) or torch.is_grad_enabled():
+            out, new = pred.step(torch.tensor([token], device=state[0].device), state)
+            return self.joint.project_pred(out), new
+        p = self.joint.pred_proj
+        wkey = weights_key(pred.embed.weight, *(() if pred.conv is None else (pred.conv.weight,)), p.weight, p.bias)
+        memo = self.__dict__.get("_step_memo")
+        if memo is None or memo[0] != wkey or len(memo[1]) >= self.STEP_MEMO_SIZE:
+            memo = self.__dict__["_step_memo"] = (wkey, {})
+        key = (*state[0][0].tolist(), token)
+        hit = memo[1].get(key)
+        if hit is None:
+            out, new = pred.step(torch.tensor([token], device=state[0].device), state)
+            hit = memo[1][key] = (self.joint.project_pred(out), new)
+        return hit
 
     def loss(self, enc: Tensor, enc_lens: Tensor, targets: list[list[int]]) -> tuple[Tensor, Tensor]:
         """Per-utterance losses (B,) in nats and a (B,) bool mask of utterances that cannot
