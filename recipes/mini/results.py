@@ -112,7 +112,7 @@ def run_cell(family: str, head: str, args) -> dict:
     cell = {"family": family, "head": head, "meta": ckpt.get("meta", {}), "overrides": args.set,
             "params_M": round(sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.startswith("feat_")) / 1e6, 2)}
     cell["greedy"] = decode(model, args.data, exp / "decode_greedy")
-    if head in HYBRIDS:
+    if head in HYBRIDS and any(k.startswith("ctc.") for k in ckpt["state_dict"]):  # --set model.ctc_weight=0 drops it
         cell["ctc_head"] = decode(model, args.data, exp / "decode_ctc", "--use-ctc")
     contexts = subprocess.run([sys.executable, "-m", "asr.cli", "info", str(model), "--contexts"], cwd=ROOT,
                               capture_output=True, text=True, check=True).stdout.split()
@@ -189,11 +189,14 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
     from asr.decoding.transducer import greedy_search
     from asr.models import load
 
-    paths = {"rnnt": args.out / f"{family}_{rnnt_cell}" / "model.pt", "tdt": args.out / f"{family}_{tdt_cell}" / "model.pt"}
+    paths = {"rnnt": (args.rnnt_from or args.out) / f"{family}_{rnnt_cell}" / "model.pt",
+             "tdt": args.out / f"{family}_{tdt_cell}" / "model.pt"}
     if not all(p.is_file() for p in paths.values()):
         return None
     torch.set_num_threads(1)
     out = {"context": args.search_context} if args.search_context else {}
+    if args.rnnt_from:
+        out["rnnt_model"] = str(paths["rnnt"])
     cuts = CutSet.from_file(args.data / "manifests" / "cuts_test-seen.jsonl.gz")
     for head, path in paths.items():
         model = load(path)
@@ -265,6 +268,7 @@ def table(results: dict) -> str:
         if r and "speedup_single" in r:
             lines.append("")
             ctx = f", attention context {r['context']}" if r.get("context") else ""
+            ctx += f", the RNN-T: {r['rnnt_model']}" if r.get("rnnt_model") else ""
             lines.append(f"TDT vs RNN-T greedy search on {fam.split('@')[0]} encoder output (test-seen, 1 thread, search only{ctx}):")
             for setting, what in (("batched", "batches of up to 120 s"), ("single", "one utterance at a time")):
                 rn, td = r["rnnt"][setting], r["tdt"][setting]
@@ -291,6 +295,9 @@ def main() -> None:
     ap.add_argument("--search-context", metavar="LEFT,RIGHT",
                     help="time the TDT-vs-RNN-T greedy search on Conformer encoder output at this attention context "
                          "(e.g. 128,12: 480 ms look-ahead at 4x) instead of the model's default; kept under its own key")
+    ap.add_argument("--rnnt-from", type=Path, metavar="DIR",
+                    help="time the TDT cells against the RNN-T cells of this results dir instead of --out's (for a "
+                         "variant whose --set changes only the TDT, e.g. model.transducer.sigma)")
     ap.add_argument("--table", action="store_true", help="only rewrite results.md")
     ap.add_argument("--lm", action="store_true", help="also decode the cells by beam search with and without an n-gram LM")
     args = ap.parse_args()
