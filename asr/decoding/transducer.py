@@ -260,12 +260,12 @@ def _greedy_one(head, enc: Tensor, T: int, state: DecoderState, max_symbols: int
     per output group (tokens; durations), read on the host. Decisions are the argmax of the
     logits (that of their log-softmax); the chosen symbols' log-probs are computed once at the
     end, over all the steps' logits at once, and added in step order as the batched loop adds
-    them. A label's prediction step goes through ``head.step_one`` when the head has it
+    them. A label's prediction step goes through ``head.stepper()`` when the head has one
     (memoized)."""
     pred = head.predictor
     blank, V = head.blank, head.vocab_size
     durs = head.durations
-    step_one = getattr(head, "step_one", None)
+    step_one = head.stepper() if hasattr(head, "stepper") else None
     joint = head.joint.forward
     enc_p = head.joint.project_enc(enc)[0]  # (T', J), T' >= T: the batched loop's product, bit for bit
     pstate, pred_p = state.pred_state, state.pred_out

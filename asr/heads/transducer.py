@@ -18,8 +18,8 @@ The interface the decoders use (``asr.decoding.transducer``):
   state_b, take_b (B,) bool) -> state`` for batched search;
 - ``head.joint.project_pred(out) -> (..., J)`` and ``head.joint(enc_p, pred_p) -> logits``
   with enc_p, pred_p broadcastable (..., J);
-- optional, for one stream: ``head.step_one(token, state) -> (pred_p (1, J), new_state)``, the
-  two calls above in one, memoized by context for the stateless predictor.
+- optional, for one stream: ``head.stepper()`` -> ``step(token, state) -> (pred_p (1, J),
+  new_state)``, the two calls above in one, memoized by context for the stateless predictor.
 
 Prediction starts from the blank token (blank doubles as start-of-sequence, as in NeMo and
 icefall).
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -237,29 +237,38 @@ class TransducerHead(nn.Module):
 
     STEP_MEMO_SIZE = 1 << 16  # entries of (1, J) floats: 64 MiB at J=256 when full
 
-    def step_one(self, token: int, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """Decoding one stream: the projected prediction output (1, J) and the new state after
-        ``token``, i.e. ``joint.project_pred(predictor.step(tensor([token]), state)[0])``.
+    def stepper(self) -> Callable[[int, list[Tensor]], tuple[Tensor, list[Tensor]]]:
+        """For decoding one stream: ``step(token, state) -> (pred_p (1, J), new_state)``, i.e.
+        ``joint.project_pred(predictor.step(tensor([token]), state)[0])`` and the new state.
         The stateless predictor's output depends only on its last ``context_size`` tokens, so
-        those results are memoized by context (a label step becomes a dictionary lookup once
-        its context was seen, in any utterance); the memo empties itself when the weights
-        change or it is full. The LSTM predictor, whose state is the whole history, is just
-        stepped."""
-        pred = self.predictor
+        its results are memoized by context (a label step becomes a dictionary lookup once its
+        context was seen, in any utterance). The memo is checked against the weights here, once
+        per search call (emptied when they have changed since), and empties itself when full.
+        The LSTM predictor, whose state is the whole history, is just stepped."""
+        pred, project = self.predictor, self.joint.project_pred
         if not isinstance(pred, StatelessPredictor) or torch.is_grad_enabled():
-            out, new = pred.step(torch.tensor([token], device=state[0].device), state)
-            return self.joint.project_pred(out), new
+            def step(token: int, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+                out, new = pred.step(torch.tensor([token], device=state[0].device), state)
+                return project(out), new
+            return step
         p = self.joint.pred_proj
-        wkey = weights_key(pred.embed.weight, *(() if pred.conv is None else (pred.conv.weight,)), p.weight, p.bias)
+        wkey = weights_key(pred.embed.weight, None if pred.conv is None else pred.conv.weight, p.weight, p.bias)
         memo = self.__dict__.get("_step_memo")
-        if memo is None or memo[0] != wkey or len(memo[1]) >= self.STEP_MEMO_SIZE:
+        if memo is None or memo[0] != wkey:
             memo = self.__dict__["_step_memo"] = (wkey, {})
-        key = (*state[0][0].tolist(), token)
-        hit = memo[1].get(key)
-        if hit is None:
-            out, new = pred.step(torch.tensor([token], device=state[0].device), state)
-            hit = memo[1][key] = (self.joint.project_pred(out), new)
-        return hit
+        table, size = memo[1], self.STEP_MEMO_SIZE
+
+        def step(token: int, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+            key = (*state[0][0].tolist(), token)
+            hit = table.get(key)
+            if hit is None:
+                if len(table) >= size:
+                    table.clear()
+                out, new = pred.step(torch.tensor([token], device=state[0].device), state)
+                hit = table[key] = (project(out), new)
+            return hit
+
+        return step
 
     def loss(self, enc: Tensor, enc_lens: Tensor, targets: list[list[int]]) -> tuple[Tensor, Tensor]:
         """Per-utterance losses (B,) in nats and a (B,) bool mask of utterances that cannot

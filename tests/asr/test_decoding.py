@@ -504,10 +504,10 @@ def test_greedy_one_stream_path_without_numpy(kind, monkeypatch):
 
 
 @pytest.mark.parametrize("param", ["predictor.embed.weight", "predictor.conv.weight", "joint.pred_proj.weight", "joint.pred_proj.bias"])
-def test_step_one_memo_follows_the_weights(param):
-    """``head.step_one`` (one stream, stateless predictor) memoizes by context: a repeated
+def test_stepper_memo_follows_the_weights(param):
+    """``head.stepper()`` (one stream, stateless predictor) memoizes by context: a repeated
     context returns the stored result, equal to a fresh step; writing any weight it depends on
-    (in place, as an optimizer step does) empties the memo."""
+    (in place, as an optimizer step does) empties the memo for the next search."""
     head = make_head("tdt", "stateless", seed=1)
     start = head.predictor.init_state(1)
 
@@ -516,17 +516,24 @@ def test_step_one_memo_follows_the_weights(param):
         return head.joint.project_pred(out), new
 
     with torch.inference_mode():
-        first, state = head.step_one(3, start)
-        assert head.step_one(3, start)[0] is first  # a hit
-        second, _ = head.step_one(5, state)  # context (3, 5)
-        assert head.step_one(5, state)[0] is second
-        for got, want in ((head.step_one(3, start), fresh(3, start)), (head.step_one(5, state), fresh(5, state))):
+        step = head.stepper()
+        first, state = step(3, start)
+        assert step(3, start)[0] is first and head.stepper()(3, start)[0] is first  # hits
+        second, _ = step(5, state)  # context (3, 5)
+        assert step(5, state)[0] is second
+        for got, want in ((step(3, start), fresh(3, start)), (step(5, state), fresh(5, state))):
             assert torch.equal(got[0], want[0]) and torch.equal(got[1][0], want[1][0])
     with torch.no_grad():
         head.get_parameter(param).mul_(2.0)
     with torch.inference_mode():
-        again, _ = head.step_one(5, state)
+        again, _ = head.stepper()(5, state)
         assert torch.equal(again, fresh(5, state)[0]) and not torch.equal(again, second)
+    lstm = make_head("rnnt", "lstm", seed=1)  # stepped, not memoized: equal to a fresh step
+    with torch.inference_mode():
+        s0 = [x.double() for x in lstm.predictor.init_state(1)]
+        got, new = lstm.stepper()(4, s0)
+        out, want = lstm.predictor.step(torch.tensor([4]), s0)
+        assert torch.equal(got, lstm.joint.project_pred(out)) and all(torch.equal(a, b) for a, b in zip(new, want))
 
 
 @pytest.mark.parametrize("case", ["varied", "blanks", "capped", "rnnt"])
