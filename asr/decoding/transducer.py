@@ -265,7 +265,7 @@ def _greedy_one(head, enc: Tensor, T: int, state: DecoderState, max_symbols: int
     pred = head.predictor
     blank, V = head.blank, head.vocab_size
     durs = head.durations
-    step_one = head.stepper() if hasattr(head, "stepper") else None
+    step = head.stepper() if hasattr(head, "stepper") else None
     joint = head.joint.forward
     enc_p = head.joint.project_enc(enc)[0]  # (T', J), T' >= T: the batched loop's product, bit for bit
     pstate, pred_p = state.pred_state, state.pred_out
@@ -295,8 +295,8 @@ def _greedy_one(head, enc: Tensor, T: int, state: DecoderState, max_symbols: int
             continue
         toks.append(tok)
         frames.append(base + t)
-        if step_one is not None:
-            pred_p, pstate = step_one(tok, pstate)
+        if step is not None:
+            pred_p, pstate = step(tok, pstate)
         else:
             out, pstate = pred.step(torch.tensor([tok], device=enc.device), pstate)
             pred_p = head.joint.project_pred(out)
