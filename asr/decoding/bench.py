@@ -50,8 +50,9 @@ def time_decoder(fn, head, enc, enc_lens, frame_shift_s: float, repeats: int = 3
 
 
 def count_greedy_steps(head, enc, enc_lens, **kw) -> dict:
-    """What one :func:`greedy_search` of ``head`` over ``enc`` did: ``joint_calls`` (each over
-    the whole batch; what frame skipping saves) and, for a TDT head and one utterance
+    """What one :func:`greedy_search` of ``head`` over ``enc`` did: ``joint_calls`` (what
+    frame skipping saves; under label looping, ``loop="label"``, each call is over the whole
+    batch, row by row each is one utterance's) and, for a TDT head and one utterance
     (``enc`` of batch 1), ``decisions``: its steps by kind and duration, e.g. ``{"label 1": 40,
     "blank 2": 7}`` (a blank's duration 0 advances one frame and counts as 1). Otherwise
     ``decisions`` is None. A batch may call the joint once more per utterance, past its last
@@ -70,11 +71,12 @@ def count_greedy_steps(head, enc, enc_lens, **kw) -> dict:
             picks.append((int(out[0, :V].argmax()) == head.blank, head.durations[int(out[0, V:].argmax())]))
         return out
 
-    head.joint.forward = counting
+    head.joint.forward = counting  # the batched loop's joint
+    head.joint.forward_fn = lambda: counting  # the one-stream path's
     try:
         greedy_search(head, enc, enc_lens, **kw)
     finally:
-        del head.joint.forward
+        del head.joint.forward, head.joint.forward_fn
     if not tdt:
         return {"joint_calls": calls, "decisions": None}
     decisions: dict[str, int] = {}  # one utterance: greedy_search's scalar path makes one call per decision

@@ -14,8 +14,9 @@ The interface the decoders use (``asr.decoding.transducer``):
 - ``head.predictor.init_state(batch_size, device) -> list[Tensor]`` (batch is dim 1 of LSTM
   states, dim 0 of the stateless context);
 - ``head.predictor.step(tokens (B,), state) -> (out (B, P), new_state)``;
-- ``head.predictor.select_state(state, index (N,)) -> state`` and ``merge_state(state_a,
-  state_b, take_b (B,) bool) -> state`` for batched search;
+- ``head.predictor.select_state(state, index (N,)) -> state``, ``merge_state(state_a,
+  state_b, take_b (B,) bool) -> state`` and ``cat_state([state, ...]) -> state`` (the batches
+  one after the other) for batched search;
 - ``head.joint.project_pred(out) -> (..., J)`` and ``head.joint(enc_p, pred_p) -> logits``
   with enc_p, pred_p broadcastable (..., J);
 - optional, for one stream: ``head.stepper()`` -> ``step(token, state) -> (pred_p (1, J),
@@ -33,6 +34,7 @@ from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 import kernels
 
@@ -94,6 +96,10 @@ class LSTMPredictor(nn.Module):
     @staticmethod
     def select_state(state: list[Tensor], index: Tensor) -> list[Tensor]:
         return [s.index_select(1, index) for s in state]
+
+    @staticmethod
+    def cat_state(states: list[list[Tensor]]) -> list[Tensor]:
+        return [torch.cat(parts, 1) for parts in zip(*states)]
 
     @staticmethod
     def merge_state(old: list[Tensor], new: list[Tensor], take_new: Tensor) -> list[Tensor]:
@@ -176,6 +182,10 @@ class StatelessPredictor(nn.Module):
         return [state[0].index_select(0, index)]
 
     @staticmethod
+    def cat_state(states: list[list[Tensor]]) -> list[Tensor]:
+        return [torch.cat([s[0] for s in states], 0)]
+
+    @staticmethod
     def merge_state(old: list[Tensor], new: list[Tensor], take_new: Tensor) -> list[Tensor]:
         return [torch.where(take_new.view(-1, 1), new[0], old[0])]
 
@@ -201,6 +211,14 @@ class Joint(nn.Module):
         z = enc_p + pred_p
         z = torch.tanh(z) if self.activation == "tanh" else torch.relu(z)
         return self.out(z)
+
+    def forward_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """``forward`` as a plain function (the same ops, so the same bits), without the module
+        dispatch that costs as much as the joint itself in a per-frame loop of one stream."""
+        w, b = self.out.weight, self.out.bias
+        act = torch.tanh if self.activation == "tanh" else torch.relu
+        linear = F.linear
+        return lambda enc_p, pred_p: linear(act(enc_p + pred_p), w, b)
 
 
 class TransducerHead(nn.Module):
@@ -244,6 +262,8 @@ class TransducerHead(nn.Module):
         its results are memoized by context (a label step becomes a dictionary lookup once its
         context was seen, in any utterance). The memo is checked against the weights here, once
         per search call (emptied when they have changed since), and empties itself when full.
+        A state the memo handed out is looked up by identity (it lives in the memo, so its id
+        is its own), which spares reading its context back from the tensor on every label.
         The LSTM predictor, whose state is the whole history, is just stepped."""
         pred, project = self.predictor, self.joint.project_pred
         if not isinstance(pred, StatelessPredictor) or torch.is_grad_enabled():
@@ -255,17 +275,20 @@ class TransducerHead(nn.Module):
         wkey = weights_key(pred.embed.weight, None if pred.conv is None else pred.conv.weight, p.weight, p.bias)
         memo = self.__dict__.get("_step_memo")
         if memo is None or memo[0] != wkey:
-            memo = self.__dict__["_step_memo"] = (wkey, {})
-        table, size = memo[1], self.STEP_MEMO_SIZE
+            memo = self.__dict__["_step_memo"] = (wkey, {}, {})
+        table, context_of, size = memo[1], memo[2], self.STEP_MEMO_SIZE  # context_of: id(state) -> its tokens
 
         def step(token: int, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-            key = (*state[0][0].tolist(), token)
+            ctx = context_of.get(id(state))
+            key = (*(state[0][0].tolist() if ctx is None else ctx), token)
             hit = table.get(key)
             if hit is None:
                 if len(table) >= size:
                     table.clear()
+                    context_of.clear()
                 out, new = pred.step(torch.tensor([token], device=state[0].device), state)
                 hit = table[key] = (project(out), new)
+                context_of[id(new)] = key[1:]
             return hit
 
         return step

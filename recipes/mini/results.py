@@ -174,12 +174,18 @@ def lm_cell(family: str, head: str, args) -> dict:
 SPEED_PAIRS = [("rnnt", "tdt", ""), ("pruned_hybrid", "pruned_tdt_hybrid", " (hybrid pruned heads)")]
 
 
+# (name, what is searched, greedy_search's loop) of the TDT-vs-RNN-T timing
+SEARCH_SETTINGS = (("batched", "batches", "label"), ("rows", "batches", "rows"), ("single", "singles", "auto"))
+
+
 def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt") -> dict | None:
     """Greedy search time (encoder excluded) of a TDT and an RNN-T cell of one family on
-    test-seen, 1 thread, in two settings: batches of up to 120 s of audio (offline decoding),
-    and one utterance at a time (B=1: what a streaming server does per stream). Batched label
-    looping evaluates the joint until *every* utterance of the batch has found its next label,
-    so the batch's longest blank run sets the pace; at B=1 every skipped frame saves a call."""
+    test-seen, 1 thread, in three settings: batches of up to 120 s of audio searched by label
+    looping (what a GPU runs), the same batches row by row (``loop="rows"``, what the CPU runs
+    by default), and one utterance at a time (B=1: what a streaming server does per stream).
+    Label looping evaluates the joint until *every* utterance of the batch has found its next
+    label, so the batch's longest blank run sets the pace; row by row and at B=1 every skipped
+    frame saves a call."""
     import torch
     from lhotse import CutSet
 
@@ -211,15 +217,16 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
             encoded.append((enc, lens))
         singles = [(enc[i : i + 1, : int(lens[i])], lens[i : i + 1]) for enc, lens in encoded for i in range(len(lens))]
         out[head] = {}
-        for setting, batches in (("batched", encoded), ("single", singles)):
+        for setting, batches, loop in SEARCH_SETTINGS:
+            batches = encoded if batches == "batches" else singles
             total = {"seconds": 0.0, "labels": 0, "frames": 0, "calls": 0}
             hist: dict[str, int] = {}
             for enc, lens in batches:
-                r = time_decoder(greedy_search, model.transducer, enc, lens, model.frame_seconds)
+                r = time_decoder(greedy_search, model.transducer, enc, lens, model.frame_seconds, loop=loop)
                 total["seconds"] += r["seconds"]
                 total["frames"] += int(lens.sum())
                 total["labels"] += round(r["labels_per_frame"] * int(lens.sum()))
-                steps = count_greedy_steps(model.transducer, enc, lens)
+                steps = count_greedy_steps(model.transducer, enc, lens, loop=loop)
                 total["calls"] += steps["joint_calls"]
                 for k, n in (steps["decisions"] or {}).items():
                     hist[k] = hist.get(k, 0) + n
@@ -229,7 +236,7 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
                                   "joint_calls": total["calls"]}
             if hist and setting == "single":  # what the TDT's greedy search decided, by kind and duration
                 out[head][setting]["durations"] = dict(sorted(hist.items()))
-    for setting in ("batched", "single"):
+    for setting, *_ in SEARCH_SETTINGS:
         out[f"speedup_{setting}"] = round(out["rnnt"][setting]["search_seconds"] / out["tdt"][setting]["search_seconds"], 2)
     return out
 
@@ -270,7 +277,10 @@ def table(results: dict) -> str:
             ctx = f", attention context {r['context']}" if r.get("context") else ""
             ctx += f", the RNN-T: {r['rnnt_model']}" if r.get("rnnt_model") else ""
             lines.append(f"TDT vs RNN-T greedy search on {fam.split('@')[0]} encoder output (test-seen, 1 thread, search only{ctx}):")
-            for setting, what in (("batched", "batches of up to 120 s"), ("single", "one utterance at a time")):
+            for setting, what in (("batched", "batches of up to 120 s, label looping"), ("rows", "the same batches row by row"),
+                                  ("single", "one utterance at a time")):
+                if setting not in r["rnnt"]:  # measured before row-by-row search existed
+                    continue
                 rn, td = r["rnnt"][setting], r["tdt"][setting]
                 lines.append(f"- {what}: RNN-T {rn['search_seconds']} s ({rn['joint_calls']} joint calls, "
                              f"{rn['labels_per_frame']} labels/frame), TDT {td['search_seconds']} s ({td['joint_calls']} "

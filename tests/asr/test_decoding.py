@@ -372,73 +372,109 @@ def test_stateless_step_tables_equal_the_convolution(dim, context):
         pred.eval()
 
 
+@pytest.mark.parametrize("loop", ["label", "rows"])  # label looping; the one-stream path row by row
 @pytest.mark.parametrize("predictor", ["lstm", "stateless"])
 @pytest.mark.parametrize("kind", ["rnnt", "tdt"])
-def test_greedy_matches_per_utterance_reference(kind, predictor):
+def test_greedy_matches_per_utterance_reference(kind, predictor, loop):
     for seed, (blank_bias, max_symbols) in enumerate([(1.5, 3), (0.0, 2), (3.0, 10), (0.5, 1), (-0.5, 4)]):
         head = make_head(kind, predictor, seed=seed, blank_bias=blank_bias)
         lens = torch.tensor([11, 4, 0, 9])
         enc = random_enc(4, 11, seed)
-        hyps, state = greedy_search(head, enc, lens, max_symbols=max_symbols)
+        hyps, state = greedy_search(head, enc, lens, max_symbols=max_symbols, loop=loop)
         want = [ref_greedy(head, enc[b, : lens[b]], max_symbols) for b in range(4)]
         assert_same_hyps(hyps, want)
         assert state.frames_done.tolist() == lens.tolist()
         assert sum(len(h.tokens) for h in hyps) > 0
 
 
+@pytest.mark.parametrize("loop", ["label", "rows"])  # label looping; the one-stream path row by row
 @pytest.mark.parametrize("kind", ["rnnt", "tdt"])
 @pytest.mark.parametrize("predictor", ["lstm", "stateless"])
-def test_greedy_streaming_equals_whole(kind, predictor):
+def test_greedy_streaming_equals_whole(kind, predictor, loop):
     head = make_head(kind, predictor, seed=3, blank_bias=1.0)
     lens = [13, 5, 0, 10]
     enc = random_enc(4, 13, 7)
-    whole, _ = greedy_search(head, enc, torch.tensor(lens), max_symbols=3)
+    whole, _ = greedy_search(head, enc, torch.tensor(lens), max_symbols=3, loop=loop)
     assert sum(len(h.tokens) for h in whole) >= 5
     rng = random.Random(0)
     all_splits = [fixed_splits(lens, s) for s in (1, 3, 7)] + [random_splits(lens, rng) for _ in range(6)]
     for splits in all_splits:
-        hyps, state = decode_chunked(greedy_search, head, enc, lens, splits, max_symbols=3)
+        hyps, state = decode_chunked(greedy_search, head, enc, lens, splits, max_symbols=3, loop=loop)
         assert_same_hyps(hyps, whole, tol=1e-12)
         assert state.frames_done.tolist() == lens
 
 
-def test_tdt_streaming_carries_skips_across_chunks():
+@pytest.mark.parametrize("loop", ["label", "rows"])  # label looping; the one-stream path row by row
+def test_tdt_streaming_carries_skips_across_chunks(loop):
     # durations biased to 4: most jumps cross a 1- or 2-frame chunk
     head = make_head("tdt", "lstm", seed=5, blank_bias=0.5, dur_bias=[-3, -3, 0, 0, 4])
     lens = [16, 9]
     enc = random_enc(2, 16, 2)
-    whole, _ = greedy_search(head, enc, torch.tensor(lens))
+    whole, _ = greedy_search(head, enc, torch.tensor(lens), loop=loop)
     gaps = [b - a for h in whole for a, b in zip(h.frames, h.frames[1:])]
     assert max(gaps) >= 3
     for size in (1, 2):
-        hyps, _ = decode_chunked(greedy_search, head, enc, lens, fixed_splits(lens, size))
+        hyps, _ = decode_chunked(greedy_search, head, enc, lens, fixed_splits(lens, size), loop=loop)
         assert_same_hyps(hyps, whole, tol=1e-12)
     # the previous call's hypotheses are not changed by the next one
-    s1 = greedy_search(head, enc[:, :5], torch.tensor([5, 5]))
+    s1 = greedy_search(head, enc[:, :5], torch.tensor([5, 5]), loop=loop)
     before = [Hypothesis(list(h.tokens), list(h.frames), h.score) for h in s1[0]]
-    greedy_search(head, enc[:, 5:], torch.tensor([11, 4]), state=s1[1])
+    greedy_search(head, enc[:, 5:], torch.tensor([11, 4]), state=s1[1], loop=loop)
     assert_same_hyps(s1[0], before, tol=0)
 
 
+@pytest.mark.parametrize("loop", ["label", "rows"])  # label looping; the one-stream path row by row
 @pytest.mark.parametrize("kind", ["rnnt", "tdt"])
-def test_greedy_batch_independence(kind):
+def test_greedy_batch_independence(kind, loop):
     head = make_head(kind, "lstm", seed=11, blank_bias=1.0)
     lens = torch.tensor([8, 12, 3])
     enc = random_enc(3, 12, 4)
-    batch, _ = greedy_search(head, enc, lens)
+    batch, _ = greedy_search(head, enc, lens, loop=loop)
     for b in range(3):
         alone, _ = greedy_search(head, enc[b: b + 1, : lens[b]], lens[b: b + 1])
         assert_same_hyps(alone, [batch[b]])
 
 
+@pytest.mark.parametrize("predictor", ["lstm", "stateless"])
 @pytest.mark.parametrize("kind", ["rnnt", "tdt"])
-def test_greedy_max_symbols_cap(kind):
+def test_greedy_loops_share_their_state(kind, predictor):
+    """The two ways of searching a batch carry the same state: a stream may change between
+    label looping and rows at any chunk and ends where either one alone ends. ``loop="auto"``
+    takes rows on the CPU; a wrong ``loop`` is an error that names it."""
+    head = make_head(kind, predictor, seed=6, blank_bias=0.5, **({"dur_bias": [0, 0, 1.0, 1.5, 0]} if kind == "tdt" else {}))
+    lens = [15, 9, 0, 12]
+    enc = random_enc(4, 15, 5)
+    whole, wstate = greedy_search(head, enc, torch.tensor(lens), loop="label")
+    assert sum(len(h.tokens) for h in whole) >= 5
+    splits = random_splits(lens, random.Random(3))
+    state, offs = None, [0] * 4
+    for i in range(len(splits[0])):
+        cl = [splits[b][i] for b in range(4)]
+        chunk = torch.zeros(4, max(cl), enc.shape[2], dtype=enc.dtype)
+        for b in range(4):
+            chunk[b, : cl[b]] = enc[b, offs[b] : offs[b] + cl[b]]
+            offs[b] += cl[b]
+        hyps, state = greedy_search(head, chunk, torch.tensor(cl), state=state, loop=("label", "rows")[i % 2])
+    assert_same_hyps(hyps, whole, tol=1e-12)
+    assert state.skip.tolist() == wstate.skip.tolist() and state.frames_done.tolist() == lens
+    assert torch.allclose(state.pred_out, wstate.pred_out, atol=1e-6)
+    for a, b in zip(state.pred_state, wstate.pred_state):
+        assert a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=1e-6)
+    auto, _ = greedy_search(head, enc, torch.tensor(lens))
+    assert_same_hyps(auto, whole)
+    with pytest.raises(ValueError, match="loop"):
+        greedy_search(head, enc, torch.tensor(lens), loop="frames")
+
+
+@pytest.mark.parametrize("loop", ["label", "rows"])  # label looping; the one-stream path row by row
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_greedy_max_symbols_cap(kind, loop):
     # blank (and, for TDT, durations > 0) made very unlikely: every frame hits the cap
     head = make_head(kind, "stateless", seed=2, blank_bias=-30.0, dur_bias=[30, 0, 0, 0, 0])
     lens = torch.tensor([6, 2])
     enc = random_enc(2, 6, 1)
     for cap in (1, 2, 4):
-        hyps, _ = greedy_search(head, enc, lens, max_symbols=cap)
+        hyps, _ = greedy_search(head, enc, lens, max_symbols=cap, loop=loop)
         for b, h in enumerate(hyps):
             assert h.frames == [t for t in range(int(lens[b])) for _ in range(cap)]
         assert_same_hyps(hyps, [ref_greedy(head, enc[b, : lens[b]], cap) for b in range(2)])
@@ -446,17 +482,18 @@ def test_greedy_max_symbols_cap(kind):
         greedy_search(head, enc, lens, max_symbols=0)
 
 
+@pytest.mark.parametrize("loop", ["label", "rows"])  # label looping; the one-stream path row by row
 @pytest.mark.parametrize("predictor", ["lstm", "stateless"])
-def test_tdt_durations_without_zero(predictor):
+def test_tdt_durations_without_zero(predictor, loop):
     head = make_head("tdt", predictor, durations=(1, 2, 4), seed=4, blank_bias=0.0)
     lens = torch.tensor([14, 6, 1])
     enc = random_enc(3, 14, 9)
-    hyps, _ = greedy_search(head, enc, lens)
+    hyps, _ = greedy_search(head, enc, lens, loop=loop)
     assert_same_hyps(hyps, [ref_greedy(head, enc[b, : lens[b]], 10) for b in range(3)])
     for h in hyps:  # no duration 0: one label per frame at most
         assert all(b > a for a, b in zip(h.frames, h.frames[1:]))
     assert any(b - a > 1 for h in hyps for a, b in zip(h.frames, h.frames[1:]))
-    chunked, _ = decode_chunked(greedy_search, head, enc, lens.tolist(), fixed_splits(lens.tolist(), 3))
+    chunked, _ = decode_chunked(greedy_search, head, enc, lens.tolist(), fixed_splits(lens.tolist(), 3), loop=loop)
     assert_same_hyps(chunked, hyps, tol=1e-12)
 
 
@@ -471,7 +508,7 @@ def test_greedy_one_stream_path_equals_the_batched_loop(kind, predictor):
         head = make_head(kind, predictor, seed=seed, blank_bias=blank_bias, **extra)
         lens = [12, 7, 0]
         enc = random_enc(3, 12, seed)
-        batch, bstate = greedy_search(head, enc, torch.tensor(lens), max_symbols=max_symbols)
+        batch, bstate = greedy_search(head, enc, torch.tensor(lens), max_symbols=max_symbols, loop="label")
         rng = random.Random(seed)
         for b, L in enumerate(lens):
             one = enc[b : b + 1, :L]
@@ -496,7 +533,7 @@ def test_greedy_one_stream_path_without_numpy(kind, monkeypatch):
     head = make_head(kind, "stateless", seed=4, blank_bias=0.5)
     lens = torch.tensor([14, 9])
     enc = random_enc(2, 14, 3)
-    batch, _ = greedy_search(head, enc, lens)
+    batch, _ = greedy_search(head, enc, lens, loop="label")
     monkeypatch.setattr(tr, "NUMPY_ARGMAX", False)
     alone = [greedy_search(head, enc[b : b + 1, : lens[b]], lens[b : b + 1])[0][0] for b in range(2)]
     assert_same_hyps(alone, batch)
