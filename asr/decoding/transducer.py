@@ -175,9 +175,9 @@ def greedy_search(
             path; ``"auto"`` (default): rows on the CPU, label looping elsewhere. Both give the
             same hypotheses and state (up to the rounding of a matrix product of another
             shape). On one CPU thread the batch's masking ops cost more than its joint rows:
-            test-seen of the mini corpus searched by rows took 0.30 s (RNN-T) and 0.16 s (TDT)
-            against 0.48 and 0.32 s by label looping, batches of 120 s. A GPU, where every op
-            is a kernel launch, wants the batch.
+            test-seen of the mini corpus searched by rows took 0.31 s (RNN-T) and 0.18 s (TDT)
+            against 0.47 and 0.32 s by label looping, batches of 120 s (README). A GPU, where
+            every op is a kernel launch, wants the batch.
 
     Returns:
         (hyps, state): ``hyps[b]`` is the hypothesis of utterance ``b`` from its first frame up
