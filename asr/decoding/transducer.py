@@ -315,7 +315,7 @@ def _greedy_one(head, enc: Tensor, T: int, state: DecoderState | None, max_symbo
     device = enc.device
     step = head.stepper() if hasattr(head, "stepper") else None
     joint = jnt.forward_fn()
-    enc_p = jnt.project_enc(enc)[0]  # (T', J), T' >= T: the batched loop's product, bit for bit
+    enc_p = jnt.project_enc(enc)[0]  # (T', J), T' >= T: at B=1 the batched loop's product, bit for bit
     if state is None:  # what _initial_state(head, 1) holds, the prediction through the memo
         if step is not None:
             pred_p, pstate = step(blank, init_pred_state(head, 1, device))
