@@ -265,7 +265,8 @@ class NgramLM(TokenLM):
     def load_arpa(cls, path: str | Path, symbols: Sequence[str]) -> "NgramLM":
         """Read ARPA whose words are ``symbols`` (token id = index), ``<s>`` and ``</s>``.
         A word that is not a symbol is an error that names it (the LM was built for another
-        tokenizer)."""
+        tokenizer), and so is an LM without a unigram for most symbols (built for another
+        tokenizer whose units are among these, as characters are among BPE pieces)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"LM file {path} does not exist")
@@ -307,6 +308,14 @@ class NgramLM(TokenLM):
                     backoffs[n + 1][g] = float(parts[n + 1]) * _LN10
         if order == 0 or len(probs) <= 1:
             raise ValueError(f"{path} is not an ARPA file (no \\data\\ counts or n-gram sections)")
+        unscored = [symbols[i] for i in range(1, V) if (i,) not in probs[1]]
+        if V > 2 and len(unscored) > (V - 1) // 2:
+            # every symbol of an LM built by ``NgramLM.train`` has a unigram; one that scores
+            # fewer than half of them (a character LM under BPE pieces) would floor every
+            # other token and decode to nothing
+            raise ValueError(f"{path} gives only {V - 1 - len(unscored)} of this tokenizer's {V - 1} tokens a "
+                             f"probability (none for {', '.join(map(repr, unscored[:5]))}, ...): it was built "
+                             "for another tokenizer")
         while len(probs) <= order:
             probs.append({})
         while len(backoffs) <= order + 1:

@@ -17,7 +17,8 @@ Each cell trains ``recipes/mini/conf/<family>.yaml`` with the head set by ``--se
 - decoding speed as RTFx (audio seconds per second of encoder + search, one process).
 
 With ``--lm``, every selected cell is also decoded by beam search (beam 8) alone, fused with a
-character 8-gram LM trained on the training transcripts (``asr lm``), and restricted to the
+token 8-gram LM (over the cell's own units: characters, or BPE pieces under ``--set
+data.tokenizer=...``) trained on the training transcripts (``asr lm``), and restricted to the
 training vocabulary by a word 3-gram (``asr lm --unit word``, ``--lm-unit word``); each LM's
 weight and token bonus are chosen on dev from a small grid, then test-seen and test-unseen are
 decoded once. Finished decodes are kept (delete a cell's ``tune_*``/``decode_*`` dirs to redo them).
@@ -128,11 +129,12 @@ LM_GRID = [(w, b) for w in (0.3, 0.5, 0.8) for b in (0.5, 1.5)]  # (LM weight, t
 WORD_LM_GRID = [(w, b) for w in (0.5, 0.8) for b in (0.5, 1.5)]
 
 
-def _lm_file(args, unit: str, tok: str) -> Path:
-    """The character 8-gram (``unit="token"``) or the word 3-gram of the training transcripts."""
-    lm = args.out / "lm" / (f"{tok}_8gram.arpa.gz" if unit == "token" else "words_3gram.arpa.gz")
+def _lm_file(args, unit: str, tok: Path) -> Path:
+    """The 8-gram over the tokenizer ``tok``'s units (``unit="token"``) or the word 3-gram of the
+    training transcripts."""
+    lm = args.out / "lm" / (f"{tok.name}_8gram.arpa.gz" if unit == "token" else "words_3gram.arpa.gz")
     if not lm.is_file():
-        src = ["--tokenizer", str(args.data / tok), "--order", "8"] if unit == "token" else ["--unit", "word", "--order", "3"]
+        src = ["--tokenizer", str(tok), "--order", "8"] if unit == "token" else ["--unit", "word", "--order", "3"]
         sh([sys.executable, "-m", "asr.cli", "lm", *src, "--cuts", str(args.data / "manifests" / "cuts_train.jsonl.gz"),
             "--dev", str(args.data / "manifests" / "cuts_dev.jsonl.gz"), "--out", str(lm)])
     return lm
@@ -156,11 +158,13 @@ def _tuned_lm(model: Path, exp: Path, args, lm: Path, unit: str, grid, beam: lis
 
 
 def lm_cell(family: str, head: str, args) -> dict:
-    """Beam search alone, with the character 8-gram and with the word 3-gram and its lexicon
-    (each LM's weights chosen on dev) for one finished cell."""
+    """Beam search alone, with the 8-gram over the cell's units (characters or BPE pieces) and
+    with the word 3-gram and its lexicon (each LM's weights chosen on dev) for one finished cell."""
+    from asr.config import read_yaml_tree
+
     exp = args.out / f"{family}_{head}"
     model = exp / "model.pt"
-    tok = family_tokenizer(family)
+    tok = Path(read_yaml_tree(exp / "config.yaml")["data"]["tokenizer"])  # --set may have changed it
     beam = ["--method", "beam", "--beam", str(LM_BEAM), "--no-progress"]
     return {
         "beam": LM_BEAM,
@@ -248,7 +252,7 @@ def _fused(r: dict) -> str:
 
 def table(results: dict) -> str:
     lines = ["| encoder | head | params | steps (min) | test-seen WER | test-unseen WER | streaming: smallest vs largest look-ahead (test-seen) "
-             f"| beam {LM_BEAM}; beam {LM_BEAM} + char 8-gram LM (LM weight, bonus) | beam {LM_BEAM} + word 3-gram and lexicon | RTFx |",
+             f"| beam {LM_BEAM}; beam {LM_BEAM} + token 8-gram LM (LM weight, bonus) | beam {LM_BEAM} + word 3-gram and lexicon | RTFx |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(results["cells"], key=lambda k: (FAMILIES.index(k.split("_", 1)[0]), list(HEADS).index(k.split("_", 1)[1]))):
         c = results["cells"][key]

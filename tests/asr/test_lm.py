@@ -59,6 +59,12 @@ def test_arpa_round_trip_and_errors(tmp_path):
     assert text.startswith("\n\\data\\\nngram 1=") and "\\3-grams:" in text and text.rstrip().endswith("\\end\\")
     with pytest.raises(ValueError, match="not a token of this model's tokenizer"):
         NgramLM.load_arpa(tmp_path / "lm.arpa", ["<blk>", "<unk>", "A", "C", "\u2581"])
+    # a character LM under BPE pieces: its words are all pieces, but most pieces get no
+    # probability, which would floor them and decode to nothing
+    bpe = symbols + ["\u2581AB", "\u2581BA", "AB", "BB", "AAB"]
+    with pytest.raises(ValueError, match="only 4 of this tokenizer's 9 tokens.*another tokenizer"):
+        NgramLM.load_arpa(tmp_path / "lm.arpa", bpe)
+    assert NgramLM.load_arpa(tmp_path / "lm.arpa", symbols + ["AB", "BB"]).vocab_size == 7  # a few unseen: fine
     (tmp_path / "junk.arpa").write_text("hello\n")
     with pytest.raises(ValueError, match="not an ARPA file|before any"):
         NgramLM.load_arpa(tmp_path / "junk.arpa", symbols)
