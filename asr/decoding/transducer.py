@@ -176,7 +176,7 @@ def greedy_search(
             same hypotheses and state (up to the rounding of a matrix product of another
             shape). On one CPU thread the batch's masking ops cost more than its joint rows:
             test-seen of the mini corpus searched by rows took 0.31 s (RNN-T) and 0.18 s (TDT)
-            against 0.47 and 0.32 s by label looping, batches of 120 s (README). A GPU, where
+            against 0.47 and 0.32 s by label looping, batches of 120 s (docs/mini_results.md). A GPU, where
             every op is a kernel launch, wants the batch.
 
     Returns:

@@ -57,7 +57,7 @@ class TransducerConfig:
     # TDT (kind="tdt" or "pruned_tdt"): duration set, logit under-normalization sigma, and omega, the
     # probability per step of training on the plain RNN-T loss instead (the TDT paper; NeMo's
     # defaults are [0, 1, 2, 3, 4], 0.02 and 0.1). sigma charges every step of an alignment: on
-    # sparse units (BPE) 0.05 is what taught the mini Conformer blank jumps (0.02 did not; README).
+    # sparse units (BPE) 0.05 is what taught the mini Conformer blank jumps (0.02 did not; docs/mini_results.md).
     durations: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     sigma: float = 0.02
     omega: float = 0.1

@@ -5,7 +5,8 @@ bidirectional LSTM encoder sees all of it, so a blank may safely jump to the nex
 TDT head and loss are the toolkit's own (``TransducerHead("tdt")``, ``kernels``); greedy search
 counts its decisions. With sigma 0.02 (NeMo's hybrid default) the head learns to step every
 blank frame by frame; with 0.05 it jumps them and decodes with far fewer joint calls. The mini
-corpus's BPE Conformer showed the same (README, "Blank jumps come from sigma").
+corpus's BPE Conformer showed the same (docs/mini_results.md, "Blank jumps come from
+sigma").
 """
 
 from __future__ import annotations
