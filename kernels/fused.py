@@ -90,6 +90,11 @@ class _FusedLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
+        with torch.autocast(grad.device.type, enabled=False):  # a backward run under autocast: the forward's dtypes
+            return _FusedLoss._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         (enc, pred, weight, bias, labels, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll,
          durations) = ctx.saved_tensors
         blank, V, D, sigma, activation, fastemit_lambda, tile_rows = ctx.cfg
@@ -192,7 +197,8 @@ def fused_transducer_loss(
         raise ValueError(f"bias.shape = {tuple(bias.shape)} does not match weight.shape[0] = {C}")
     dtypes = {enc.dtype, pred.dtype, weight.dtype} | ({bias.dtype} if bias is not None else set())
     if len(dtypes) > 1:
-        raise ValueError(f"enc, pred, weight and bias must share one dtype, got {sorted(map(str, dtypes))}")
+        raise ValueError(f"enc, pred, weight and bias must share one dtype, got {sorted(map(str, dtypes))} "
+                         "(under autocast, project enc and pred outside it or cast them to the weight's dtype)")
     if durations is None:
         D, dur_t = 0, None
     else:
@@ -210,6 +216,7 @@ def fused_transducer_loss(
     sigma = _checks.check_finite_number("sigma", sigma)
     T_lens, U_lens = as_index(enc_lengths), as_index(target_lengths)
     labels = row_labels(targets, T_lens, U_lens, T, pred.shape[1])
-    losses = _FusedLoss.apply(enc, pred, weight, bias, labels, T_lens, U_lens, int(blank), dur_t, sigma, activation,
-                              fastemit_lambda, int(tile_rows))
+    with torch.autocast(enc.device.type, enabled=False):  # the joint's product in the inputs' dtype, not autocast's
+        losses = _FusedLoss.apply(enc, pred, weight, bias, labels, T_lens, U_lens, int(blank), dur_t, sigma, activation,
+                                  fastemit_lambda, int(tile_rows))
     return finish(losses, reduction, zero_infinity)

@@ -110,7 +110,8 @@ def rnnt_loss_simple(
     lm = lm_logits.to(am.dtype)
     am_max = am.detach().amax(-1, keepdim=True)  # (B, T, 1)
     lm_max = lm.detach().amax(-1, keepdim=True)  # (B, U1, 1)
-    norm = torch.log(torch.bmm((am - am_max).exp(), (lm - lm_max).exp().transpose(1, 2)))  # (B, T, U1)
+    with torch.autocast(am.device.type, enabled=False):  # autocast would round (or, in fp16, underflow) the sums
+        norm = torch.log(torch.bmm((am - am_max).exp(), (lm - lm_max).exp().transpose(1, 2)))  # (B, T, U1)
     norm = norm + am_max + lm_max.transpose(1, 2)
     lpb = am[:, :, blank, None] + lm[:, None, :, blank] - norm
     y = targets.long().clamp(0, V - 1)

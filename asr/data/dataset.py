@@ -230,14 +230,16 @@ def make_sampler(cuts: CutSet, cfg: SamplerConfig, train: bool, seed: int = 0, w
     return SimpleCutSampler(cuts, max_duration=cfg.max_duration, shuffle=False, world_size=world_size, rank=rank)
 
 
-def make_loader(dataset: ASRDataset, sampler, num_workers: int = 0) -> torch.utils.data.DataLoader:
+def make_loader(dataset: ASRDataset, sampler, num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over a sampler's batches. It has a generator of its own: starting one draws
-    its worker base seed from that, not from torch's global RNG (which exact resume restores)."""
+    its worker base seed from that, not from torch's global RNG (which exact resume restores).
+    ``pin_memory`` (for a CUDA device) lets the trainer's host-to-device copies run asynchronously."""
     return torch.utils.data.DataLoader(
         dataset,
         sampler=sampler,
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=False,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),
     )

@@ -221,6 +221,11 @@ class Joint(nn.Module):
         return lambda enc_p, pred_p: linear(act(enc_p + pred_p), w, b)
 
 
+def _full(x: Tensor) -> Tensor:
+    """float16/bfloat16 (autocast's outputs) -> float32; float32/64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class TransducerHead(nn.Module):
     """Prediction network + joint + loss for ``kind`` in {"rnnt", "tdt", "pruned_rnnt", "pruned_tdt"}."""
 
@@ -307,6 +312,13 @@ class TransducerHead(nn.Module):
         tgt_lens = torch.tensor([len(t) for t in targets], dtype=torch.long, device=device)
         sos = torch.full((B, 1), self.blank, dtype=torch.long, device=device)
         pred, _ = self.predictor(torch.cat([sos, tgt], dim=1))
+        # the joint and the loss in float32 even under bf16/fp16 autocast (on a GPU): the kernels
+        # take one dtype for the projections and the joint's weights, and a lattice of log-probs
+        # rounded to 8 bits (or underflowing in fp16) gives wrong losses and gradients
+        with torch.autocast(device.type, enabled=False):
+            return self._loss(_full(enc), _full(pred), tgt, enc_lens, tgt_lens)
+
+    def _loss(self, enc: Tensor, pred: Tensor, tgt: Tensor, enc_lens: Tensor, tgt_lens: Tensor) -> tuple[Tensor, Tensor]:
         enc = self.enc_dropout(enc)
         enc_p = self.joint.project_enc(enc)
         pred_p = self.joint.project_pred(pred)

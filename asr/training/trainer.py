@@ -626,7 +626,7 @@ class Trainer:
             epoch_sampler = sorted_sampler if epoch <= cfg.data.sortagrad_epochs else sampler
             epoch_sampler.set_epoch(epoch)
             batches = _EpochBatches(epoch_sampler, skip_batches, cfg.seed, epoch, R)
-            it = iter(make_loader(dataset, batches, cfg.data.sampler.num_workers))
+            it = iter(make_loader(dataset, batches, cfg.data.sampler.num_workers, pin_memory=self.device.type == "cuda"))
             progress = getattr(self, "resumed_progress", {}) if skip_batches else {}
             stats: Counter = Counter(progress.get("stats", {}))  # summed over the epoch
             skipped: Counter = Counter(progress.get("skipped", {}))

@@ -48,6 +48,24 @@ def test_every_head_trains_a_step(head, ctc_weight, predictor):
         assert {"transducer_loss", "ctc_loss"} <= out.keys()
 
 
+@pytest.mark.parametrize("head,ctc_weight,predictor", HEADS)
+def test_every_head_trains_under_bf16_autocast(head, ctc_weight, predictor):
+    """What the trainer runs on a GPU (``precision: auto`` is bf16 autocast), here through the
+    CPU's autocast: every head's loss is finite, near the float32 loss (the encoder runs in
+    bf16, the transducer's joint and loss in float32) and backpropagates."""
+    m = make_model("lstm", head, ctc_weight, predictor)  # eval: no dropout, no omega draws
+    x, lens = torch.randn(3, 60, 80, generator=torch.Generator().manual_seed(2)), torch.tensor([60, 41, 30])
+    targets = [[1, 2, 3], [4, 5], [6, 7]]
+    ref = m(x, lens, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, lens, targets)
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    torch.testing.assert_close(out["loss"], ref["loss"], rtol=0.03, atol=0.0)
+    out["loss"].backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 @pytest.mark.parametrize("head", ["tdt", "pruned_tdt"])
 def test_tdt_omega_uses_plain_rnnt_loss(head):
     m = make_model("lstm", head, 0.0, "lstm").train()

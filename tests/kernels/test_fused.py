@@ -104,3 +104,27 @@ def test_fused_validation() -> None:
         kernels.fused_transducer_loss(enc, pred.double(), w, b, y, tl, ul)
     with pytest.raises(ValueError, match="no token rows"):
         kernels.fused_transducer_loss(enc, pred, w[:3], b[:3], y, tl, ul, durations=[0, 1, 2])
+
+
+@pytest.mark.parametrize("durations", [None, [0, 1, 2]])
+def test_fused_loss_ignores_autocast(durations) -> None:
+    """Under bf16 autocast (the trainer's GPU precision; the CPU's autocast here) the joint's
+    product inside the loss stays in its inputs' float32: forward and backward alike."""
+    B, T, U, V, H = 2, 5, 3, 7, 16
+    C = V + (len(durations) if durations else 0)
+    enc, pred, w, b = _joint_inputs(B, T, U, C, H, seed=7)
+    y = torch.randint(1, V, (B, U), generator=torch.Generator().manual_seed(7))
+    tl, ul = torch.tensor([5, 4]), torch.tensor([3, 2])
+
+    def run():
+        out = kernels.fused_transducer_loss(enc, pred, w, b, y, tl, ul, durations=durations, sigma=0.05 if durations else 0.0,
+                                            reduction="none")
+        return out, torch.autograd.grad(out.sum(), [enc, pred, w, b])
+
+    ref, gref = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, g = run()
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    for a, r in zip(g, gref):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)

@@ -141,3 +141,14 @@ def test_pruned_tdt_equals_the_reference_on_a_lattice_dead_outside_the_windows()
     )
     with pytest.raises(ValueError, match="no token channels"):
         kernels.tdt_loss_pruned(logits[..., :3], y, s_begin, tl, ul, DURS)
+
+
+def test_simple_loss_ignores_autocast() -> None:
+    """The simple loss's normalizer (a batched matmul of exponentials) stays in float32 under
+    bf16 autocast: rounded to 8 bits it would move the loss and the prune windows."""
+    _, _, _, _, am, lm, y, tl, ul = _inputs(T=9, V=33, dtype=torch.float32, seed=4)
+    ref, occ_ref = kernels.rnnt_loss_simple(am, lm, y, tl, ul, reduction="none")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, occ = kernels.rnnt_loss_simple(am, lm, y, tl, ul, reduction="none")
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(occ, occ_ref)
