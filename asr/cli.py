@@ -296,6 +296,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
             raise SystemExit("error: give --model (a model file) or --onnx (an export dir), not both")
         if args.lm:
             raise SystemExit("error: --lm applies to --model (PyTorch beam search), not to the --onnx runtime")
+        if args.device != "auto":
+            raise SystemExit("error: --device applies to --model (PyTorch); the --onnx runtime runs on the CPU")
         done = _decode_onnx(args)
     else:
         if not args.model:
@@ -320,10 +322,15 @@ def _decode_model(args: argparse.Namespace) -> dict:
         model = load(args.model)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    if args.threads:
-        import torch
+    import torch
 
+    if args.threads:
         torch.set_num_threads(args.threads)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    try:
+        model = model.to(torch.device(device))
+    except (RuntimeError, AssertionError) as e:
+        raise SystemExit(f"error: --device {args.device}: {e}") from None
     setting = _set_context(model, args.context)
     fusion = _fusion(args, model.tokenizer)
     if args.method == "beam" and args.chunkwise and (args.use_ctc or model.transducer is None):
@@ -893,6 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--chunkwise", action="store_true", help="stream window by window through forward_chunk")
     sp.add_argument("--max-duration", type=float, default=300.0, help="seconds of audio per batch")
     sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's); with --onnx: onnxruntime threads (default 1)")
+    sp.add_argument("--device", default="auto", help="--model: cpu, cuda, cuda:N; auto: cuda when there is one, else cpu")
     sp.add_argument("--onnx", metavar="DIR", help="instead of --model: an `asr export` dir, run by the torch-free streaming runtime")
     sp.add_argument("--int8", action="store_true", help="with --onnx: the *.int8.onnx files")
     sp.add_argument("--runtime", choices=["ours", "sherpa"], default="ours",

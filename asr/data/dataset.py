@@ -139,6 +139,9 @@ class ASRDataset(torch.utils.data.Dataset):
                 if not augment.noise_manifest:
                     raise ValueError("augment.noise_prob > 0 needs augment.noise_manifest (a noise RecordingSet)")
                 self.noise = load_noise_cuts(augment.noise_manifest)
+            elif augment.noise_manifest:
+                log.warning("augment.noise_manifest %s is set but augment.noise_prob is 0: no noise is mixed in",
+                            augment.noise_manifest)
             if augment.spec_augment:
                 self.spec_augment = SpecAugment(
                     time_warp_factor=augment.time_warp_factor or None,

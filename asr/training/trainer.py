@@ -41,8 +41,10 @@ ranks wait at a barrier; on resume every rank reads the checkpoint rank 0 chose,
 ``exp_dir`` must be on a file system all nodes share.
 
 Mixed precision. ``precision: auto`` trains in bf16 autocast on a GPU that supports it and in
-fp32 otherwise; ``fp16`` uses autocast with a GradScaler (saved in checkpoints). Training on
-the CPU is always fp32 (a bf16/fp16 request logs a warning).
+fp32 otherwise; ``fp16`` uses autocast with a GradScaler (saved in checkpoints). Autocast
+covers the encoder and the CTC head; a transducer head computes its joint and loss in float32
+(``TransducerHead.loss``). Training on the CPU is always fp32 (a bf16/fp16 request logs a
+warning); the tests run the autocast steps through the CPU's autocast.
 
 Warm start. ``init_from: model.pt`` copies a trained model's weights into the new one before
 the first step: every tensor that matches by name and shape, or only the modules named in
@@ -597,7 +599,11 @@ class Trainer:
         W, R = self.dist.world_size, self.dist.rank
         if self.is_main:
             save_yaml(cfg, self.exp / "config.yaml")
-        train_cuts = _load_cuts(cfg.data.train, cfg.data.max_cut_duration)
+        # one global shuffle, the same on every rank: the sampler then shuffles each epoch within a
+        # window of cuts (lhotse's buffer), which over manifests in corpus order (LibriSpeech's
+        # train-clean-100, -360, other-500, speaker by speaker) would leave whole parts apart; the
+        # feature statistics and the bucket bins, estimated from the first cuts, see all parts
+        train_cuts = _load_cuts(cfg.data.train, cfg.data.max_cut_duration).shuffle(rng=random.Random(cfg.seed))
         dev_sets = {Path(p).name.replace("cuts_", "").split(".")[0]: _load_cuts([p]) for p in cfg.data.dev} if self.is_main else {}
         log.info("training on %d cuts (%.2f h)", len(train_cuts), sum(c.duration for c in train_cuts) / 3600)
 
@@ -639,7 +645,9 @@ class Trainer:
                 group: list[dict] = []
                 t0 = time.perf_counter()
                 while len(group) < cfg.optim.accum_grad:
+                    t_data = time.perf_counter()
                     batch = next(it, None)
+                    stats["data_seconds"] += time.perf_counter() - t_data  # waiting for the loader
                     # every rank must agree: the epoch ends for all when one rank runs dry, and a
                     # batch whose cuts were all unreadable on one rank is skipped by all
                     exhausted, empty = self.dist.any([batch is None, batch is not None and not batch["cut_ids"]], self.device)
@@ -695,9 +703,11 @@ class Trainer:
                 skipped = sum((Counter(s) for s in self.dist.gather(dict(skipped))), Counter())
             pad = 1.0 - frames / max(1.0, padded)
             train_loss = stats["loss_sum"] / max(1, stats["tokens"])
+            epoch_seconds = time.perf_counter() - t_epoch
+            data_wait = min(1.0, stats["data_seconds"] / max(1e-9, epoch_seconds))  # this rank's (rank 0's in the log)
             rec = {"kind": "epoch", "epoch": epoch, "step": self.step, "train_loss": train_loss, "padding_fraction": pad,
-                   "epoch_seconds": time.perf_counter() - t_epoch, "skipped": dict(skipped)}
-            msg = f"epoch {epoch}: train loss {train_loss:.3f}, padding {100 * pad:.1f}%"
+                   "epoch_seconds": epoch_seconds, "data_wait_fraction": round(data_wait, 4), "skipped": dict(skipped)}
+            msg = f"epoch {epoch}: train loss {train_loss:.3f}, padding {100 * pad:.1f}%, waiting for data {100 * data_wait:.0f}%"
             if self.is_main and (last or epoch % cfg.valid_every_epochs == 0):
                 for name, cuts in dev_sets.items():
                     ev = self.validate(cuts, eval_dataset)
@@ -733,8 +743,10 @@ class Trainer:
         return final.cpu().eval()
 
     def validate(self, cuts: CutSet, dataset: ASRDataset) -> dict:
-        """Loss and greedy WER of the (unwrapped) model on the first ``dev_max_cuts`` cuts."""
-        cuts = cuts.subset(first=min(len(cuts), self.cfg.data.dev_max_cuts))
+        """Loss and greedy WER of the (unwrapped) model on ``dev_max_cuts`` cuts: a fixed random
+        sample (the same every epoch and run), not the manifest's first cuts (a few speakers)."""
+        if len(cuts) > self.cfg.data.dev_max_cuts:
+            cuts = cuts.shuffle(rng=random.Random(0)).subset(first=self.cfg.data.dev_max_cuts)
         # world_size/rank given: lhotse would otherwise take rank 0's share of torchrun's WORLD_SIZE
         sampler = make_sampler(cuts, self.cfg.data.sampler, train=False, world_size=1, rank=0)
         decode = None

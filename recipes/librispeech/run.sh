@@ -16,6 +16,8 @@
 #   MUSAN         MUSAN dir (music/ noise/ speech/); stage 2 is skipped without it
 #   PARTS         splits to prepare [all seven]   TRAIN_PARTS splits to train on [the three train-*]
 #   TEST_SETS     splits to decode [test-clean test-other dev-clean dev-other]
+#   DEV_SETS      splits validated on during training [dev-clean dev-other]
+#   NOISE_PROB    probability of mixing MUSAN noise into a training cut, once stage 2 has run [0.5]
 #   DATA [data/librispeech]   VOCAB [500]   CONFIG [conf/fastconformer_hybrid_tdt_ctc.yaml]
 #   EXP [exp/librispeech/<config name>]   NGPU [1]   TRAIN_ARGS  extra `asr train` arguments
 #   CONTEXTS      Conformer contexts "left,right ..." decoded in stage 5 [every trained one]
@@ -28,7 +30,7 @@
 #
 # The path is proven without a download on the mini corpus, which has LibriSpeech's layout:
 #   LIBRISPEECH=data/mini/corpus/LibriSpeech PARTS="train dev test-seen test-unseen" \
-#   TRAIN_PARTS=train TEST_SETS="test-seen test-unseen" DATA=data/mini_ls VOCAB=256 \
+#   TRAIN_PARTS=train DEV_SETS=dev TEST_SETS="test-seen test-unseen" DATA=data/mini_ls VOCAB=256 \
 #   TRAIN_ARGS="--set max_minutes=3 model.encoder_config.preset=small" bash recipes/librispeech/run.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -44,6 +46,8 @@ MUSAN="${MUSAN:-}"
 PARTS="${PARTS:-train-clean-100 train-clean-360 train-other-500 dev-clean dev-other test-clean test-other}"
 TRAIN_PARTS="${TRAIN_PARTS:-train-clean-100 train-clean-360 train-other-500}"
 TEST_SETS="${TEST_SETS:-test-clean test-other dev-clean dev-other}"
+DEV_SETS="${DEV_SETS:-dev-clean dev-other}"
+NOISE_PROB="${NOISE_PROB:-0.5}"
 DATA="${DATA:-data/librispeech}"
 VOCAB="${VOCAB:-500}"
 CONFIG="${CONFIG:-recipes/librispeech/conf/fastconformer_hybrid_tdt_ctc.yaml}"
@@ -83,8 +87,8 @@ if run 2; then
     if [ -n "$MUSAN" ]; then
         asr prepare-noise --musan "$MUSAN" --out "$DATA/musan"
     else
-        echo "skipped: set MUSAN=/path/to/musan to add MUSAN noise (then set data.augment.noise_manifest:"
-        echo "$DATA/musan/recordings.jsonl.gz in the config or TRAIN_ARGS)"
+        echo "skipped: set MUSAN=/path/to/musan to add MUSAN noise (stage 4 then mixes it into training cuts"
+        echo "with probability NOISE_PROB)"
     fi
 fi
 
@@ -98,7 +102,10 @@ if run 4; then
     banner 4 "train ($CONFIG -> $EXP, $NGPU process(es))"
     overrides=(--set "exp_dir=$EXP" "data.tokenizer=$LANG_DIR"
                "data.train=$(yaml_list "$(manifests "$TRAIN_PARTS")")"
-               "data.dev=$(yaml_list "$(manifests "${TEST_SETS%% *}")")")
+               "data.dev=$(yaml_list "$(manifests "$DEV_SETS")")")
+    if [ -f "$DATA/musan/recordings.jsonl.gz" ]; then  # stage 2 ran: train with its noise
+        overrides+=("data.augment.noise_manifest=$DATA/musan/recordings.jsonl.gz" "data.augment.noise_prob=$NOISE_PROB")
+    fi
     launch=(asr)
     if [ "$NGPU" -gt 1 ]; then launch=(torchrun --nproc_per_node "$NGPU" -m asr.cli); fi
     # shellcheck disable=SC2086
@@ -129,10 +136,14 @@ if run 5; then
     # caches and carries the decoder state across chunks, as a live stream does.
     contexts="$CONTEXTS"
     [ -z "$contexts" ] && contexts=$(asr info "$model" --contexts)
-    for ctx in $contexts; do
-        asr decode --model "$model" --cuts "${cuts[@]}" --context "$ctx" --out "$EXP/decode/simulated_$ctx"
-        asr decode --model "$model" --cuts "${cuts[@]}" --context "$ctx" --chunkwise --out "$EXP/decode/chunkwise_$ctx"
-    done
+    if [ "$contexts" = "-" ]; then  # a causal encoder (Citrinet, LSTM, SSM): one context, its stream
+        asr decode --model "$model" --cuts "${cuts[@]}" --chunkwise --out "$EXP/decode/chunkwise"
+    else
+        for ctx in $contexts; do
+            asr decode --model "$model" --cuts "${cuts[@]}" --context "$ctx" --out "$EXP/decode/simulated_$ctx"
+            asr decode --model "$model" --cuts "${cuts[@]}" --context "$ctx" --chunkwise --out "$EXP/decode/chunkwise_$ctx"
+        done
+    fi
 fi
 
 if run 6; then

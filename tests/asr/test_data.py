@@ -143,7 +143,7 @@ def test_batches_padding_and_unreadable_audio_at_load_time(corpus, tmp_path):
     assert all(len(t) > 0 for t in batch["tokens"])
 
 
-def test_bucketing_sampler_and_augmentation(tmp_path, corpus):
+def test_bucketing_sampler_and_augmentation(tmp_path, corpus, caplog):
     cuts = prepare_cuts(load_cuts(corpus))
     noise = tmp_path / "noise.flac"
     write_audio(noise, (0.1 * np.random.default_rng(0).standard_normal(16000 * 3)).astype(np.float32), 16000)
@@ -153,6 +153,9 @@ def test_bucketing_sampler_and_augmentation(tmp_path, corpus):
     aug = AugmentConfig(speed_prob=1.0, noise_prob=1.0, noise_manifest=str(tmp_path / "noise.jsonl.gz"), noise_snr=(5.0, 5.0))
     ds = ASRDataset(None, FeatureConfig(), aug, seed=1)
     plain = ASRDataset(None, FeatureConfig(), None)
+    with caplog.at_level("WARNING"):  # a noise manifest without a probability mixes nothing in: said so
+        ASRDataset(None, FeatureConfig(), AugmentConfig(noise_manifest=aug.noise_manifest))
+    assert "noise_prob is 0: no noise is mixed in" in caplog.text
     sampler = make_sampler(cuts, SamplerConfig(max_duration=6.0, num_buckets=2), train=True, seed=0)
     seen = []
     for b in make_loader(ds, sampler):

@@ -123,7 +123,8 @@ def test_lm_trains_and_fuses_through_the_cli(trained_tdt, trained, capsys):
     assert "LM tokens.arpa.gz (weight 0.6, bonus 0.5)" in capsys.readouterr().out
     for bad, msg in [(["--lm", str(lm)], "add --method beam"),
                      (["--method", "beam", "--lm", str(lm.with_name("missing.arpa"))], "does not exist"),
-                     (["--method", "beam", "--lm", str(lm), "--use-ctc", "--chunkwise"], "streaming CTC decoding is greedy")]:
+                     (["--method", "beam", "--lm", str(lm), "--use-ctc", "--chunkwise"], "streaming CTC decoding is greedy"),
+                     (["--device", "nonsense"], "--device nonsense")]:
         with pytest.raises(SystemExit, match=msg):
             main(["decode", "--model", model, "--cuts", cuts, "--out", str(trained_tdt / "dec_bad"), *bad])
     with pytest.raises(SystemExit, match="one of them"):

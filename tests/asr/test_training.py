@@ -135,7 +135,7 @@ def test_seeded_batches_are_reproducible_and_leave_global_rng_alone(tiny_data):
 
 
 # ---------------------------------------------------------------------- exact resume
-RESUME_STEPS = 14
+RESUME_STEPS = 16
 SAVE_EVERY = 4
 
 
@@ -402,7 +402,7 @@ def test_torchrun_two_processes_train_checkpoint_and_resume(tiny_data, tmp_path)
     for a, b in zip(first, again):
         assert a.keys() == b.keys()
         for k, v in a.items():
-            if k not in ("epoch_seconds", "wall_seconds"):
+            if k not in ("epoch_seconds", "wall_seconds", "data_wait_fraction"):
                 assert v == (pytest.approx(b[k], rel=1e-6) if isinstance(v, float) else b[k]), (k, a, b)
 
 
@@ -448,6 +448,45 @@ def test_nonfinite_steps_never_reach_the_weights_and_the_scaler_state_is_checkpo
         assert again.resume() == (1, 1) and again.step == 1
         assert again.scaler.get_scale() == 512.0 and again.resumed_progress == {"stats": {"tokens": 3.0}}
         _assert_same_weights(again.model.state_dict(), trainer.model.state_dict(), rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("head", ["tdt", "pruned_rnnt"])
+def test_mixed_precision_steps_of_a_hybrid_transducer(precision, head, tiny_data, tmp_path):
+    """The trainer's GPU precisions (autocast; fp16 with its GradScaler), run through the CPU's
+    autocast, on a hybrid transducer: the steps reach the weights, with the fp32 step's loss
+    give or take the encoder's rounding."""
+    from dataclasses import replace
+
+    from lhotse import CutSet
+
+    from asr.data.dataset import ASRDataset
+    from asr.training.trainer import Trainer
+
+    threads = torch.get_num_threads()
+    try:
+        def trainer_at(prec: str) -> Trainer:
+            cfg = _ddp_config(tiny_data, tmp_path / prec)
+            cfg = replace(cfg, model=replace(cfg.model, head=head, ctc_weight=0.3))
+            t = Trainer(cfg, progress=False)
+            t.setup(None)
+            t.precision = prec  # what resolve_precision picks on a GPU; the CPU's autocast runs it here
+            if prec == "fp16":
+                t.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
+            return t
+
+        ref, mixed = trainer_at("fp32"), trainer_at(precision)
+        cuts = CutSet.from_file(tiny_data / "manifests/cuts_train.jsonl.gz").subset(first=3)
+        batch = ASRDataset(ref.tokenizer, ref.cfg.features, None)[cuts]
+        w0 = mixed.model.state_dict()["transducer.joint.out.weight"].clone()
+        r_ref = ref.train_step([batch], epoch=1)
+        r = mixed.train_step([batch], epoch=1)
+        assert "skipped" not in r and mixed.step == 1, r
+        assert r["loss"] == pytest.approx(r_ref["loss"], rel=0.05)
+        assert not torch.equal(mixed.model.state_dict()["transducer.joint.out.weight"], w0)
+        assert all(torch.isfinite(v).all() for v in mixed.model.state_dict().values() if v.is_floating_point())
     finally:
         torch.set_num_threads(threads)
 
