@@ -324,11 +324,12 @@ def _decode_model(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {e}") from None
     import torch
 
+    from .training.distributed import Dist
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     try:
-        model = model.to(torch.device(device))
+        model = model.to(Dist().device(args.device))  # the trainer's rule: auto is cuda when there is one
     except (RuntimeError, AssertionError) as e:
         raise SystemExit(f"error: --device {args.device}: {e}") from None
     setting = _set_context(model, args.context)
