@@ -356,6 +356,8 @@ def _decode_model(args: argparse.Namespace) -> dict:
         cuts = CutSet.from_file(path)
         loader = make_loader(ds, make_sampler(cuts, SamplerConfig(max_duration=args.max_duration), train=False))
         ev = evaluate(model, loader, progress=not args.no_progress, desc=name, decode=decode, compute_loss=False)
+        order = {cut_id: i for i, cut_id in enumerate(cuts.ids)}  # batches run longest first; results list in manifest order
+        ev["results"].sort(key=lambda r: order[r["id"]])
         splits[name] = (ev["results"], {**ev["wer_detail"], "rtfx": round(ev["rtfx"], 1), "skipped": ev["skipped"]})
     _write_decode_results(out_dir, what, splits)
     return {"out_dir": out_dir, "splits": list(splits)}

@@ -620,7 +620,8 @@ class Trainer:
         sampler = make_sampler(train_cuts, cfg.data.sampler, train=True, seed=cfg.seed, world_size=W, rank=R)
         sorted_sampler = None
         if cfg.data.sortagrad_epochs > 0:
-            sorted_sampler = make_sampler(train_cuts.sort_by_duration(ascending=True), cfg.data.sampler, train=False, world_size=W, rank=R)
+            sorted_sampler = make_sampler(train_cuts.sort_by_duration(ascending=True), cfg.data.sampler, train=False, world_size=W, rank=R,
+                                          by_duration=False)
         bad_in_a_row = 0
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
         wall0 = time.perf_counter() - self.wall_seconds  # resumed runs keep their spent time

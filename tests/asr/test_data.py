@@ -143,6 +143,20 @@ def test_batches_padding_and_unreadable_audio_at_load_time(corpus, tmp_path):
     assert all(len(t) > 0 for t in batch["tokens"])
 
 
+def test_evaluation_batches_run_longest_first(corpus):
+    cuts = prepare_cuts(load_cuts(corpus))
+    durations = {c.id: c.duration for c in cuts}
+    assert len(set(durations.values())) > 2 and list(durations.values()) != sorted(durations.values(), reverse=True)
+    batches = list(make_sampler(cuts, SamplerConfig(max_duration=3.5), train=False))
+    assert len(batches) > 1
+    order = [c.id for b in batches for c in b]
+    assert sorted(order) == sorted(cuts.ids)
+    assert [durations[i] for i in order] == sorted(durations.values(), reverse=True)
+    # by_duration=False keeps the given order (sortagrad hands over cuts sorted shortest first)
+    kept = [c.id for b in make_sampler(cuts, SamplerConfig(max_duration=3.5), train=False, by_duration=False) for c in b]
+    assert kept == list(cuts.ids)
+
+
 def test_bucketing_sampler_and_augmentation(tmp_path, corpus, caplog):
     cuts = prepare_cuts(load_cuts(corpus))
     noise = tmp_path / "noise.flac"

@@ -39,6 +39,10 @@ def test_decode_is_not_empty_on_training_audio(trained, tiny_data, capsys):
     table = json.loads((trained / "dec" / "wer.json").read_text())["splits"]
     assert table["few"]["words"] > 0
     lines = (trained / "dec" / "results_few.txt").read_text().splitlines()
+    from lhotse import CutSet
+
+    # batches run longest first; the results list the cuts in the manifest's order
+    assert [l.split("\t")[0] for l in lines[::2]] == list(CutSet.from_file(trained / "cuts_few.jsonl.gz").ids)
     refs = [l.split("REF: ", 1)[1] for l in lines if "REF: " in l]
     hyps = [l.split("HYP: ", 1)[1] for l in lines if "HYP: " in l]
     assert len(hyps) == 6 and all(h.strip() for h in hyps), hyps
