@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from asr.training.schedules import eden_factor, lr_at
-from asr.training.trainer import OptimConfig, TrainConfig, plot_curves, resolve_precision, validated_points, write_valid_table
+from asr.training.trainer import (OptimConfig, TrainConfig, matmul_precision, plot_curves, resolve_precision, validated_points,
+                                  write_valid_table)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +81,9 @@ def test_precision_on_cpu_is_fp32(caplog):
     assert sum("always trains in fp32" in r.message for r in caplog.records) == 2
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp8", cpu)
+    # a GPU run's float32 matmuls (the transducer joint) use TF32 unless tf32: false
+    assert (matmul_precision(True), matmul_precision(False)) == ("high", "highest")
+    assert TrainConfig().tf32 is True
 
 
 # ---------------------------------------------------------------------- helpers
@@ -478,6 +482,7 @@ def test_mixed_precision_steps_of_a_hybrid_transducer(precision, head, tiny_data
             return t
 
         ref, mixed = trainer_at("fp32"), trainer_at(precision)
+        assert torch.get_float32_matmul_precision() == "highest"  # TF32 is for GPUs: the CPU keeps float32
         cuts = CutSet.from_file(tiny_data / "manifests/cuts_train.jsonl.gz").subset(first=3)
         batch = ASRDataset(ref.tokenizer, ref.cfg.features, None)[cuts]
         w0 = mixed.model.state_dict()["transducer.joint.out.weight"].clone()
