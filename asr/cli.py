@@ -695,7 +695,7 @@ def cmd_lm(args: argparse.Namespace) -> None:
         ids = {w: i for i, w in enumerate(symbols)}
         words = lambda ts: [[ids.get(w, 0) for w in t.split()] for t in ts if t.split()]  # noqa: E731
         msg = (f"{args.order}-gram word LM on {len(texts)} transcripts ({sum(len(t.split()) for t in texts)} words, "
-               f"vocabulary {len(symbols) - 1}) -> {args.out}")
+               f"vocabulary {len(symbols) - 1}; n-grams {' / '.join(map(str, lm.num_ngrams()))}) -> {args.out}")
         if args.dev:
             dev = list(_cut_texts(args.dev))
             oov = sum(w not in ids for t in dev for w in t.split())
@@ -711,7 +711,8 @@ def cmd_lm(args: argparse.Namespace) -> None:
         raise SystemExit("error: the cut manifests have no transcripts to train an LM on")
     lm = NgramLM.train(seqs, args.order, len(tok))
     lm.save_arpa(args.out, tok.pieces())
-    msg = f"{args.order}-gram token LM on {len(seqs)} transcripts ({sum(map(len, seqs))} tokens) -> {args.out}"
+    msg = (f"{args.order}-gram token LM on {len(seqs)} transcripts ({sum(map(len, seqs))} tokens; n-grams "
+           f"{' / '.join(map(str, lm.num_ngrams()))}) -> {args.out}")
     if args.dev:
         dev = [s for s in tok.encode_batch(list(_cut_texts(args.dev))) if s]
         msg += f"; perplexity per token: train {lm.perplexity(seqs):.3f}, dev {lm.perplexity(dev):.3f}"

@@ -113,9 +113,16 @@ class NgramLM(TokenLM):
         self._rows: dict[tuple, int] = {}
         self._gaps = [False] + [bool(np.isnan(lp).any()) for lp in logp[1:]]
 
+    def _listed(self, n: int) -> np.ndarray:
+        """The rows of order n that ARPA lists: those with a probability, and ``<s>``."""
+        ok = np.isfinite(self.logp[n])
+        if n == 1:
+            ok |= self.keys[1] == self.bos
+        return np.flatnonzero(ok)
+
     def num_ngrams(self) -> list[int]:
-        """How many n-grams of each order (1..order) have a probability."""
-        return [int(np.isfinite(self.logp[n]).sum()) for n in range(1, self.order + 1)]
+        """How many n-grams of each order (1..order) the model lists in ARPA."""
+        return [len(self._listed(n)) for n in range(1, self.order + 1)]
 
     # ------------------------------------------------------------------ queries
     def _index(self, gram: tuple) -> int:
@@ -286,7 +293,7 @@ class NgramLM(TokenLM):
                 bow[n - 1][has] = np.log(d * k[has] / t[has])
             logp[n] = np.log(np.maximum(p, 1e-99))
             p_lower = p
-        logp[1][keys[1] == bos] = -99.0 * _LN10  # <s> is never predicted (its row holds its back-off)
+        logp[1][keys[1] == bos] = np.nan  # <s> is never predicted (its row holds its back-off)
         return cls(order, vocab_size, keys, logp, bow)
 
     def _grams(self, n: int, rows: np.ndarray) -> np.ndarray:
@@ -308,12 +315,7 @@ class NgramLM(TokenLM):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        shown = []  # per order: the rows written (those with a probability; <s> always)
-        for n in range(1, self.order + 1):
-            ok = np.isfinite(self.logp[n])
-            if n == 1:
-                ok |= self.keys[1] == self.bos
-            shown.append(np.flatnonzero(ok))
+        shown = [self._listed(n) for n in range(1, self.order + 1)]
         # gzip level 4: a third of the default level's time for a few percent more bytes
         with (gzip.open(tmp, "wt", encoding="utf-8", compresslevel=4) if path.suffix == ".gz" else open(tmp, "w", encoding="utf-8")) as f:
             f.write("\n\\data\\\n")

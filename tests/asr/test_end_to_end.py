@@ -113,7 +113,13 @@ def test_lm_trains_and_fuses_through_the_cli(trained_tdt, trained, capsys):
     model = str(trained_tdt / "model.pt")
     lm = trained_tdt / "lm" / "tokens.arpa.gz"
     main(["lm", "--model", model, "--cuts", cuts, "--dev", cuts, "--order", "4", "--out", str(lm)])
-    assert lm.is_file() and "perplexity per token: train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert lm.is_file() and "perplexity per token: train" in out
+    import gzip
+    import re
+
+    header = re.findall(r"ngram \d+=(\d+)", gzip.open(lm, "rt").read())
+    assert re.search(r"n-grams ([\d /]+)\)", out).group(1).split(" / ") == header  # the counts the file holds
     hyps = {}
     for name, extra in [("beam", []), ("lm", ["--lm", str(lm), "--lm-weight", "0.6", "--token-bonus", "0.5"]),
                         ("lm_chunkwise", ["--lm", str(lm), "--lm-weight", "0.6", "--token-bonus", "0.5", "--chunkwise"]),
