@@ -43,8 +43,9 @@ ranks wait at a barrier; on resume every rank reads the checkpoint rank 0 chose,
 Mixed precision. ``precision: auto`` trains in bf16 autocast on a GPU that supports it and in
 fp32 otherwise; ``fp16`` uses autocast with a GradScaler (saved in checkpoints). Autocast
 covers the encoder and the CTC head; a transducer head computes its joint and loss in float32
-(``TransducerHead.loss``), whose matmuls on a GPU use TF32 tensor cores unless ``tf32: false``. Training on the CPU is always fp32 (a bf16/fp16 request logs a
-warning); the tests run the autocast steps through the CPU's autocast.
+(``TransducerHead.loss``), whose matmuls on a GPU use TF32 tensor cores unless ``tf32: false``.
+Training on the CPU is always fp32 (a bf16/fp16 request logs a warning); the tests run the
+autocast steps through the CPU's autocast.
 
 Warm start. ``init_from: model.pt`` copies a trained model's weights into the new one before
 the first step: every tensor that matches by name and shape, or only the modules named in
