@@ -135,5 +135,5 @@ def test_a_large_text_trains_in_seconds():
     lm = NgramLM.train(seqs, 4, vocab_size=300)
     took = time.perf_counter() - t0
     assert lm.num_ngrams()[3] > 100_000
-    assert took < 20, took
+    assert took < 6, took  # the dict counting's 11 s fails this; the tables' 1.6 s leaves CI a margin of 3.7x
     assert math.isclose(lm.perplexity(seqs[:50]), _loop_perplexity(lm, seqs[:50].tolist()), rel_tol=1e-12)
