@@ -191,41 +191,35 @@ class NgramLM(TokenLM):
             return 1.0
         R, N = self.num_ids, self.order
         target = pos > 0
-        # row of the n-gram ending at each position in its table (-1: not there), order by order
-        rows = [np.zeros(0, np.int64)]
-        found = np.searchsorted(self.keys[1], tok)
-        found = np.minimum(found, len(self.keys[1]) - 1)
-        rows.append(np.where(self.keys[1][found] == tok, found, -1))
+        # per order n: the row of the n-gram ending at each position (-1: not in the table), and
+        # of its context, the (n-1)-gram ending one position earlier (-1 also where the
+        # sentence so far is shorter than n-1 ids)
+        rows = [None, _find(self.keys[1], tok)]
+        ctx = [None, None]
         for n in range(2, N + 1):
             prev = np.full(len(tok), -1, np.int64)
             prev[1:] = rows[n - 1][:-1]
-            ok = (pos >= n - 1) & (prev >= 0)
-            codes = prev * R + tok
-            at = np.minimum(np.searchsorted(self.keys[n], codes), max(len(self.keys[n]) - 1, 0))
-            hit = ok & (len(self.keys[n]) > 0)
-            hit[hit] = self.keys[n][at[hit]] == codes[hit]
-            rows.append(np.where(hit, at, -1))
+            prev[pos < n - 1] = -1
+            ctx.append(prev)
+            rows.append(np.where(prev >= 0, _find(self.keys[n], prev * R + tok), -1))
         # back-off: the longest n-gram ending here with a probability, plus the back-off weights
         # of the longer contexts that are there
         score = self._unigram[tok].copy()
         done = np.zeros(len(tok), bool)
         bows = np.zeros(len(tok))
-        for n in range(N, 0, -1):
+        for n in range(N, 1, -1):
             r = rows[n]
             lp = np.full(len(tok), np.nan)
             have = r >= 0
             lp[have] = self.logp[n][r[have]]
-            use = ~done & np.isfinite(lp) & (n > 1)
+            use = ~done & np.isfinite(lp)
             score[use] = lp[use] + bows[use]
             done |= use
-            if n > 1:  # the context of order n-1 (the (n-1)-gram ending one position earlier)
-                c = np.full(len(tok), -1, np.int64)
-                c[1:] = rows[n - 1][:-1]
-                c[pos < n - 1] = -1  # longer than the history
-                b = np.zeros(len(tok))
-                hc = c >= 0
-                b[hc] = np.nan_to_num(self.bow[n - 1][c[hc]], nan=0.0)
-                bows[~done] += b[~done]
+            c = ctx[n]
+            b = np.zeros(len(tok))
+            hc = c >= 0
+            b[hc] = np.nan_to_num(self.bow[n - 1][c[hc]], nan=0.0)
+            bows[~done] += b[~done]
         score[~done] += bows[~done]
         return math.exp(-float(score[target].sum()) / max(int(target.sum()), 1))
 
@@ -428,18 +422,20 @@ class NgramLM(TokenLM):
         return cls(order, V, keys, logp, bow)
 
 
+def _find(keys: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The rows of ``codes`` in the sorted ``keys``, -1 where absent."""
+    if not len(keys):
+        return np.full(len(codes), -1, np.int64)
+    at = np.minimum(np.searchsorted(keys, codes), len(keys) - 1)
+    return np.where(keys[at] == codes, at, -1)
+
+
 def _rows_of(grams: np.ndarray, keys: list[np.ndarray], R: int) -> np.ndarray:
     """The rows of (m, n) n-grams in the table of order n (built in ``keys[1..n]``), -1 where absent."""
-    rows = np.zeros(len(grams), np.int64)
-    ok = np.ones(len(grams), bool)
-    for k in range(1, grams.shape[1] + 1):
-        code = grams[:, k - 1] if k == 1 else rows * R + grams[:, k - 1]
-        at = np.searchsorted(keys[k], code)
-        inside = at < len(keys[k])
-        ok &= inside
-        ok[inside] &= keys[k][at[inside]] == code[inside]
-        rows = np.where(ok, np.minimum(at, len(keys[k]) - 1), 0)
-    return np.where(ok, rows, -1)
+    rows = _find(keys[1], grams[:, 0])
+    for k in range(2, grams.shape[1] + 1):
+        rows = np.where(rows >= 0, _find(keys[k], rows * R + grams[:, k - 1]), -1)
+    return rows
 
 
 def _flatten(sequences: Iterable[Sequence[int]], vocab_size: int, check: bool) -> tuple[np.ndarray, np.ndarray]:
