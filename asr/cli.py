@@ -260,25 +260,17 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
     return {"out_dir": out_dir, "splits": list(splits)}
 
 
-def _read_hyps(path: Path) -> dict[str, str]:
-    """cut id -> hypothesis of a ``results_<split>.txt``."""
-    hyps = {}
-    for line in path.read_text().splitlines():
-        cid, _, rest = line.partition("\t")
-        if rest.startswith("HYP:"):
-            hyps[cid] = " ".join(rest[4:].split())
-    return hyps
-
-
 def compare_decodes(out_dir: Path, other: Path, splits: list[str]) -> dict:
     """How many transcripts of ``out_dir`` equal those of ``other`` (another ``asr decode``
     output dir), per split; writes ``out_dir/compare.json`` with the differing cut ids."""
+    from .decoding.wer import read_results
+
     report = {"against": str(other), "splits": {}}
     for name in splits:
         theirs_path = other / f"results_{name}.txt"
         if not theirs_path.is_file():
             raise SystemExit(f"error: --compare-to {other}: no results_{name}.txt there (decode the same cut manifests first)")
-        ours, theirs = _read_hyps(out_dir / f"results_{name}.txt"), _read_hyps(theirs_path)
+        ours, theirs = ({c: h for c, (_, h) in read_results(p).items()} for p in (out_dir / f"results_{name}.txt", theirs_path))
         common = [c for c in ours if c in theirs]
         differ = [c for c in common if ours[c] != theirs[c]]
         report["splits"][name] = {"identical": len(common) - len(differ), "compared": len(common),
@@ -762,6 +754,50 @@ def cmd_prepare_noise(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------- info
+def _results_files(path: Path) -> dict[str, Path]:
+    """split -> results file of an ``asr decode`` output dir, or of one ``results_<split>.txt``."""
+    if path.is_file():
+        return {path.name.removeprefix("results_").removesuffix(".txt"): path}
+    if not path.is_dir():
+        raise SystemExit(f"error: {path}: no such decode dir or results file")
+    files = {p.name.removeprefix("results_").removesuffix(".txt"): p for p in sorted(path.glob("results_*.txt"))}
+    if not files:
+        raise SystemExit(f"error: {path}: no results_<split>.txt in it (an `asr decode` output dir holds them)")
+    return files
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .decoding.wer import compare_results
+
+    a, b = _results_files(Path(args.a)), _results_files(Path(args.b))
+    if Path(args.a).is_file() and Path(args.b).is_file():
+        pairs = {next(iter(a)) if next(iter(a)) == next(iter(b)) else "results": (next(iter(a.values())), next(iter(b.values())))}
+    else:
+        common = [s for s in a if s in b]
+        if not common:
+            raise SystemExit(f"error: {args.a} ({', '.join(a)}) and {args.b} ({', '.join(b)}) share no split")
+        pairs = {s: (a[s], b[s]) for s in common if not args.splits or s in args.splits}
+        if args.splits and set(args.splits) - set(pairs):
+            raise SystemExit(f"error: --splits {' '.join(sorted(set(args.splits) - set(pairs)))}: not decoded in both ({', '.join(common)})")
+    report = {"a": str(args.a), "b": str(args.b), "samples": args.samples, "seed": args.seed, "splits": {}}
+    print(f"A = {args.a}\nB = {args.b}\npaired bootstrap over utterances, {args.samples} resamples:")
+    print(f"{'split':<14}{'WER A':>8}{'WER B':>8}{'B - A':>8}{'95% interval':>18}{'P(B better)':>13}{'utts B better / worse':>23}")
+    for name, (pa, pb) in pairs.items():
+        try:
+            r = compare_results(pa, pb, samples=args.samples, seed=args.seed)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        report["splits"][name] = r
+        lo, hi = r["ci95"]
+        utts = f"{r['utts_b_better']} / {r['utts_b_worse']}"
+        print(f"{name:<14}{r['wer_a']:>8.2f}{r['wer_b']:>8.2f}{r['diff']:>+8.2f}{f'[{lo:+.2f}, {hi:+.2f}]':>18}"
+              f"{r['p_b_better']:>13.3f}{utts:>23}")
+    print("(an interval that excludes 0: the difference holds beyond the sample of test utterances; "
+          "it does not measure training-run variance)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .models import load
 
@@ -1018,6 +1054,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--jobs", type=int, default=2)
     sp.set_defaults(func=cmd_prepare_noise)
+
+    sp = sub.add_parser("compare", help="is one decode's WER significantly different from another's?", description=(
+        "Paired bootstrap test (Bisani and Ney 2004) of two `asr decode` outputs on the same cuts: each split's "
+        "WER of A and of B, the difference B - A with its 95%% interval over resampled test utterances, and the "
+        "probability that B is better. A and B are decode output dirs (every split decoded in both) or two "
+        "results_<split>.txt files."))
+    sp.add_argument("a", help="decode dir or results_<split>.txt of system A (the baseline)")
+    sp.add_argument("b", help="decode dir or results_<split>.txt of system B")
+    sp.add_argument("--splits", nargs="*", help="only these splits (default: every split decoded in both)")
+    sp.add_argument("--samples", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--json", help="also write the numbers to this JSON file")
+    sp.set_defaults(func=cmd_compare)
 
     sp = sub.add_parser("info", help="describe a model file", description="Encoder, head, size, contexts and training summary of a model file.")
     sp.add_argument("model", help="model file (model.pt)")

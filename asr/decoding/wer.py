@@ -1,10 +1,11 @@
-"""Word error rate with substitutions, deletions and insertions (Levenshtein alignment)."""
+"""Word error rate with substitutions, deletions and insertions (Levenshtein alignment), and a
+paired bootstrap test of two systems decoded on the same utterances."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["word_errors", "WER"]
+__all__ = ["word_errors", "WER", "read_results", "paired_bootstrap", "compare_results"]
 
 
 def word_errors(ref: list[str], hyp: list[str]) -> tuple[int, int, int]:
@@ -78,3 +79,83 @@ class WER:
             f"WER {self.wer:.2f}% [{self.errors} / {self.words}, "
             f"{self.subs} sub, {self.dels} del, {self.ins} ins]"
         )
+
+
+def read_results(path) -> dict[str, tuple[str, str]]:
+    """cut id -> (reference, hypothesis) of a ``results_<split>.txt`` written by ``asr decode``
+    (``<id>\\tREF: ...`` and ``<id>\\tHYP: ...`` lines); words are re-joined by single spaces."""
+    refs: dict[str, str] = {}
+    hyps: dict[str, str] = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            cid, tab, rest = line.rstrip("\n").partition("\t")
+            if not line.strip():
+                continue
+            if not tab or rest[:4] not in ("REF:", "HYP:"):
+                raise ValueError(f"{path}:{n}: not a results line (<id> TAB REF: or HYP: text): {line[:80]!r}")
+            (refs if rest.startswith("REF:") else hyps)[cid] = " ".join(rest[4:].split())
+    if refs.keys() != hyps.keys():
+        odd = sorted(refs.keys() ^ hyps.keys())
+        raise ValueError(f"{path}: {len(odd)} cut(s) with a REF line but no HYP line or the reverse, e.g. {odd[0]}")
+    return {cid: (refs[cid], hyps[cid]) for cid in refs}
+
+
+def paired_bootstrap(errors_a, errors_b, words, samples: int = 10000, seed: int = 0) -> dict:
+    """Is system B's WER different from system A's on the same utterances? Bootstrap over
+    utterances (Bisani and Ney, ICASSP 2004): resample the test set's utterances with
+    replacement ``samples`` times and recompute both WERs on each resample.
+
+    ``errors_a``, ``errors_b``: word errors per utterance; ``words``: reference words per
+    utterance. Returns both WERs and their difference ``b - a`` in percent, its 95% interval
+    over the resamples, and ``p_b_better`` / ``p_b_worse``, the share of resamples on which B
+    makes fewer / more errors than A (the probability of improvement). An interval that
+    excludes 0 says the difference holds beyond which utterances happened to be tested; it
+    says nothing of training-run variance (retrain with another seed for that).
+    """
+    import numpy as np
+
+    ea, eb, n = (np.asarray(x, dtype=np.int64) for x in (errors_a, errors_b, words))
+    if not (ea.shape == eb.shape == n.shape) or ea.ndim != 1 or len(ea) == 0:
+        raise ValueError(f"paired_bootstrap needs three equal-length non-empty 1-D arrays, got {ea.shape}, {eb.shape}, {n.shape}")
+    if n.sum() == 0:
+        raise ValueError("paired_bootstrap: the references have no words")
+    rng = np.random.default_rng(seed)
+    u = len(n)
+    diff = np.empty(samples)
+    delta = eb - ea
+    for lo in range(0, samples, 1000):  # 1000 resamples at a time: memory ~ 8 kB x utterances
+        counts = rng.multinomial(u, np.full(u, 1.0 / u), size=min(1000, samples - lo))
+        w = counts @ n
+        diff[lo : lo + len(counts)] = 100.0 * (counts @ delta) / np.maximum(w, 1)
+    lo95, hi95 = np.percentile(diff, [2.5, 97.5])
+    return {
+        "wer_a": 100.0 * ea.sum() / n.sum(),
+        "wer_b": 100.0 * eb.sum() / n.sum(),
+        "diff": 100.0 * delta.sum() / n.sum(),
+        "ci95": (float(lo95), float(hi95)),
+        "p_b_better": float((diff < 0).mean()),
+        "p_b_worse": float((diff > 0).mean()),
+        "utts": u,
+        "utts_b_better": int((delta < 0).sum()),
+        "utts_b_worse": int((delta > 0).sum()),
+        "samples": samples,
+    }
+
+
+def compare_results(path_a, path_b, samples: int = 10000, seed: int = 0) -> dict:
+    """``paired_bootstrap`` of two ``results_<split>.txt`` files of the same cuts (A and B
+    decoded the same manifest); their references must agree."""
+    a, b = read_results(path_a), read_results(path_b)
+    if a.keys() != b.keys():
+        only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+        raise ValueError(f"{path_a} and {path_b} are not decodes of the same cuts: {len(only_a)} only in the first"
+                         + (f" (e.g. {only_a[0]})" if only_a else "") + f", {len(only_b)} only in the second"
+                         + (f" (e.g. {only_b[0]})" if only_b else ""))
+    ids = sorted(a)
+    bad = next((c for c in ids if a[c][0] != b[c][0]), None)
+    if bad is not None:
+        raise ValueError(f"{path_a} and {path_b} disagree on the reference of {bad}: {a[bad][0]!r} vs {b[bad][0]!r}")
+    words = [len(a[c][0].split()) for c in ids]
+    err_a = [sum(word_errors(a[c][0].split(), a[c][1].split())) for c in ids]
+    err_b = [sum(word_errors(b[c][0].split(), b[c][1].split())) for c in ids]
+    return paired_bootstrap(err_a, err_b, words, samples=samples, seed=seed)

@@ -245,6 +245,22 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
     return out
 
 
+def wer_vs_rnnt(family: str, args, rnnt_cell: str, tdt_cell: str) -> dict | None:
+    """Greedy WER of the TDT cell minus the RNN-T cell's per split, with the paired bootstrap's
+    95% interval over test utterances (``asr compare``): whether "no worse" holds beyond the
+    utterances that happened to be tested."""
+    from asr.decoding.wer import compare_results
+
+    dirs = [(args.rnnt_from or args.out) / f"{family}_{rnnt_cell}" / "decode_greedy", args.out / f"{family}_{tdt_cell}" / "decode_greedy"]
+    out = {}
+    for split in ("test-seen", "test-unseen"):
+        files = [d / f"results_{split}.txt" for d in dirs]
+        if all(f.is_file() for f in files):
+            r = compare_results(*files)
+            out[split] = {"diff": round(r["diff"], 2), "ci95": [round(x, 2) for x in r["ci95"]], "p_tdt_better": round(r["p_b_better"], 3)}
+    return out or None
+
+
 def _fused(r: dict) -> str:
     """One LM's cell: test-seen / test-unseen WER and the (weight, bonus) chosen on dev."""
     return f"**{r['splits']['test-seen']['wer']:.1f} / {r['splits']['test-unseen']['wer']:.1f}** ({r['weight']}, {r['bonus']})"
@@ -292,6 +308,11 @@ def table(results: dict) -> str:
                 if "durations" in td:
                     lines.append(f"  - the TDT's decisions by kind and duration: "
                                  + ", ".join(f"{k}: {n}" for k, n in td["durations"].items()))
+            if r.get("wer_diff"):
+                lines.append("- greedy WER, TDT minus RNN-T, with its 95% interval over resampled test utterances (paired "
+                             "bootstrap, `asr compare`): " + "; ".join(
+                                 f"{split} **{d['diff']:+.2f}** [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], P(TDT better) {d['p_tdt_better']}"
+                                 for split, d in r["wer_diff"].items()))
     return "\n".join(lines) + "\n"
 
 
@@ -335,6 +356,10 @@ def main() -> None:
                 key = family + suffix + (f"@{args.search_context}" if args.search_context else "")
                 if args.force or not results["tdt_vs_rnnt"].get(key):
                     results["tdt_vs_rnnt"][key] = tdt_vs_rnnt(family, args, rnnt_cell, tdt_cell)
+                    res_path.write_text(json.dumps(results, indent=2))
+                r = results["tdt_vs_rnnt"][key]
+                if r and (args.force or "wer_diff" not in r):
+                    r["wer_diff"] = wer_vs_rnnt(family, args, rnnt_cell, tdt_cell)
                     res_path.write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(table(results))
     print(table(results))
