@@ -290,6 +290,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
             raise SystemExit("error: --lm applies to --model (PyTorch beam search), not to the --onnx runtime")
         if args.device != "auto":
             raise SystemExit("error: --device applies to --model (PyTorch); the --onnx runtime runs on the CPU")
+        if args.ctc_guard is not None:
+            raise SystemExit("error: --ctc-guard applies to --model (PyTorch); the --onnx runtime does not have it yet")
         done = _decode_onnx(args)
     else:
         if not args.model:
@@ -326,18 +328,27 @@ def _decode_model(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: --device {args.device}: {e}") from None
     setting = _set_context(model, args.context)
     fusion = _fusion(args, model.tokenizer)
+    if args.ctc_guard is not None:
+        if args.method != "greedy" or args.use_ctc:
+            raise SystemExit("error: --ctc-guard applies to the transducer's greedy search (--method greedy, without --use-ctc)")
+        try:
+            model.check_ctc_guard(args.ctc_guard)
+        except ValueError as e:
+            raise SystemExit(f"error: --ctc-guard: {e}") from None
     if args.method == "beam" and args.chunkwise and (args.use_ctc or model.transducer is None):
         raise SystemExit("error: streaming CTC decoding is greedy; --method beam (and --lm) applies to whole-utterance "
                          "CTC or to transducers")
     mode = "chunkwise" if args.chunkwise else "whole-utterance"
     lm_what = f", LM {Path(args.lm).name} (weight {args.lm_weight}, bonus {args.token_bonus})" if fusion else ""
-    what = f"{args.method}{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}{lm_what}, {mode}{setting}"
+    guard = f", TDT blank jumps guarded by the CTC head (blank > {args.ctc_guard})" if args.ctc_guard is not None else ""
+    what = f"{args.method}{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}{guard}{lm_what}, {mode}{setting}"
     print(f"decoding: {what}")
 
     def decode(x, lens):
         if args.chunkwise:
-            return chunkwise_decode(model, x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc, fusion=fusion)
-        return model.decode(x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc, fusion=fusion)
+            return chunkwise_decode(model, x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc, fusion=fusion,
+                                    ctc_guard=args.ctc_guard)
+        return model.decode(x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc, fusion=fusion, ctc_guard=args.ctc_guard)
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / "decode"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -930,6 +941,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", choices=["greedy", "beam"], default="greedy")
     sp.add_argument("--beam", type=int, default=4, help="beam size for --method beam")
     sp.add_argument("--use-ctc", action="store_true", help="decode a hybrid model's CTC head")
+    sp.add_argument("--ctc-guard", type=float, metavar="P", help=(
+        "hybrid TDT+CTC, greedy: a TDT blank jump passes only over frames whose CTC blank probability exceeds P "
+        "and lands on the first other one (0.9 was chosen on the mini dev set; default: off)"))
     sp.add_argument("--lm", metavar="ARPA", help="n-gram LM (`asr lm`) fused into --method beam")
     sp.add_argument("--lm-unit", choices=["token", "word"], default="token", help=(
         "what --lm's words are: the model's tokens (default), or words (`asr lm --unit word`): the search is then "

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,19 +171,41 @@ class ASRModel(nn.Module):
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor, x_lens: torch.Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False,
-               fusion: "LMFusion | None" = None) -> list[Hypothesis]:
+               fusion: "LMFusion | None" = None, ctc_guard: float | None = None) -> list[Hypothesis]:
         """Batched decoding of features. ``method``: "greedy" or "beam" (CTC prefix beam search,
         or modified beam search for transducers); ``use_ctc`` decodes a hybrid's CTC head;
-        ``fusion``: an n-gram LM for the beam search (:mod:`asr.decoding.lm`)."""
+        ``fusion``: an n-gram LM for the beam search (:mod:`asr.decoding.lm`); ``ctc_guard``: a
+        hybrid TDT+CTC's greedy search lets a blank jump pass only over frames whose CTC blank
+        probability exceeds this (:meth:`jump_guard`)."""
         enc, enc_lens = self.encode(x, x_lens)
-        return self.decode_encoded(enc, enc_lens, method, beam, use_ctc, fusion)
+        return self.decode_encoded(enc, enc_lens, method, beam, use_ctc, fusion, ctc_guard)
+
+    def jump_guard(self, enc: torch.Tensor, threshold: float) -> torch.Tensor:
+        """(B, T) bool: the frames of the encoder output ``enc`` that a TDT blank jump may pass
+        over in greedy search (``greedy_search(jump_ok=...)``): those whose blank probability
+        under the hybrid's CTC head exceeds ``threshold``. The CTC head marks where pieces
+        begin; a TDT jump predicted over such a frame lands on it instead of skipping it.
+        Threshold 0.9 was chosen on the mini corpus's dev set (docs/mini_results.md)."""
+        self.check_ctc_guard(threshold)
+        return self.ctc(enc)[..., self.transducer.blank] > math.log(threshold)
+
+    def check_ctc_guard(self, threshold: float) -> None:
+        """A ValueError unless this model can guard TDT jumps at ``threshold`` (:meth:`jump_guard`)."""
+        if self.transducer is None or self.transducer.durations is None:
+            raise ValueError("the CTC guard applies to TDT models (a transducer head with durations)")
+        if self.ctc is None:
+            raise ValueError("the CTC guard needs a hybrid TDT+CTC model (ctc_weight > 0): this model has no CTC head")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"the CTC guard's threshold is a blank probability in (0, 1), got {threshold}")
 
     def decode_encoded(self, enc: torch.Tensor, enc_lens: torch.Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False,
-                       fusion: "LMFusion | None" = None) -> list[Hypothesis]:
+                       fusion: "LMFusion | None" = None, ctc_guard: float | None = None) -> list[Hypothesis]:
         if method not in ("greedy", "beam"):
             raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
         if fusion is not None and method != "beam":
             raise ValueError("LM fusion needs beam search (method 'beam')")
+        if ctc_guard is not None and (method != "greedy" or use_ctc):
+            raise ValueError("the CTC guard applies to the transducer's greedy search (method 'greedy', not use_ctc)")
         lm = fusion.kwargs() if fusion is not None else {}
         if use_ctc or self.transducer is None:
             if self.ctc is None:
@@ -196,7 +219,8 @@ class ASRModel(nn.Module):
         if method == "greedy":
             from .decoding.transducer import greedy_search
 
-            return greedy_search(self.transducer, enc, enc_lens)[0]
+            jump_ok = self.jump_guard(enc, ctc_guard) if ctc_guard is not None else None
+            return greedy_search(self.transducer, enc, enc_lens, jump_ok=jump_ok)[0]
         from .decoding.beam import modified_beam_search
 
         return modified_beam_search(self.transducer, enc, enc_lens, beam=beam, **lm)[0]

@@ -72,12 +72,15 @@ def ctc_greedy_chunk(log_probs: Tensor, lens: Tensor, state: CTCStreamState | No
 class _ChunkDecoder:
     """Dispatch to the decoder of a model's head, carrying its state between chunks."""
 
-    def __init__(self, model, method: str = "greedy", beam: int = 4, use_ctc: bool = False, fusion: "LMFusion | None" = None):
+    def __init__(self, model, method: str = "greedy", beam: int = 4, use_ctc: bool = False, fusion: "LMFusion | None" = None,
+                 ctc_guard: float | None = None):
         if method not in ("greedy", "beam"):
             raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
         if fusion is not None and method != "beam":
             raise ValueError("LM fusion needs beam search (method 'beam')")
-        self.model, self.method, self.beam, self.fusion = model, method, beam, fusion
+        if ctc_guard is not None and (method != "greedy" or use_ctc):
+            raise ValueError("the CTC guard applies to the transducer's greedy search (method 'greedy', not use_ctc)")
+        self.model, self.method, self.beam, self.fusion, self.ctc_guard = model, method, beam, fusion, ctc_guard
         self.use_ctc = use_ctc or model.transducer is None
         if self.use_ctc and model.ctc is None:
             raise ValueError("this model has no CTC head (train a hybrid with ctc_weight > 0)")
@@ -92,7 +95,8 @@ class _ChunkDecoder:
         elif self.method == "greedy":
             from .transducer import greedy_search
 
-            self.hyps, self.state = greedy_search(self.model.transducer, enc, lens, state=self.state)
+            jump_ok = self.model.jump_guard(enc, self.ctc_guard) if self.ctc_guard is not None else None
+            self.hyps, self.state = greedy_search(self.model.transducer, enc, lens, state=self.state, jump_ok=jump_ok)
         else:
             from .beam import modified_beam_search
 
@@ -103,13 +107,14 @@ class _ChunkDecoder:
 
 @torch.no_grad()
 def chunkwise_decode(model, x: Tensor, x_lens: Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False,
-                     fusion: "LMFusion | None" = None) -> list[Hypothesis]:
+                     fusion: "LMFusion | None" = None, ctc_guard: float | None = None) -> list[Hypothesis]:
     """Decode a padded batch of features (B, T, F) window by window through the encoder's
     ``forward_chunk`` and the decoder's state (the encoder's current context/chunk size).
-    ``fusion``: an n-gram LM for the transducer beam search (:mod:`asr.decoding.lm`)."""
+    ``fusion``: an n-gram LM for the transducer beam search (:mod:`asr.decoding.lm`);
+    ``ctc_guard``: a hybrid TDT's blank jumps checked by its CTC head (``ASRModel.jump_guard``)."""
     from ..encoders.base import stream_chunks
 
-    decoder = _ChunkDecoder(model, method, beam, use_ctc, fusion)
+    decoder = _ChunkDecoder(model, method, beam, use_ctc, fusion, ctc_guard)
     hyps = [Hypothesis() for _ in range(x.shape[0])]
     for y, yl in stream_chunks(model.encoder, model.normalize(x), x_lens, "chunkwise_decode"):
         hyps = decoder(y, yl)
@@ -129,16 +134,17 @@ class StreamingRecognizer:
     (set the Conformer's look-ahead with ``model.encoder.set_context(left, right)`` first).
     """
 
-    def __init__(self, model, method: str = "greedy", beam: int = 4, use_ctc: bool = False, fusion: "LMFusion | None" = None):
+    def __init__(self, model, method: str = "greedy", beam: int = 4, use_ctc: bool = False, fusion: "LMFusion | None" = None,
+                 ctc_guard: float | None = None):
         self.model = model
-        self.method, self.beam, self.use_ctc, self.fusion = method, beam, use_ctc, fusion
+        self.method, self.beam, self.use_ctc, self.fusion, self.ctc_guard = method, beam, use_ctc, fusion, ctc_guard
         self.reset()
 
     def reset(self) -> None:
         p = self.model.encoder.streaming_params()
         self.window, self.shift = p["window"], p["shift"]
         self.enc_state = self.model.encoder.init_state(1)
-        self.decoder = _ChunkDecoder(self.model, self.method, self.beam, self.use_ctc, self.fusion)
+        self.decoder = _ChunkDecoder(self.model, self.method, self.beam, self.use_ctc, self.fusion, self.ctc_guard)
         self.buffer = torch.zeros(0, self.model.features.num_mel_bins, device=self.model.feat_mean.device)
         self.hyp = Hypothesis()
         self.finished = False

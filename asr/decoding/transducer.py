@@ -18,6 +18,13 @@ least one utterance on by a frame and each pass of step 3 emits at least one lab
 prediction network runs (max labels of an utterance + 1) times, the joint at most (frames of
 all utterances + that) times; a TDT blank skipping d frames saves d - 1 joint evaluations.
 
+A hybrid TDT+CTC model can guard the TDT's blank jumps with its CTC head (``jump_ok``): a blank
+of duration d at frame t then lands on the first of the frames t+1 .. t+d-1 that the CTC head
+does not call blank, if any, instead of skipping it. On the mini corpus's 15 + 30-minute hybrid
+TDTs (sigma 0.10) the plain search lost 2 points of test-seen WER to blank jumps over frames
+where a piece began; guarded, they lost 0.2-0.3 points against their RNN-T twins with 7% more
+joint calls (docs/mini_results.md). Labels' jumps are not guarded (they cost no accuracy there).
+
 A batch of one (a streaming server's per-stream call) takes a scalar path with the same
 decisions, scores and state: the frame pointer and symbol count are Python ints, so a blank
 costs one joint call and an argmax instead of a dozen masking ops around it. On the CPU a
@@ -62,6 +69,8 @@ class DecoderState:
             of the next chunk of utterance ``b`` is the global frame ``frames_done[b] + i``.
         skip: (B,) frames every utterance still has to skip at the start of the next chunk
             (TDT: a duration that reached past the end of the chunk; always 0 for RNN-T).
+        skip_guarded: (B,) bool, whether that skip is a blank's jump, which the next chunk's
+            ``jump_ok`` may cut short (a label's jump is never cut); None: all False.
     """
 
     pred_state: list[Tensor]
@@ -70,6 +79,7 @@ class DecoderState:
     hyps: list[Hypothesis]
     frames_done: Tensor
     skip: Tensor
+    skip_guarded: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -133,6 +143,43 @@ def begin_chunk(enc: Tensor, enc_lens: Tensor, state, new_state):
     return lens, state
 
 
+NO_WALL = 1 << 40  # "no frame stops the jump in this chunk"
+
+
+def _walls(jump_ok: Tensor) -> Tensor:
+    """(B, T) long: f where frame f stops a guarded jump (``jump_ok`` False), else NO_WALL."""
+    f = torch.arange(jump_ok.shape[1], device=jump_ok.device).expand_as(jump_ok)
+    return torch.where(jump_ok, torch.full_like(f, NO_WALL), f)
+
+
+def jump_stops(jump_ok: Tensor) -> Tensor:
+    """(B, T) long: for every frame t, the first frame f > t of the chunk that a guarded blank
+    jump may not pass over (``jump_ok[b, f]`` False), or NO_WALL. A guarded blank of duration
+    d at t lands on ``min(t + d, stops[t])``; past the chunk's end the check goes on in the
+    next chunk (:func:`guard_skip`)."""
+    suffix = _walls(jump_ok).flip(1).cummin(1).values.flip(1)  # the first wall at or after t
+    return torch.cat([suffix[:, 1:], torch.full_like(suffix[:, :1], NO_WALL)], 1)
+
+
+def guard_skip(skip: Tensor, guarded: Tensor | None, jump_ok: Tensor | None) -> Tensor:
+    """The carried ``skip`` cut short where a blank's jump reaching into this chunk meets a frame
+    that ``jump_ok`` does not let it pass (it lands there)."""
+    if jump_ok is None or guarded is None or jump_ok.shape[1] == 0:
+        return skip
+    return torch.where(guarded, torch.minimum(skip, _walls(jump_ok).min(1).values), skip)
+
+
+def check_jump_ok(head, enc: Tensor, jump_ok: Tensor | None) -> Tensor | None:
+    if jump_ok is None:
+        return None
+    if head.durations is None:
+        raise ValueError("jump_ok guards TDT blank jumps; this head is an RNN-T (no durations)")
+    if jump_ok.shape != enc.shape[:2] or jump_ok.dtype != torch.bool:
+        raise ValueError(f"jump_ok must be a bool tensor of shape {tuple(enc.shape[:2])} (B, T), "
+                         f"got {jump_ok.dtype} {tuple(jump_ok.shape)}")
+    return jump_ok.to(enc.device)
+
+
 def append_emissions(
     hyps: list[Hypothesis], scores: Tensor, steps: list[tuple[Tensor, Tensor, Tensor]]
 ) -> list[Hypothesis]:
@@ -158,6 +205,7 @@ def greedy_search(
     max_symbols: int = 10,
     state: DecoderState | None = None,
     loop: str = "auto",
+    jump_ok: Tensor | None = None,
 ) -> tuple[list[Hypothesis], DecoderState]:
     """Batched greedy decoding of an RNN-T (``head.durations is None``) or TDT transducer.
 
@@ -178,6 +226,11 @@ def greedy_search(
             test-seen of the mini corpus searched by rows took 0.31 s (RNN-T) and 0.18 s (TDT)
             against 0.47 and 0.32 s by label looping, batches of 120 s (docs/mini_results.md). A GPU, where
             every op is a kernel launch, wants the batch.
+        jump_ok: TDT only, optional (B, T) bool over this chunk's frames: the frames a blank's
+            jump may pass over (a hybrid's CTC head calling them blank, see
+            ``asr.models.ASRModel.jump_guard``). A blank of duration d at frame t lands on the
+            first frame of t+1 .. t+d-1 that is not ok, else on t + d; the check carries into
+            the next chunk with the state. None: every jump is taken as predicted.
 
     Returns:
         (hyps, state): ``hyps[b]`` is the hypothesis of utterance ``b`` from its first frame up
@@ -201,10 +254,11 @@ def greedy_search(
         B, T = enc.shape[:2]
         scalar = B == 1 or rows_path
         lens, state = begin_chunk(enc, enc_lens, state, lambda B: None if scalar else _initial_state(head, B, enc.device))
+        jump_ok = check_jump_ok(head, enc, jump_ok)
         if B == 1:
-            return _greedy_one(head, enc, int(lens[0]), state, max_symbols)
+            return _greedy_one(head, enc, int(lens[0]), state, max_symbols, jump_ok)
         if scalar:
-            return _greedy_rows(head, enc, lens, state, max_symbols)
+            return _greedy_rows(head, enc, lens, state, max_symbols, jump_ok)
         device = enc.device
         pred = head.predictor
         blank, V = head.blank, head.vocab_size
@@ -215,7 +269,12 @@ def greedy_search(
         rows = torch.arange(B, device=device)
         pstate, pred_p = state.pred_state, state.pred_out
         scores = state.scores.clone()
-        t = state.skip.clone()  # local frame pointer of every utterance
+        if jump_ok is not None:  # a row's padding is no wall: its next frames come with the next chunk
+            jump_ok = jump_ok | (torch.arange(T, device=device)[None, :] >= lens[:, None])
+        t = guard_skip(state.skip, state.skip_guarded, jump_ok)  # local frame pointer of every utterance
+        stops = jump_stops(jump_ok) if jump_ok is not None else None
+        # whether t is where a blank's jump landed (carried while the jump still reaches past the chunk)
+        guarded = state.skip_guarded.clone() if state.skip_guarded is not None else torch.zeros(B, dtype=torch.bool, device=device)
         count = torch.zeros(B, dtype=torch.long, device=device)  # labels emitted at frame t
         one = torch.ones((), dtype=torch.long, device=device)
         zero_l = torch.zeros((), dtype=torch.long, device=device)
@@ -239,7 +298,11 @@ def greedy_search(
             blank_m = active & (tok == blank)
             while bool(blank_m.any()):  # advance over blanks, no prediction-network call
                 scores = scores + torch.where(blank_m, lp, zero_f)
-                t = t + torch.where(blank_m, dur.clamp(min=1) if tdt else one, zero_l)
+                step_t = dur.clamp(min=1) if tdt else one
+                if stops is not None:  # a guarded jump lands on the first frame it may not pass
+                    step_t = torch.minimum(step_t, stops[rows, t.clamp(max=last)] - t)
+                t = t + torch.where(blank_m, step_t, zero_l)
+                guarded = torch.where(blank_m, True, guarded)
                 count = torch.where(blank_m, zero_l, count)
                 active = t < lens
                 blank_m = blank_m & active
@@ -257,6 +320,7 @@ def greedy_search(
             pred_p = torch.where(emit[:, None], head.joint.project_pred(out), pred_p)
             if tdt:
                 t = t + torch.where(emit, dur, zero_l)
+                guarded = guarded & ~emit
                 count = torch.where(emit, torch.where(dur == 0, count + 1, zero_l), count)
             else:
                 count = count + emit.long()
@@ -273,11 +337,13 @@ def greedy_search(
             hyps=hyps,
             frames_done=state.frames_done + lens,
             skip=t - lens,
+            skip_guarded=guarded & (t > lens),
         )
     return hyps, new
 
 
-def _greedy_rows(head, enc: Tensor, lens: Tensor, state: DecoderState | None, max_symbols: int) -> tuple[list[Hypothesis], DecoderState]:
+def _greedy_rows(head, enc: Tensor, lens: Tensor, state: DecoderState | None, max_symbols: int,
+                 jump_ok: Tensor | None = None) -> tuple[list[Hypothesis], DecoderState]:
     """:func:`greedy_search` of a batch as one :func:`_greedy_one` per utterance: the carried
     state is cut into rows and put back together, so chunks may go either way."""
     pred = head.predictor
@@ -287,8 +353,10 @@ def _greedy_rows(head, enc: Tensor, lens: Tensor, state: DecoderState | None, ma
         if state is not None:
             i = torch.tensor([b], device=enc.device)
             row = DecoderState(pred.select_state(state.pred_state, i), state.pred_out[b : b + 1], state.scores[b : b + 1],
-                               [state.hyps[b]], state.frames_done[b : b + 1], state.skip[b : b + 1])
-        parts.append(_greedy_one(head, enc[b : b + 1, :n], n, row, max_symbols)[1])
+                               [state.hyps[b]], state.frames_done[b : b + 1], state.skip[b : b + 1],
+                               None if state.skip_guarded is None else state.skip_guarded[b : b + 1])
+        ok = None if jump_ok is None else jump_ok[b : b + 1, :n]
+        parts.append(_greedy_one(head, enc[b : b + 1, :n], n, row, max_symbols, ok)[1])
     hyps = [p.hyps[0] for p in parts]
     return hyps, DecoderState(
         pred_state=pred.cat_state([p.pred_state for p in parts]),
@@ -297,10 +365,12 @@ def _greedy_rows(head, enc: Tensor, lens: Tensor, state: DecoderState | None, ma
         hyps=hyps,
         frames_done=torch.cat([p.frames_done for p in parts]),
         skip=torch.cat([p.skip for p in parts]),
+        skip_guarded=torch.cat([p.skip_guarded for p in parts]),
     )
 
 
-def _greedy_one(head, enc: Tensor, T: int, state: DecoderState | None, max_symbols: int) -> tuple[list[Hypothesis], DecoderState]:
+def _greedy_one(head, enc: Tensor, T: int, state: DecoderState | None, max_symbols: int,
+                jump_ok: Tensor | None = None) -> tuple[list[Hypothesis], DecoderState]:
     """:func:`greedy_search` for a batch of one: the same decisions, scores and state, with the
     frame pointer and the symbol count as Python ints. The batched loop's masks (``where``,
     ``any``) cost more than the joint itself at B=1; here a step is one joint call and an argmax
@@ -324,7 +394,11 @@ def _greedy_one(head, enc: Tensor, T: int, state: DecoderState | None, max_symbo
         base, t, score, prev = 0, 0, 0.0, Hypothesis()
     else:
         pstate, pred_p = state.pred_state, state.pred_out
-        base, t, score, prev = int(state.frames_done[0]), int(state.skip[0]), float(state.scores[0]), state.hyps[0]
+        base, score, prev = int(state.frames_done[0]), float(state.scores[0]), state.hyps[0]
+        t = int(guard_skip(state.skip, state.skip_guarded, None if jump_ok is None else jump_ok[:, :T])[0])
+    stops = jump_stops(jump_ok[:, :T])[0].tolist() if jump_ok is not None else None
+    # whether t is where a blank's jump landed (carried while the jump still reaches past the chunk)
+    guarded = state is not None and state.skip_guarded is not None and bool(state.skip_guarded[0])
     count = 0
     toks: list[int] = []
     frames: list[int] = []
@@ -345,7 +419,11 @@ def _greedy_one(head, enc: Tensor, T: int, state: DecoderState | None, max_symbo
         else:
             picks.append((tok, 0))
         if tok == blank:
-            t += max(d, 1) if durs is not None else 1
+            if durs is None:
+                t += 1
+            else:
+                t = min(t + max(d, 1), stops[t]) if stops is not None else t + max(d, 1)
+                guarded = True
             count = 0
             continue
         toks.append(tok)
@@ -357,6 +435,7 @@ def _greedy_one(head, enc: Tensor, T: int, state: DecoderState | None, max_symbo
             pred_p = jnt.project_pred(out)
         if durs is not None:
             t += d
+            guarded = False
             count = count + 1 if d == 0 else 0
         else:
             count += 1
@@ -378,5 +457,6 @@ def _greedy_one(head, enc: Tensor, T: int, state: DecoderState | None, max_symbo
         hyps=hyps,
         frames_done=torch.tensor([base + T], dtype=torch.long, device=device),
         skip=torch.tensor([t - T], dtype=torch.long, device=device),
+        skip_guarded=torch.tensor([guarded and t > T], device=device),
     )
     return hyps, new

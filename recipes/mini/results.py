@@ -56,6 +56,8 @@ HEAD_NAMES = {"ctc": "CTC", "rnnt": "RNN-T", "tdt": "TDT", "hybrid": "hybrid TDT
               "pruned_hybrid": "hybrid pruned RNN-T+CTC", "pruned_tdt_hybrid": "hybrid pruned TDT+CTC"}
 DEFAULT_HEADS = ["ctc", "rnnt", "tdt", "hybrid"]
 HYBRIDS = {"hybrid", "pruned_hybrid", "pruned_tdt_hybrid"}  # their auxiliary CTC head is decoded too
+TDT_HYBRIDS = {"hybrid", "pruned_tdt_hybrid"}  # also decoded with their blank jumps guarded by the CTC head
+CTC_GUARD = 0.9  # the guard's blank probability, chosen on dev (docs/mini_results.md)
 SPLITS = ["test-seen", "test-unseen"]
 
 
@@ -115,6 +117,8 @@ def run_cell(family: str, head: str, args) -> dict:
     cell["greedy"] = decode(model, args.data, exp / "decode_greedy")
     if head in HYBRIDS and any(k.startswith("ctc.") for k in ckpt["state_dict"]):  # --set model.ctc_weight=0 drops it
         cell["ctc_head"] = decode(model, args.data, exp / "decode_ctc", "--use-ctc")
+        if head in TDT_HYBRIDS:
+            cell["greedy_ctc_guard"] = decode(model, args.data, exp / "decode_greedy_ctc_guard", "--ctc-guard", str(CTC_GUARD))
     contexts = subprocess.run([sys.executable, "-m", "asr.cli", "info", str(model), "--contexts"], cwd=ROOT,
                               capture_output=True, text=True, check=True).stdout.split()
     if contexts and contexts[0] != "-":
@@ -189,7 +193,8 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
     by default), and one utterance at a time (B=1: what a streaming server does per stream).
     Label looping evaluates the joint until *every* utterance of the batch has found its next
     label, so the batch's longest blank run sets the pace; row by row and at B=1 every skipped
-    frame saves a call."""
+    frame saves a call. A hybrid TDT is also timed with its blank jumps guarded by its CTC
+    head (``greedy_search(jump_ok=...)``), the CTC head's check of every frame timed with it."""
     import torch
     from lhotse import CutSet
 
@@ -208,8 +213,18 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
     if args.rnnt_from:
         out["rnnt_model"] = str(paths["rnnt"])
     cuts = CutSet.from_file(args.data / "manifests" / "cuts_test-seen.jsonl.gz")
-    for head, path in paths.items():
+    runs = [("rnnt", paths["rnnt"], False), ("tdt", paths["tdt"], False), ("tdt_ctc_guard", paths["tdt"], True)]
+    for head, path, guard in runs:
         model = load(path)
+        search = greedy_search
+        if guard:  # a hybrid TDT's search with its blank jumps checked by the CTC head, the check timed with it
+            if model.ctc is None:
+                continue
+
+            def search(h, enc, lens, model=model, **kw):
+                with torch.inference_mode():
+                    ok = model.jump_guard(enc, CTC_GUARD)
+                return greedy_search(h, enc, lens, jump_ok=ok, **kw)
         if args.search_context:
             _set_context(model, args.search_context)  # the look-ahead both encoders run at
         ds = ASRDataset(model.tokenizer, model.features, None)
@@ -226,11 +241,13 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
             total = {"seconds": 0.0, "labels": 0, "frames": 0, "calls": 0}
             hist: dict[str, int] = {}
             for enc, lens in batches:
-                r = time_decoder(greedy_search, model.transducer, enc, lens, model.frame_seconds, loop=loop)
+                r = time_decoder(search, model.transducer, enc, lens, model.frame_seconds, loop=loop)
                 total["seconds"] += r["seconds"]
                 total["frames"] += int(lens.sum())
                 total["labels"] += round(r["labels_per_frame"] * int(lens.sum()))
-                steps = count_greedy_steps(model.transducer, enc, lens, loop=loop)
+                with torch.inference_mode():
+                    kw = {"jump_ok": model.jump_guard(enc, CTC_GUARD)} if guard else {}
+                steps = count_greedy_steps(model.transducer, enc, lens, loop=loop, **kw)
                 total["calls"] += steps["joint_calls"]
                 for k, n in (steps["decisions"] or {}).items():
                     hist[k] = hist.get(k, 0) + n
@@ -242,6 +259,9 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
                 out[head][setting]["durations"] = dict(sorted(hist.items()))
     for setting, *_ in SEARCH_SETTINGS:
         out[f"speedup_{setting}"] = round(out["rnnt"][setting]["search_seconds"] / out["tdt"][setting]["search_seconds"], 2)
+        if "tdt_ctc_guard" in out:
+            out[f"speedup_ctc_guard_{setting}"] = round(
+                out["rnnt"][setting]["search_seconds"] / out["tdt_ctc_guard"][setting]["search_seconds"], 2)
     return out
 
 
@@ -251,13 +271,16 @@ def wer_vs_rnnt(family: str, args, rnnt_cell: str, tdt_cell: str) -> dict | None
     utterances that happened to be tested."""
     from asr.decoding.wer import compare_results
 
-    dirs = [(args.rnnt_from or args.out) / f"{family}_{rnnt_cell}" / "decode_greedy", args.out / f"{family}_{tdt_cell}" / "decode_greedy"]
+    rnnt = (args.rnnt_from or args.out) / f"{family}_{rnnt_cell}" / "decode_greedy"
     out = {}
-    for split in ("test-seen", "test-unseen"):
-        files = [d / f"results_{split}.txt" for d in dirs]
-        if all(f.is_file() for f in files):
-            r = compare_results(*files)
-            out[split] = {"diff": round(r["diff"], 2), "ci95": [round(x, 2) for x in r["ci95"]], "p_tdt_better": round(r["p_b_better"], 3)}
+    for what, sub in (("", "decode_greedy"), ("ctc_guard ", "decode_greedy_ctc_guard")):
+        tdt = args.out / f"{family}_{tdt_cell}" / sub
+        for split in ("test-seen", "test-unseen"):
+            files = [rnnt / f"results_{split}.txt", tdt / f"results_{split}.txt"]
+            if all(f.is_file() for f in files):
+                r = compare_results(*files)
+                out[what + split] = {"diff": round(r["diff"], 2), "ci95": [round(x, 2) for x in r["ci95"]],
+                                     "p_tdt_better": round(r["p_b_better"], 3)}
     return out or None
 
 
@@ -308,9 +331,14 @@ def table(results: dict) -> str:
                 if "durations" in td:
                     lines.append(f"  - the TDT's decisions by kind and duration: "
                                  + ", ".join(f"{k}: {n}" for k, n in td["durations"].items()))
+                if "tdt_ctc_guard" in r:
+                    tg = r["tdt_ctc_guard"][setting]
+                    lines.append(f"  - the TDT with its blank jumps guarded by its CTC head (`--ctc-guard {CTC_GUARD}`, the "
+                                 f"check included): {tg['search_seconds']} s ({tg['joint_calls']} joint calls): "
+                                 f"**{r[f'speedup_ctc_guard_{setting}']}x**")
             if r.get("wer_diff"):
                 lines.append("- greedy WER, TDT minus RNN-T, with its 95% interval over resampled test utterances (paired "
-                             "bootstrap, `asr compare`): " + "; ".join(
+                             "bootstrap, `asr compare`; \"ctc_guard\": the guarded TDT): " + "; ".join(
                                  f"{split} **{d['diff']:+.2f}** [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], P(TDT better) {d['p_tdt_better']}"
                                  for split, d in r["wer_diff"].items()))
     return "\n".join(lines) + "\n"

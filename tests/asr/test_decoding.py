@@ -115,10 +115,11 @@ def ref_greedy_rnnt(head, enc_1, max_symbols):
     return Hypothesis(list(seq), frames, score)
 
 
-def ref_greedy_tdt(head, enc_1, max_symbols, decisions=None):
+def ref_greedy_tdt(head, enc_1, max_symbols, decisions=None, ok=None):
     """A frame pointer t: blank moves by its duration (at least 1), a label by its duration;
     after max_symbols labels on one frame, one frame on. ``decisions`` (a dict) counts the
-    steps as "blank 2", "label 0", ... (by the frames a blank moves)."""
+    steps as "blank 2", "label 0", ... (by the frames a blank moves). ``ok`` (a list of bools):
+    a blank's move stops on the first frame passed over that is not ok."""
     r = Ref(head, enc_1)
     seq, frames, score = (), [], 0.0
     t, n = 0, 0
@@ -131,7 +132,10 @@ def ref_greedy_tdt(head, enc_1, max_symbols, decisions=None):
             key = f"blank {max(d, 1)}" if k == head.blank else f"label {d}"
             decisions[key] = decisions.get(key, 0) + 1
         if k == head.blank:
-            t, n = t + max(d, 1), 0
+            land = t + max(d, 1)
+            if ok is not None:
+                land = next((f for f in range(t + 1, land) if f < len(ok) and not ok[f]), land)
+            t, n = land, 0
             continue
         seq, frames = seq + (k,), frames + [t]
         if d > 0:
@@ -522,6 +526,50 @@ def test_greedy_one_stream_path_equals_the_batched_loop(kind, predictor):
                 assert cstate.skip.tolist() == state.skip.tolist()
     if kind == "tdt":  # the jumps were exercised: some label gap of 3 frames or more
         assert any(b - a >= 3 for h in batch for a, b in zip(h.frames, h.frames[1:]))
+
+
+@pytest.mark.parametrize("loop", ["label", "rows"])  # label looping; the one-stream path row by row
+@pytest.mark.parametrize("predictor", ["lstm", "stateless"])
+def test_tdt_jumps_guarded_by_jump_ok(predictor, loop):
+    """``jump_ok``: a blank's jump lands on the first frame it would pass over that is not ok.
+    Batched, one utterance alone and chunk by chunk (the check carried into the next chunk,
+    the two loops alternating) all equal the reference; labels' jumps are never cut."""
+    head = make_head("tdt", predictor, seed=11, blank_bias=1.5, dur_bias=[0, 0, 1.0, 2.0, 3.0])
+    lens = [16, 11, 0, 14]
+    enc = random_enc(4, 16, 12)
+    g = torch.Generator().manual_seed(13)
+    ok = torch.rand(4, 16, generator=g) < 0.6
+    want = [ref_greedy_tdt(head, enc[b, :L], 10, ok=ok[b, :L].tolist()) for b, L in enumerate(lens)]
+    free = [ref_greedy_tdt(head, enc[b, :L], 10) for b, L in enumerate(lens)]
+    assert want != free  # the guard changed some decisions
+    got, state = greedy_search(head, enc, torch.tensor(lens), loop=loop, jump_ok=ok)
+    assert_same_hyps(got, want)
+    for b, L in enumerate(lens):
+        alone, _ = greedy_search(head, enc[b : b + 1, :L], torch.tensor([L]), jump_ok=ok[b : b + 1, :L])
+        assert_same_hyps(alone, [want[b]])
+    rng = random.Random(5)
+    for splits in (fixed_splits(lens, 1), fixed_splits(lens, 3), random_splits(lens, rng), random_splits(lens, rng)):
+        st, offs = None, [0] * 4
+        for i in range(len(splits[0])):
+            cl = [splits[b][i] for b in range(4)]
+            chunk = torch.zeros(4, max(cl), enc.shape[2], dtype=enc.dtype)
+            cok = torch.ones(4, max(cl), dtype=torch.bool)  # padding: anything
+            for b in range(4):
+                chunk[b, : cl[b]] = enc[b, offs[b] : offs[b] + cl[b]]
+                cok[b, : cl[b]] = ok[b, offs[b] : offs[b] + cl[b]]
+                offs[b] += cl[b]
+            hyps, st = greedy_search(head, chunk, torch.tensor(cl), state=st, jump_ok=cok, loop=(loop, "label", "rows")[i % 3])
+        assert_same_hyps(hyps, want, tol=1e-12)
+        assert st.skip.tolist() == state.skip.tolist()
+    # all ok: the plain search; none ok: no blank passes over a frame
+    everywhere, _ = greedy_search(head, enc, torch.tensor(lens), loop=loop, jump_ok=torch.ones(4, 16, dtype=torch.bool))
+    assert_same_hyps(everywhere, free)
+    nowhere, _ = greedy_search(head, enc, torch.tensor(lens), loop=loop, jump_ok=torch.zeros(4, 16, dtype=torch.bool))
+    assert_same_hyps(nowhere, [ref_greedy_tdt(head, enc[b, :L], 10, ok=[False] * L) for b, L in enumerate(lens)])
+    with pytest.raises(ValueError, match="jump_ok must be a bool tensor of shape"):
+        greedy_search(head, enc, torch.tensor(lens), jump_ok=ok[:, :5])
+    with pytest.raises(ValueError, match="RNN-T"):
+        greedy_search(make_head("rnnt", predictor), enc, torch.tensor(lens), jump_ok=ok)
 
 
 @pytest.mark.parametrize("kind", ["rnnt", "tdt"])

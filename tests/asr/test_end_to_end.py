@@ -77,15 +77,28 @@ def test_hybrid_tdt_trains_and_decodes_every_way(trained_tdt, trained, capsys):
     cuts = str(trained / "cuts_few.jsonl.gz")
     hyps = {}
     for name, extra in [("greedy", []), ("beam", ["--method", "beam"]), ("chunkwise", ["--chunkwise"]),
-                        ("ctc", ["--use-ctc"])]:
+                        ("ctc", ["--use-ctc"]), ("guard", ["--ctc-guard", "0.9"]),
+                        ("guard_chunkwise", ["--ctc-guard", "0.9", "--chunkwise"])]:
         out = trained_tdt / f"dec_{name}"
         main(["decode", "--model", str(trained_tdt / "model.pt"), "--cuts", cuts, "--out", str(out), *extra])
         lines = (out / "results_few.txt").read_text().splitlines()
         hyps[name] = [l.split("HYP: ", 1)[1] for l in lines if "HYP: " in l]
         assert json.loads((out / "wer.json").read_text())["splits"]["few"]["words"] > 0
     assert hyps["chunkwise"] == hyps["greedy"]  # real streaming == whole utterance
+    assert hyps["guard_chunkwise"] == hyps["guard"]
     assert all(h.strip() for h in hyps["greedy"]), hyps
-    assert "decoding: beam (beam 4)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "decoding: beam (beam 4)" in out and "TDT blank jumps guarded by the CTC head (blank > 0.9)" in out
+    model = str(trained_tdt / "model.pt")
+    for bad, msg in [(["--ctc-guard", "0.9", "--method", "beam"], "applies to the transducer's greedy search"),
+                     (["--ctc-guard", "0.9", "--use-ctc"], "applies to the transducer's greedy search"),
+                     (["--ctc-guard", "1"], r"in \(0, 1\)"),
+                     (["--ctc-guard", "0.9", "--model", str(trained / "model.pt")], "applies to TDT models")]:
+        args = ["decode", "--model", model, "--cuts", cuts, "--out", str(trained_tdt / "dec_bad"), *bad]
+        with pytest.raises(SystemExit, match=msg):
+            main(args)
+    with pytest.raises(SystemExit, match="--ctc-guard applies to --model"):
+        main(["decode", "--onnx", str(trained_tdt), "--cuts", cuts, "--ctc-guard", "0.9"])
 
 
 def test_bench_search_counts_a_trained_models_steps(trained_tdt, trained, capsys):

@@ -209,3 +209,50 @@ def test_ctc_warmup_trains_the_ctc_head_alone_then_the_transducer(ctc_weight, ti
         res = tr.train_step([batch], 1)
         assert math.isfinite(res["loss"]) and "skipped" not in res
     assert calls == [2]  # the transducer's loss ran only after the two warm-up steps
+
+
+@pytest.mark.parametrize("encoder", ["conformer", "lstm"])
+def test_ctc_guard_streams_exactly(encoder):
+    """A hybrid TDT+CTC's greedy search with its blank jumps guarded by the CTC head
+    (``ctc_guard``): whole utterance, chunk by chunk and live give the same result, which is
+    the guarded search on the CTC head's blank probabilities."""
+    from asr.decoding.transducer import greedy_search
+
+    m = make_model(encoder, "pruned_tdt", 0.3, "stateless")
+    if encoder == "conformer":
+        m.encoder.set_context(8, 2)
+    with torch.no_grad():  # long blank jumps, and a CTC head that calls some frames blank and some not
+        m.transducer.joint.out.bias[m.config.vocab_size + 2 :] += 4.0
+        m.transducer.joint.out.bias[0] += 2.0
+    torch.manual_seed(3)
+    x, lens = torch.randn(3, 137, 80), torch.tensor([137, 90, 5])
+    with torch.no_grad():
+        enc, enc_lens = m.encode(x, lens)
+        p = float(m.ctc(enc)[0, :, 0].exp().median())  # about half the frames pass
+        ok = m.jump_guard(enc, p)
+        want = greedy_search(m.transducer, enc, enc_lens, jump_ok=ok)[0]
+    assert 0.3 < ok[0].float().mean() < 0.7
+    guarded = m.decode(x, lens, ctc_guard=p)
+    assert same(guarded, want)
+    assert not same(guarded, m.decode(x, lens))  # the guard cut some jumps short
+    assert same(chunkwise_decode(m, x, lens, ctc_guard=p), guarded)
+    rec = StreamingRecognizer(m, ctc_guard=p)
+    for i in range(0, 137, 13):
+        rec.accept_features(x[0, i : i + 13])
+    h = rec.finish()
+    assert h.tokens == guarded[0].tokens and h.frames == guarded[0].frames
+
+
+def test_ctc_guard_needs_a_hybrid_tdt():
+    x, lens = torch.randn(1, 40, 80), torch.tensor([40])
+    with pytest.raises(ValueError, match="no CTC head"):
+        make_model("lstm", "tdt", 0.0, "stateless").decode(x, lens, ctc_guard=0.9)
+    with pytest.raises(ValueError, match="applies to TDT models"):
+        make_model("lstm", "rnnt", 0.3, "stateless").decode(x, lens, ctc_guard=0.9)
+    hybrid = make_model("lstm", "tdt", 0.3, "stateless")
+    with pytest.raises(ValueError, match=r"in \(0, 1\), got 1.5"):
+        hybrid.decode(x, lens, ctc_guard=1.5)
+    with pytest.raises(ValueError, match="greedy search"):
+        hybrid.decode(x, lens, method="beam", ctc_guard=0.9)
+    with pytest.raises(ValueError, match="greedy search"):
+        chunkwise_decode(hybrid, x, lens, use_ctc=True, ctc_guard=0.9)
