@@ -22,7 +22,7 @@ A hybrid TDT+CTC model can guard the TDT's blank jumps with its CTC head (``jump
 of duration d at frame t then lands on the first of the frames t+1 .. t+d-1 that the CTC head
 does not call blank, if any, instead of skipping it. On the mini corpus's 15 + 30-minute hybrid
 TDTs (sigma 0.10) the plain search lost 2 points of test-seen WER to blank jumps over frames
-where a piece began; guarded, they lost 0.2-0.3 points against their RNN-T twins with 7% more
+where a piece began; guarded at 0.9, they trailed their RNN-T twins by 0.2 points, with 7% more
 joint calls (docs/mini_results.md). Labels' jumps are not guarded (they cost no accuracy there).
 
 A batch of one (a streaming server's per-stream call) takes a scalar path with the same
