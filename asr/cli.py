@@ -386,6 +386,8 @@ def _set_context(model, context: str | None) -> str:
 # ---------------------------------------------------------------------- transcribe
 def cmd_transcribe(args: argparse.Namespace) -> None:
     if args.onnx:
+        if args.ctc_guard is not None:
+            raise SystemExit("error: --ctc-guard applies to a model file (PyTorch); the --onnx runtime does not have it yet")
         return _transcribe_onnx(args)
     if args.model is None or not args.audio:
         raise SystemExit("error: transcribe needs a model file and audio files (or --onnx DIR and audio files)")
@@ -394,6 +396,8 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
 
     try:
         model = load(args.model)
+        if args.ctc_guard is not None:
+            model.check_ctc_guard(args.ctc_guard)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     failed = 0
@@ -405,7 +409,7 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
             failed += 1
             continue
         t0 = time.perf_counter()
-        (res,) = model.transcribe(samples)
+        (res,) = model.transcribe(samples, ctc_guard=args.ctc_guard)
         if args.timestamps:
             stamps = " ".join(f"{tok}@{ts:.2f}" for tok, ts in zip(res.tokens, res.timestamps))
             print(f"{path}\t{res.text}\t[{stamps}]")
@@ -975,6 +979,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", nargs="?", help="model file (model.pt); with --onnx, the first audio file")
     sp.add_argument("audio", nargs="*", help="audio files (wav, flac, ogg)")
     sp.add_argument("--timestamps", action="store_true", help="print token@seconds")
+    sp.add_argument("--ctc-guard", type=float, metavar="P", help=(
+        "a model file of a hybrid TDT+CTC: its blank jumps pass only over frames whose CTC blank probability exceeds P "
+        "(see `asr decode --ctc-guard`)"))
     _onnx_args(sp, required=False)
     sp.set_defaults(func=cmd_transcribe)
 

@@ -240,9 +240,13 @@ class ASRModel(nn.Module):
         )
 
     @torch.no_grad()
-    def transcribe(self, audio: Sequence[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray, sample_rate: int | None = None) -> list[Transcript]:
+    def transcribe(self, audio: Sequence[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray, sample_rate: int | None = None,
+                   ctc_guard: float | None = None) -> list[Transcript]:
         """Transcribe files or arrays of samples in [-1, 1] (arrays at ``sample_rate``,
-        default the model's). Audio at other rates is resampled; multi-channel is downmixed."""
+        default the model's). Audio at other rates is resampled; multi-channel is downmixed.
+        ``ctc_guard``: a hybrid TDT's blank jumps checked by its CTC head (:meth:`jump_guard`)."""
+        if ctc_guard is not None:
+            self.check_ctc_guard(ctc_guard)
         from .data.audio import read_audio, resample
 
         if isinstance(audio, (str, os.PathLike, np.ndarray)):
@@ -259,7 +263,7 @@ class ASRModel(nn.Module):
         lens = torch.tensor([f.shape[0] for f in feats])
         x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
         device = self.feat_mean.device
-        hyps = self.decode(x.to(device), lens.to(device))
+        hyps = self.decode(x.to(device), lens.to(device), ctc_guard=ctc_guard)
         self.train(was_training)
         return [self.hyp_to_transcript(h) for h in hyps]
 

@@ -239,3 +239,26 @@ def test_transcribe_other_rates_and_stereo(trained, tiny_data, tmp_path):
     texts = [l.split("\t")[1] for l in lines]
     # the stereo copy of the same mono signal decodes identically; rates decode to something
     assert texts[2] == texts[3]
+
+
+def test_transcribe_with_the_ctc_guard(trained_tdt, trained, tiny_data, capsys):
+    """`asr transcribe model.pt --ctc-guard P`: the guarded search's transcript, what
+    ``model.decode(..., ctc_guard=P)`` gives on the same features; refused where it cannot apply."""
+    import torch
+
+    import asr.models
+    from asr.data.audio import read_audio
+
+    src = sorted((tiny_data / "corpus/LibriSpeech/train").rglob("*.flac"))[0]
+    model = asr.models.load(trained_tdt / "model.pt")
+    samples = read_audio(src, model.features.sample_rate)
+    feats = torch.from_numpy(model.features.compute(samples))[None]
+    with torch.no_grad():
+        (want,) = model.decode(feats, torch.tensor([feats.shape[1]]), ctc_guard=0.9)
+    main(["transcribe", str(trained_tdt / "model.pt"), str(src), "--ctc-guard", "0.9"])
+    assert capsys.readouterr().out.strip() == f"{src}\t{model.hyp_to_transcript(want).text}"
+    assert model.transcribe(samples, ctc_guard=0.9)[0].text == model.hyp_to_transcript(want).text
+    with pytest.raises(SystemExit, match="applies to TDT models"):
+        main(["transcribe", str(trained / "model.pt"), str(src), "--ctc-guard", "0.9"])
+    with pytest.raises(SystemExit, match="--ctc-guard applies to a model file"):
+        main(["transcribe", "--onnx", str(trained_tdt), str(src), "--ctc-guard", "0.9"])
