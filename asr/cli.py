@@ -207,9 +207,9 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
     args.threads = args.threads or 1
     prec = "int8" if args.int8 else "fp32"
     if args.runtime == "sherpa":
-        if args.method != "greedy" or args.max_symbols is not None:
+        if args.method != "greedy" or args.max_symbols is not None or args.ctc_guard is not None:
             raise SystemExit("error: --runtime sherpa decodes greedily with sherpa-onnx's own rule (at most one symbol "
-                             "per frame): --method beam and --max-symbols apply to our runtime")
+                             "per frame): --method beam, --max-symbols and --ctc-guard apply to our runtime")
         from serve.sherpa import SherpaRecognizer
 
         try:
@@ -227,7 +227,8 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
         rec = _onnx_recognizer(args, EndpointConfig(enabled=False))
         max_sym = "" if args.max_symbols is None else f", at most {args.max_symbols} symbol(s) per frame"
         what = (f"ONNX runtime ({prec}, {rec.model.num_threads} thread(s)), {args.method}"
-                f"{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}{max_sym}, streaming"
+                f"{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}{max_sym}"
+                f"{f', TDT blank jumps guarded by the CTC head (blank > {args.ctc_guard})' if args.ctc_guard is not None else ''}, streaming"
                 f"{f', {args.tail_padding:.3f} s of silence appended' if args.tail_padding else ''}")
 
         tail = np.zeros(round((args.tail_padding or 0.0) * rec.sample_rate), np.float32)
@@ -290,8 +291,6 @@ def cmd_decode(args: argparse.Namespace) -> None:
             raise SystemExit("error: --lm applies to --model (PyTorch beam search), not to the --onnx runtime")
         if args.device != "auto":
             raise SystemExit("error: --device applies to --model (PyTorch); the --onnx runtime runs on the CPU")
-        if args.ctc_guard is not None:
-            raise SystemExit("error: --ctc-guard applies to --model (PyTorch); the --onnx runtime does not have it yet")
         done = _decode_onnx(args)
     else:
         if not args.model:
@@ -386,8 +385,6 @@ def _set_context(model, context: str | None) -> str:
 # ---------------------------------------------------------------------- transcribe
 def cmd_transcribe(args: argparse.Namespace) -> None:
     if args.onnx:
-        if args.ctc_guard is not None:
-            raise SystemExit("error: --ctc-guard applies to a model file (PyTorch); the --onnx runtime does not have it yet")
         return _transcribe_onnx(args)
     if args.model is None or not args.audio:
         raise SystemExit("error: transcribe needs a model file and audio files (or --onnx DIR and audio files)")
@@ -426,7 +423,8 @@ def _onnx_recognizer(args: argparse.Namespace, endpoint):
 
     try:
         return Recognizer(args.onnx, decoding=args.method, beam=args.beam, num_threads=args.threads, int8=args.int8,
-                          use_ctc=args.use_ctc, endpoint=endpoint, max_symbols=getattr(args, "max_symbols", None) or 10)
+                          use_ctc=args.use_ctc, endpoint=endpoint, max_symbols=getattr(args, "max_symbols", None) or 10,
+                          ctc_guard=getattr(args, "ctc_guard", None))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -980,8 +978,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("audio", nargs="*", help="audio files (wav, flac, ogg)")
     sp.add_argument("--timestamps", action="store_true", help="print token@seconds")
     sp.add_argument("--ctc-guard", type=float, metavar="P", help=(
-        "a model file of a hybrid TDT+CTC: its blank jumps pass only over frames whose CTC blank probability exceeds P "
-        "(see `asr decode --ctc-guard`)"))
+        "a hybrid TDT+CTC (model file or --onnx): its blank jumps pass only over frames whose CTC blank probability "
+        "exceeds P (see `asr decode --ctc-guard`)"))
     _onnx_args(sp, required=False)
     sp.set_defaults(func=cmd_transcribe)
 

@@ -14,7 +14,10 @@ Our own contract (the files at the top of an export directory) mirrors the PyTor
 - offline ``*.offline.onnx``: ``x (N, T, F)``, ``x_lens (N,)`` -> the whole utterance;
 - ``decoder.onnx``: one prediction-network step, output projected to the joint dimension;
 - ``joiner.onnx``: one raw encoder frame ``(N, D)`` and a decoder output ``(N, J)`` -> logits
-  ``(N, V)`` (``(N, V + len(durations))`` for TDT).
+  ``(N, V)`` (``(N, V + len(durations))`` for TDT);
+- ``ctc_guard.onnx`` (hybrid TDT+CTC only): raw encoder frames ``encoder_out (N, T, D)`` ->
+  ``blank_log_prob (N, T)``, the CTC head's blank log-probability of every frame, which
+  guards the TDT's blank jumps (``asr.models.ASRModel.jump_guard``).
 
 Two encoder operations are not traceable with a dynamic time axis as written for training,
 so the offline graphs replace them with equivalent formulations:
@@ -48,6 +51,7 @@ __all__ = [
     "OfflineGraph",
     "DecoderGraph",
     "JoinerGraph",
+    "CtcGuardGraph",
     "StatePacker",
     "conformer_offline",
     "S4DScan",
@@ -200,6 +204,19 @@ class JoinerGraph(nn.Module):
 
     def forward(self, encoder_out: Tensor, decoder_out: Tensor) -> Tensor:
         return self.joint(self.joint.project_enc(encoder_out), decoder_out)
+
+
+class CtcGuardGraph(nn.Module):
+    """forward(encoder_out (N, T, D) raw encoder frames) -> blank_log_prob (N, T): the hybrid's
+    CTC head's blank log-probability, what ``ASRModel.jump_guard`` compares with log(P)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.proj = model.ctc.proj
+        self.blank = model.transducer.blank
+
+    def forward(self, encoder_out: Tensor) -> Tensor:
+        return self.proj(encoder_out).log_softmax(-1)[..., self.blank]
 
 
 # ---------------------------------------------------------------------- offline encoders

@@ -9,6 +9,7 @@ Files (see ``exporters/README.md`` for the contracts and the sherpa-onnx mapping
 ``joiner.onnx``           the joint network (transducer models)
 ``ctc.onnx``              streaming encoder + CTC head (CTC models, hybrids' CTC head)
 ``ctc.offline.onnx``      whole-utterance encoder + CTC head
+``ctc_guard.onnx``        hybrid TDT+CTC: the CTC head's blank log-prob of encoder frames
 ``tokens.txt``            ``symbol id`` per line
 ``model.json``            the metadata card (the same facts as each file's metadata_props)
 ``sherpa-onnx/``          the files in the contracts sherpa-onnx's online recognizers load
@@ -31,6 +32,7 @@ import torch
 from asr.encoders.conformer import query_group
 
 from .graphs import (
+    CtcGuardGraph,
     DecoderGraph,
     JoinerGraph,
     OfflineGraph,
@@ -251,6 +253,12 @@ def _export_joiner(model, path: Path, meta: dict) -> Path:
     return _export(JoinerGraph(head), (enc, dec), path, ["encoder_out", "decoder_out"], ["logits"], dyn, meta)
 
 
+def _export_ctc_guard(model, path: Path, meta: dict) -> Path:
+    enc = torch.zeros(2, 3, model.encoder.output_dim)
+    dyn = {"encoder_out": {0: "N", 1: "T"}, "blank_log_prob": {0: "N", 1: "T"}}
+    return _export(CtcGuardGraph(model), (enc,), path, ["encoder_out"], ["blank_log_prob"], dyn, meta)
+
+
 def _export_sherpa_encoder(model, kind: str, path: Path, meta: dict) -> tuple[Path, dict]:
     graph = ConformerEncoderGraph(model) if kind == "conformer" else LstmEncoderGraph(model)
     p = model.encoder.streaming_params()
@@ -355,6 +363,8 @@ def export(model, out_dir: str | Path, int8: bool = False, lookahead_ms: int | N
     if model.ctc is not None:
         record("ctc", _export_streaming(model, out / "ctc.onnx", True, {**common, "file": "ctc"}), "streaming")
         record("ctc_offline", _export_offline(model, out / "ctc.offline.onnx", True, {**common, "file": "ctc-offline"}), "offline")
+        if model.transducer is not None and model.transducer.durations is not None:
+            record("ctc_guard", _export_ctc_guard(model, out / "ctc_guard.onnx", {**common, "file": "ctc-guard"}), "ctc guard")
 
     tok = model.tokenizer
     if tok is not None:

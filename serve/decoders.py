@@ -165,10 +165,26 @@ class GreedyState:
     pred_out: np.ndarray
     skip: int = 0
     hyp: Hyp = field(default_factory=Hyp)
+    skip_guarded: bool = False  # the skip is a blank's jump, which the CTC guard may cut short
+
+
+NO_WALL = 1 << 40
+
+
+def _stops(ok: np.ndarray) -> list[int]:
+    """For every frame t, the first frame f > t with ``ok[f]`` False (a guarded blank jump lands
+    there), or NO_WALL: ``asr.decoding.transducer.jump_stops`` for one stream."""
+    walls = np.where(ok, NO_WALL, np.arange(len(ok)))
+    suffix = np.minimum.accumulate(walls[::-1])[::-1]
+    return np.append(suffix[1:], NO_WALL).tolist()
 
 
 class TransducerGreedy:
-    def __init__(self, model: OnnxModel, max_symbols: int = 10):
+    """``asr.decoding.transducer.greedy_search``; ``ctc_guard`` (a blank probability): a hybrid
+    TDT's blank jumps pass only over frames its CTC head (``ctc_guard.onnx``) calls blank with
+    more than that probability, as ``greedy_search(jump_ok=ASRModel.jump_guard(enc, P))``."""
+
+    def __init__(self, model: OnnxModel, max_symbols: int = 10, ctc_guard: float | None = None):
         if max_symbols < 1:
             raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
         self.model = model
@@ -176,6 +192,13 @@ class TransducerGreedy:
         self.blank, self.V = model.blank, model.vocab_size
         self.durations = np.array(model.durations, dtype=np.int64) if model.durations else None
         self.max_symbols = max_symbols
+        self.log_guard = None
+        if ctc_guard is not None:
+            if not 0.0 < ctc_guard < 1.0:
+                raise ValueError(f"the CTC guard's threshold is a blank probability in (0, 1), got {ctc_guard}")
+            if model.ctc_guard is None:
+                raise ValueError("the CTC guard needs the model loaded with ctc_guard=True (ctc_guard.onnx)")
+            self.log_guard = float(np.log(np.float32(ctc_guard)))
 
     def new_state(self, start_frame: int = 0) -> GreedyState:
         s, out = self.pred.initial()
@@ -185,6 +208,16 @@ class TransducerGreedy:
         V, blank, tdt = self.V, self.blank, self.durations is not None
         lens = [int(n) for n in lens]
         t = [st.skip for st in states]
+        guarded = [st.skip_guarded for st in states]
+        stops = None
+        if self.log_guard is not None and enc.shape[1]:
+            ok = self.model.run_ctc_guard(enc) > self.log_guard
+            stops = [_stops(ok[b, : lens[b]]) for b in range(len(states))]
+            for b in range(len(states)):  # a blank's jump reaching into this chunk lands on its first wall
+                if guarded[b] and t[b] > 0:
+                    wall = next((f for f in range(min(t[b], lens[b])) if not ok[b, f]), None)
+                    if wall is not None:
+                        t[b] = wall
         count = [0] * len(states)
         active = [b for b in range(len(states)) if t[b] < lens[b]]
         while active:
@@ -211,7 +244,11 @@ class TransducerGreedy:
                     if toks[r] != blank:
                         break
                     st.hyp.score += lps[r]
-                    f += max(int(durs[r]), 1) if tdt else 1
+                    if tdt:  # a guarded jump lands on the first frame it may not pass
+                        f = f + max(int(durs[r]), 1) if stops is None else min(f + max(int(durs[r]), 1), stops[b][f])
+                        guarded[b] = True
+                    else:
+                        f += 1
                     count[b] = 0
                 t[b] = f
                 if f < hi:  # a label at frame f
@@ -230,6 +267,7 @@ class TransducerGreedy:
                 st.hyp.last_speech_frame = frame
                 if tdt:
                     t[b] += d
+                    guarded[b] = False
                     count[b] = count[b] + 1 if d == 0 else 0
                 else:
                     count[b] += 1
@@ -242,6 +280,7 @@ class TransducerGreedy:
             active = [b for b in emitters if t[b] < lens[b]]
         for b, st in enumerate(states):
             st.skip = t[b] - lens[b] if t[b] >= lens[b] else 0
+            st.skip_guarded = guarded[b] and t[b] > lens[b]
             st.frames_done += lens[b]
 
     def best(self, state: GreedyState) -> Hyp:
@@ -471,13 +510,16 @@ class TransducerBeam:
         return slot.hist[1] if slot.hist is not None else None
 
 
-def make_decoder(model: OnnxModel, decoding: str = "greedy", beam: int = 4, max_symbols: int = 10):
+def make_decoder(model: OnnxModel, decoding: str = "greedy", beam: int = 4, max_symbols: int = 10,
+                 ctc_guard: float | None = None):
     if decoding not in ("greedy", "beam"):
         raise ValueError(f"decoding must be 'greedy' or 'beam', got {decoding!r}")
+    if ctc_guard is not None and (decoding != "greedy" or model.use_ctc):
+        raise ValueError("the CTC guard applies to the transducer's greedy search (decoding 'greedy', not use_ctc)")
     if model.use_ctc:
         if decoding == "beam":
             raise ValueError("streaming CTC decoding is greedy (prefix beam search needs the whole utterance); use decoding='greedy'")
         return CtcGreedy(model)
     if decoding == "greedy":
-        return TransducerGreedy(model, max_symbols)
+        return TransducerGreedy(model, max_symbols, ctc_guard)
     return TransducerBeam(model, beam, max_symbols)

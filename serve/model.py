@@ -94,10 +94,12 @@ class OnnxModel:
     ``shift``, ``feature_dim``, ``frame_seconds`` (seconds per encoder frame), ``vocab_size``,
     ``blank``, ``durations`` (None unless TDT), ``states`` (encoder :class:`StateSpec` list),
     ``encoder`` (the streaming session: encoder.onnx or ctc.onnx), ``decoder``/``joiner`` (None
-    for CTC), ``files`` (the files loaded).
+    for CTC), ``ctc_guard`` (ctc_guard.onnx when asked for with ``ctc_guard=True``, else None),
+    ``files`` (the files loaded).
     """
 
-    def __init__(self, model_dir: str | os.PathLike, int8: bool = False, use_ctc: bool = False, num_threads: int = 1):
+    def __init__(self, model_dir: str | os.PathLike, int8: bool = False, use_ctc: bool = False, num_threads: int = 1,
+                 ctc_guard: bool = False):
         if not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
         self.dir = Path(model_dir)
@@ -161,6 +163,15 @@ class OnnxModel:
         self.decoder_kind = None
         if not self.use_ctc:
             self._check_transducer()
+        self.ctc_guard = None
+        if ctc_guard:
+            if self.use_ctc or not self.durations or not has_ctc:
+                raise ValueError(f"{self.dir}: the CTC guard applies to a hybrid TDT+CTC model decoded as a transducer "
+                                 f"(this is a {self.head} model{' with a CTC head' if has_ctc else ''}"
+                                 f"{', decoded by its CTC head' if self.use_ctc else ''})")
+            if "ctc_guard" not in card["files"]:
+                raise ValueError(f"{self.dir / 'model.json'} lists no ctc_guard.onnx: export the model again with this version")
+            self.ctc_guard = self._open("ctc_guard")
 
     # ------------------------------------------------------------------ loading
     def _open(self, key: str):
@@ -284,6 +295,10 @@ class OnnxModel:
             feeds[spec.name] = s
         out = self.encoder.run(None, feeds)
         return out[0], out[1], out[2:]
+
+    def run_ctc_guard(self, enc: np.ndarray) -> np.ndarray:
+        """(N, T) blank log-probabilities of the CTC head on encoder frames (N, T, D)."""
+        return self.ctc_guard.run(None, {"encoder_out": enc})[0]
 
     def run_joiner(self, enc: np.ndarray, dec: np.ndarray) -> np.ndarray:
         return self.joiner.run(None, {"encoder_out": enc, "decoder_out": dec})[0]

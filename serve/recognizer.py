@@ -264,6 +264,8 @@ class Recognizer:
             or None: a stream is one segment.
         max_symbols: transducer greedy search: labels per frame at most (as torch).
         keep_encoder_out: keep every stream's encoder frames (``stream.encoder_out()``).
+        ctc_guard: a hybrid TDT+CTC, greedy: its blank jumps pass only over frames whose CTC
+            blank probability exceeds this (``ctc_guard.onnx``; as ``asr decode --ctc-guard``).
 
     Loading checks the directory; a missing or corrupt file and metadata that contradicts
     the graphs are errors naming the file (``FileNotFoundError``/``ValueError``).
@@ -280,11 +282,12 @@ class Recognizer:
         endpoint: EndpointConfig | None = EndpointConfig(),
         max_symbols: int = 10,
         keep_encoder_out: bool = False,
+        ctc_guard: float | None = None,
     ):
         if decoding not in ("greedy", "beam"):
             raise ValueError(f"decoding must be 'greedy' or 'beam', got {decoding!r}")
-        self.model = OnnxModel(model_dir, int8=int8, use_ctc=use_ctc, num_threads=num_threads)
-        self.decoder = make_decoder(self.model, decoding, beam, max_symbols)
+        self.model = OnnxModel(model_dir, int8=int8, use_ctc=use_ctc, num_threads=num_threads, ctc_guard=ctc_guard is not None)
+        self.decoder = make_decoder(self.model, decoding, beam, max_symbols, ctc_guard)
         self.decoding = decoding
         self.endpoint = endpoint if endpoint is not None else EndpointConfig(enabled=False)
         self.keep_encoder_out = keep_encoder_out

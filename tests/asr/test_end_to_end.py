@@ -97,8 +97,6 @@ def test_hybrid_tdt_trains_and_decodes_every_way(trained_tdt, trained, capsys):
         args = ["decode", "--model", model, "--cuts", cuts, "--out", str(trained_tdt / "dec_bad"), *bad]
         with pytest.raises(SystemExit, match=msg):
             main(args)
-    with pytest.raises(SystemExit, match="--ctc-guard applies to --model"):
-        main(["decode", "--onnx", str(trained_tdt), "--cuts", cuts, "--ctc-guard", "0.9"])
 
 
 def test_bench_search_counts_a_trained_models_steps(trained_tdt, trained, capsys):
@@ -260,5 +258,3 @@ def test_transcribe_with_the_ctc_guard(trained_tdt, trained, tiny_data, capsys):
     assert model.transcribe(samples, ctc_guard=0.9)[0].text == model.hyp_to_transcript(want).text
     with pytest.raises(SystemExit, match="applies to TDT models"):
         main(["transcribe", str(trained / "model.pt"), str(src), "--ctc-guard", "0.9"])
-    with pytest.raises(SystemExit, match="--ctc-guard applies to a model file"):
-        main(["transcribe", "--onnx", str(trained_tdt), str(src), "--ctc-guard", "0.9"])

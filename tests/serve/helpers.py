@@ -118,9 +118,10 @@ def build(tmp_path, family: str, head: str, predictor: str = "stateless", ctc_we
     return model, out
 
 
-def torch_stream(model, audio: np.ndarray, method: str = "greedy", beam: int = 4, use_ctc: bool = False):
+def torch_stream(model, audio: np.ndarray, method: str = "greedy", beam: int = 4, use_ctc: bool = False,
+                 ctc_guard: float | None = None):
     """The torch reference: StreamingRecognizer on kaldi-native-fbank features, then finish()."""
-    rec = StreamingRecognizer(model, method=method, beam=beam, use_ctc=use_ctc)
+    rec = StreamingRecognizer(model, method=method, beam=beam, use_ctc=use_ctc, ctc_guard=ctc_guard)
     rec.accept_features(torch.from_numpy(knf_features(audio, model.features)))
     return rec.finish()
 

@@ -236,3 +236,19 @@ def test_decode_with_sherpa_onnx_matches_our_runtime_cut_by_cut(trained_ctc, tmp
         main(["decode", "--onnx", onnx, "--tail-padding", "-1", "--cuts", cuts])
     with pytest.raises(SystemExit, match="no results_few.txt"):
         main(["decode", "--onnx", onnx, "--cuts", cuts, "--out", str(tmp_path / "x"), "--compare-to", str(tmp_path)])
+
+
+def test_transcribe_onnx_with_the_ctc_guard(wavs, tmp_path, capsys):
+    """`asr transcribe --onnx DIR --ctc-guard P` on a hybrid TDT export prints what torch's
+    guarded streaming decodes; `--ctc-guard` is refused where it cannot apply."""
+    model, out = build(tmp_path, "lstm", "pruned_tdt", ctc_weight=0.3)
+    _, synth = wavs
+    audio = read_audio(synth, 16000)
+    ref = model.hyp_to_transcript(torch_stream(model, audio, ctc_guard=0.5))
+    main(["transcribe", "--onnx", str(out), str(synth), "--ctc-guard", "0.5"])
+    assert capsys.readouterr().out.strip() == f"{synth}\t{ref.text}"
+    with pytest.raises(SystemExit, match="applies to a hybrid TDT"):
+        main(["transcribe", "--onnx", str(out), str(synth), "--ctc-guard", "0.5", "--use-ctc"])
+    cuts = tmp_path / "none.jsonl.gz"
+    with pytest.raises(SystemExit, match="--ctc-guard apply to our runtime"):
+        main(["decode", "--onnx", str(out), "--cuts", str(cuts), "--runtime", "sherpa", "--ctc-guard", "0.5"])

@@ -91,6 +91,39 @@ def test_runtime_equals_torch_streaming(case, built):
             assert most == 10, "the random model should hit max_symbols on a frame"
 
 
+@pytest.mark.parametrize("family", ["lstm", "conformer"])
+def test_runtime_ctc_guard_equals_torch(family, built):
+    """``Recognizer(ctc_guard=P)`` (``ctc_guard.onnx``): a hybrid TDT's blank jumps guarded by
+    its CTC head as torch's ``StreamingRecognizer(ctc_guard=P)`` guards them, streams fed in
+    pieces and decoded together; P at the 80th percentile of the blank probability, so that
+    most frames stop a jump and some let it pass."""
+    model, out = built(family=family, head="pruned_tdt", ctc_weight=0.3)
+    raw, at16k = _audios(seed=3)
+    with torch.no_grad():
+        feats = torch.from_numpy(knf_features(at16k[0], model.features))[None]
+        enc, _ = model.encode(feats, torch.tensor([feats.shape[1]]))
+        p = float(model.ctc(enc)[0, :, model.transducer.blank].exp().quantile(0.8))
+    assert 0.0 < p < 1.0
+    rec = Recognizer(out, ctc_guard=p, endpoint=NO_ENDPOINT)
+    streams = [rec.create_stream() for _ in raw]
+    feed(rec, streams, raw, rates=RATES, seed=4)
+    changed = 0
+    for s, audio in zip(streams, at16k):
+        ref = torch_stream(model, audio, ctc_guard=p)
+        assert (s.result().token_ids, s.result().frames) == (ref.tokens, ref.frames)
+        assert s.result().score == pytest.approx(ref.score, rel=1e-4, abs=5e-3)
+        free = torch_stream(model, audio)  # a jump cut short adds blank steps, and their scores
+        changed += (free.tokens, free.frames) != (ref.tokens, ref.frames) or abs(free.score - ref.score) > 0.1
+    assert changed, "the guard should change some stream's decisions"
+    with pytest.raises(ValueError, match="greedy search"):
+        Recognizer(out, decoding="beam", ctc_guard=p)
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        Recognizer(out, ctc_guard=1.5)
+    _, rnnt = built(family=family, head="rnnt", ctc_weight=0.3)
+    with pytest.raises(ValueError, match="applies to a hybrid TDT"):
+        Recognizer(rnnt, ctc_guard=p)
+
+
 @pytest.mark.parametrize("family, encoder", [("conformer", {}), ("conformer", {"causal_subsampling": False}), ("lstm", {}),
                                              ("ssm", {}), ("citrinet", {})])
 def test_encoder_output_equals_torch_forward_chunk(family, encoder, built):
