@@ -30,6 +30,7 @@ The prediction network state is the last ``context_size`` tokens for a stateless
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,7 +199,8 @@ class TransducerGreedy:
                 raise ValueError(f"the CTC guard's threshold is a blank probability in (0, 1), got {ctc_guard}")
             if model.ctc_guard is None:
                 raise ValueError("the CTC guard needs the model loaded with ctc_guard=True (ctc_guard.onnx)")
-            self.log_guard = float(np.log(np.float32(ctc_guard)))
+            # a Python float: compared with the float32 log-probs in float32, as torch compares them
+            self.log_guard = math.log(ctc_guard)
 
     def new_state(self, start_frame: int = 0) -> GreedyState:
         s, out = self.pred.initial()
