@@ -328,10 +328,8 @@ def _decode_model(args: argparse.Namespace) -> dict:
     setting = _set_context(model, args.context)
     fusion = _fusion(args, model.tokenizer)
     if args.ctc_guard is not None:
-        if args.method != "greedy" or args.use_ctc:
-            raise SystemExit("error: --ctc-guard applies to the transducer's greedy search (--method greedy, without --use-ctc)")
         try:
-            model.check_ctc_guard(args.ctc_guard)
+            model.check_ctc_guard(args.ctc_guard, args.method, args.use_ctc)
         except ValueError as e:
             raise SystemExit(f"error: --ctc-guard: {e}") from None
     if args.method == "beam" and args.chunkwise and (args.use_ctc or model.transducer is None):

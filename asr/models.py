@@ -189,8 +189,11 @@ class ASRModel(nn.Module):
         self.check_ctc_guard(threshold)
         return self.ctc(enc)[..., self.transducer.blank] > math.log(threshold)
 
-    def check_ctc_guard(self, threshold: float) -> None:
-        """A ValueError unless this model can guard TDT jumps at ``threshold`` (:meth:`jump_guard`)."""
+    def check_ctc_guard(self, threshold: float, method: str = "greedy", use_ctc: bool = False) -> None:
+        """A ValueError unless this model, decoded by ``method`` (and ``use_ctc``), can guard TDT
+        jumps at ``threshold`` (:meth:`jump_guard`)."""
+        if method != "greedy" or use_ctc:
+            raise ValueError("the CTC guard applies to the transducer's greedy search (method 'greedy', not use_ctc)")
         if self.transducer is None or self.transducer.durations is None:
             raise ValueError("the CTC guard applies to TDT models (a transducer head with durations)")
         if self.ctc is None:
@@ -204,8 +207,8 @@ class ASRModel(nn.Module):
             raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
         if fusion is not None and method != "beam":
             raise ValueError("LM fusion needs beam search (method 'beam')")
-        if ctc_guard is not None and (method != "greedy" or use_ctc):
-            raise ValueError("the CTC guard applies to the transducer's greedy search (method 'greedy', not use_ctc)")
+        if ctc_guard is not None:
+            self.check_ctc_guard(ctc_guard, method, use_ctc)
         lm = fusion.kwargs() if fusion is not None else {}
         if use_ctc or self.transducer is None:
             if self.ctc is None:

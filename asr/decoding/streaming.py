@@ -78,8 +78,8 @@ class _ChunkDecoder:
             raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
         if fusion is not None and method != "beam":
             raise ValueError("LM fusion needs beam search (method 'beam')")
-        if ctc_guard is not None and (method != "greedy" or use_ctc):
-            raise ValueError("the CTC guard applies to the transducer's greedy search (method 'greedy', not use_ctc)")
+        if ctc_guard is not None:
+            model.check_ctc_guard(ctc_guard, method, use_ctc)
         self.model, self.method, self.beam, self.fusion, self.ctc_guard = model, method, beam, fusion, ctc_guard
         self.use_ctc = use_ctc or model.transducer is None
         if self.use_ctc and model.ctc is None:

@@ -214,8 +214,22 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
         out["rnnt_model"] = str(paths["rnnt"])
     cuts = CutSet.from_file(args.data / "manifests" / "cuts_test-seen.jsonl.gz")
     runs = [("rnnt", paths["rnnt"], False), ("tdt", paths["tdt"], False), ("tdt_ctc_guard", paths["tdt"], True)]
+    loaded: dict[Path, tuple] = {}  # model file -> (model, encoded batches, single utterances)
     for head, path, guard in runs:
-        model = load(path)
+        if path not in loaded:
+            model = load(path)
+            if args.search_context:
+                _set_context(model, args.search_context)  # the look-ahead both encoders run at
+            ds = ASRDataset(model.tokenizer, model.features, None)
+            encoded = []
+            for batch_cuts in make_sampler(cuts, SamplerConfig(max_duration=120), train=False):
+                b = ds[batch_cuts]
+                with torch.inference_mode():
+                    enc, lens = model.encode(b["features"], b["feature_lens"])
+                encoded.append((enc, lens))
+            singles = [(enc[i : i + 1, : int(lens[i])], lens[i : i + 1]) for enc, lens in encoded for i in range(len(lens))]
+            loaded[path] = (model, encoded, singles)
+        model, encoded, singles = loaded[path]
         search = greedy_search
         if guard:  # a hybrid TDT's search with its blank jumps checked by the CTC head, the check timed with it
             if model.ctc is None:
@@ -225,16 +239,6 @@ def tdt_vs_rnnt(family: str, args, rnnt_cell: str = "rnnt", tdt_cell: str = "tdt
                 with torch.inference_mode():
                     ok = model.jump_guard(enc, CTC_GUARD)
                 return greedy_search(h, enc, lens, jump_ok=ok, **kw)
-        if args.search_context:
-            _set_context(model, args.search_context)  # the look-ahead both encoders run at
-        ds = ASRDataset(model.tokenizer, model.features, None)
-        encoded = []
-        for batch_cuts in make_sampler(cuts, SamplerConfig(max_duration=120), train=False):
-            b = ds[batch_cuts]
-            with torch.inference_mode():
-                enc, lens = model.encode(b["features"], b["feature_lens"])
-            encoded.append((enc, lens))
-        singles = [(enc[i : i + 1, : int(lens[i])], lens[i : i + 1]) for enc, lens in encoded for i in range(len(lens))]
         out[head] = {}
         for setting, batches, loop in SEARCH_SETTINGS:
             batches = encoded if batches == "batches" else singles
