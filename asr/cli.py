@@ -922,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Several nodes: run that on every node with --nnodes M --node_rank R --rdzv_backend c10d\n"
         "--rdzv_endpoint HOST:PORT added (exp_dir on a shared file system). data.sampler.max_duration is per\n"
         "process. Mixed precision: --set precision=bf16|fp16|fp32 (default auto: bf16 where the GPU has it;\n"
-        "the CPU always trains in fp32)."))
+        "fp32 on the CPU, where precision=bf16 is an opt-in for CPUs with bfloat16 instructions)."))
     sp.add_argument("--config", required=True, help="YAML config (see recipes/*/conf)")
     sp.add_argument("--exp-dir", help="override exp_dir")
     sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from asr.training.schedules import eden_factor, lr_at
-from asr.training.trainer import (OptimConfig, TrainConfig, matmul_precision, plot_curves, resolve_precision, validated_points,
+from asr.training.trainer import (OptimConfig, TrainConfig, cpu_has_bf16, matmul_precision, plot_curves, resolve_precision, validated_points,
                                   write_valid_table)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,16 +71,39 @@ def test_eden_shape():
         lr_at(10, OptimConfig(schedule="eden", lr_batches=0))
 
 
-def test_precision_on_cpu_is_fp32(caplog):
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_precision_on_cpu(native_bf16, caplog, monkeypatch):
+    """The CPU trains in fp32 unless bf16 is asked for on a CPU with bfloat16 instructions."""
+    import asr.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: native_bf16)
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("fp32", cpu) == "fp32"
     with caplog.at_level("WARNING"):
-        assert resolve_precision("bf16", cpu) == "fp32"
+        assert resolve_precision("bf16", cpu) == ("bf16" if native_bf16 else "fp32")
         assert resolve_precision("fp16", cpu) == "fp32"
-    assert sum("always trains in fp32" in r.message for r in caplog.records) == 2
+    warned = [r.message for r in caplog.records if "training in fp32" in r.message]
+    assert len(warned) == (1 if native_bf16 else 2)
+    assert "fp16 is for GPUs" in warned[-1]
+    if not native_bf16:
+        assert "no bfloat16 instructions" in warned[0]
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp8", cpu)
+
+
+def test_cpu_bf16_needs_the_instructions(tmp_path):
+    from asr.training.trainer import cpu_has_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not cpu_has_bf16(info)
+    assert not cpu_has_bf16(tmp_path / "missing")
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16(info) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_tf32_setting():
     # a GPU run's float32 matmuls (the transducer joint) use TF32 unless tf32: false
     assert (matmul_precision(True), matmul_precision(False)) == ("high", "highest")
     assert TrainConfig().tf32 is True
@@ -256,6 +279,39 @@ def test_resume_after_kill_9_follows_the_uninterrupted_trajectory(tiny_data, tmp
         assert (exp / name).is_file()
 
 
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 instructions: bf16 falls back to fp32")
+def test_cpu_bf16_run_resumes_exactly_after_kill_9(tiny_data, tmp_path):
+    """precision=bf16 on a CPU with bfloat16 instructions: the run trains in bf16 autocast (not
+    the fp32 trajectory), and killed after a mid-epoch checkpoint it resumes onto the
+    uninterrupted bf16 run's trajectory."""
+    from asr.cli import main
+
+    cfg = _resume_config(tiny_data, tmp_path)
+    steps = 2 * SAVE_EVERY
+    threads = torch.get_num_threads()
+    losses = {}
+    try:
+        for prec in ("bf16", "fp32"):
+            main(["train", "--config", str(cfg), "--exp-dir", str(tmp_path / prec), "--no-progress",
+                  "--set", f"precision={prec}", f"max_steps={steps}"])
+            losses[prec] = [r["loss"] for r in _records(tmp_path / prec) if r["kind"] == "train"]
+    finally:
+        torch.set_num_threads(threads)
+    assert "cpu, bf16" in (tmp_path / "bf16" / "train.log").read_text()
+    assert len(losses["bf16"]) == steps and losses["bf16"] != losses["fp32"]
+
+    exp = tmp_path / "killed"
+    proc = _start(cfg, exp, "precision=bf16", f"max_steps={steps}")
+    _kill_after_step(proc, exp, SAVE_EVERY + 1)
+    assert _ckpt_state(_newest_ckpt(exp))["batch_in_epoch"] > 0  # a mid-epoch checkpoint
+    proc = _start(cfg, exp, "precision=bf16", f"max_steps={steps}")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "resumed from" in err, err[-3000:]
+    train = [r for r in _records(exp) if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, steps + 1))
+    np.testing.assert_allclose([r["loss"] for r in train], losses["bf16"], rtol=1e-5)
+
+
 # ---------------------------------------------------------------------- DDP
 def _free_port() -> int:
     with socket.socket() as s:
@@ -421,7 +477,7 @@ def test_nonfinite_steps_never_reach_the_weights_and_the_scaler_state_is_checkpo
     try:
         trainer = Trainer(_ddp_config(tiny_data, tmp_path / "exp"), progress=False)
         trainer.setup(None)
-        # the fp16 machinery, exercised on the CPU (where training itself is always fp32)
+        # the fp16 machinery, exercised on the CPU (where fp16 training falls back to fp32)
         trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
         cuts = CutSet.from_file(tiny_data / "manifests/cuts_train.jsonl.gz").subset(first=2)
         batch = ASRDataset(trainer.tokenizer, trainer.cfg.features, None)[cuts]
