@@ -9,11 +9,17 @@
   d = 0 label arcs included), vectorized over u, with a barrier between diagonals.
 - arc weights (posteriors) are elementwise over (B, T, U+1): plain torch ops.
 
-Rows are computed in float32 (float64 for float64 inputs); lattice arrays are float64.
-Tested on CPU tensors with TRITON_INTERPRET=1.
+Rows are computed in float32 (float64 for float64 inputs); lattice arrays are float64. TDT's
+``sigma`` is subtracted from the duration log-probs on the host, in float64 (a Python float
+argument reaches a compiled kernel as float32, the interpreter as float64). Every launch runs
+on its tensors' GPU (``torch.cuda.device``), not the current one. Tested on CPU tensors with
+TRITON_INTERPRET=1; CPU tensors without the interpreter are refused.
 """
 
 from __future__ import annotations
+
+import os
+from contextlib import nullcontext
 
 import torch
 import triton
@@ -134,8 +140,8 @@ def _rnnt_lattice_kernel(lpb_ptr, lpl_ptr, a_ptr, b_ptr, ll_ptr, T_ptr, U_ptr, T
 
 
 @triton.jit
-def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, a_ptr, b_ptr, ll_ptr, T_ptr, U_ptr, sigma, T_max, U1_max,
-                        D, BLOCK_U: tl.constexpr):
+def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, a_ptr, b_ptr, ll_ptr, T_ptr, U_ptr, T_max, U1_max,
+                        D: tl.constexpr, BLOCK_U: tl.constexpr):
     bi = tl.program_id(0).to(tl.int64)
     T = tl.load(T_ptr + bi)
     U = tl.load(U_ptr + bi)
@@ -146,17 +152,17 @@ def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, a_ptr, b_ptr, ll_ptr
         t = n - u
         ok = (t >= 0) & (t < T) & (u <= U)
         a = tl.full((BLOCK_U,), neg, tl.float64)
-        for j in range(0, D):
+        for j in tl.static_range(D):
             d = tl.load(dur_ptr + j) + tl.zeros((BLOCK_U,), tl.int64)
             src = base + (t - d) * U1_max + u
             okb = ok & (t - d >= 0) & (d > 0)
             arc = tl.load(a_ptr + src, mask=okb, other=neg) + tl.load(lpb_ptr + src, mask=okb, other=neg) \
-                + tl.load(lpd_ptr + src * D + j, mask=okb, other=neg) - sigma
+                + tl.load(lpd_ptr + src * D + j, mask=okb, other=neg)
             a = _lae(a, arc)
             idx_b = src - 1
             okl = ok & (t - d >= 0) & (u > 0)
             arc = tl.load(a_ptr + idx_b, mask=okl, other=neg) + tl.load(lpl_ptr + idx_b, mask=okl, other=neg) \
-                + tl.load(lpd_ptr + idx_b * D + j, mask=okl, other=neg) - sigma
+                + tl.load(lpd_ptr + idx_b * D + j, mask=okl, other=neg)
             a = _lae(a, arc)
         a = tl.where((t == 0) & (u == 0), 0.0, a)
         tl.store(a_ptr + base + t * U1_max + u, a, mask=ok)
@@ -169,9 +175,9 @@ def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, a_ptr, b_ptr, ll_ptr
         lb = tl.load(lpb_ptr + idx, mask=ok, other=neg)
         ll_ = tl.load(lpl_ptr + idx, mask=ok & (u < U), other=neg)
         bv = tl.full((BLOCK_U,), neg, tl.float64)
-        for j in range(0, D):
+        for j in tl.static_range(D):
             d = tl.load(dur_ptr + j) + tl.zeros((BLOCK_U,), tl.int64)
-            arcd = tl.load(lpd_ptr + idx * D + j, mask=ok, other=neg) - sigma
+            arcd = tl.load(lpd_ptr + idx * D + j, mask=ok, other=neg)
             okb = ok & (d > 0) & (t + d < T)
             bv = _lae(bv, tl.load(b_ptr + idx + d * U1_max, mask=okb, other=neg) + lb + arcd)
             fin = ok & (d > 0) & (t + d == T) & (u == U)
@@ -182,18 +188,36 @@ def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, a_ptr, b_ptr, ll_ptr
         tl.debug_barrier()
     L = tl.full((2,), neg, tl.float64)
     o = tl.arange(0, 2)
-    for j in range(0, D):
+    for j in tl.static_range(D):
         d = tl.load(dur_ptr + j) + tl.zeros((2,), tl.int64)
         src = base + (T - d) * U1_max + U
         okf = (d > 0) & (T - d >= 0) & (o == 0)
         arc = tl.load(a_ptr + src + o, mask=okf, other=neg) + tl.load(lpb_ptr + src + o, mask=okf, other=neg) \
-            + tl.load(lpd_ptr + (src + o) * D + j, mask=okf, other=neg) - sigma
+            + tl.load(lpd_ptr + (src + o) * D + j, mask=okf, other=neg)
         L = _lae(L, arc)
     tl.store(ll_ptr + bi + o, L, mask=o == 0)
 
 
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _on(x: Tensor):
+    """The launch context of a kernel on ``x``: its GPU as the current device (triton launches
+    on the current device and stream, whatever the tensors' device). A CPU tensor runs only in
+    triton's interpreter."""
+    if x.is_cuda:
+        return torch.cuda.device(x.device)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"the triton backend runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), got a tensor "
+                         f"on {x.device}: use the numba backend on the CPU")
+    return nullcontext()
+
+
+def _lattice_warps(block_u: int) -> int:
+    """Warps of a lattice program: 4 up to 512 target positions, more beyond (16 from 2048),
+    so a long utterance's diagonal does not spill registers."""
+    return min(16, max(4, block_u // 128))
 
 
 def _block(n: int, cap: int) -> int:
@@ -236,18 +260,20 @@ class TritonBackend:
         N = x.shape[0]
         stats = torch.empty(N, 4 + D, dtype=torch.float64, device=x.device)
         if N:
-            _rows_forward_kernel[(N,)](x, labels, stats, x.stride(0), stats.stride(0), blank, V, D,
-                                       BLOCK_V=_block(V, 4096), BLOCK_D=triton.next_power_of_2(D) if D else 0,
-                                       ACC=_acc(x.dtype))
+            with _on(x):
+                _rows_forward_kernel[(N,)](x, labels, stats, x.stride(0), stats.stride(0), blank, V, D,
+                                           BLOCK_V=_block(V, 4096), BLOCK_D=triton.next_power_of_2(D) if D else 0,
+                                           ACC=_acc(x.dtype))
         return stats
 
     def rows_backward(self, x: Tensor, labels: Tensor, blank: int, V: int, D: int, stats: Tensor, w: Tensor,
                       out: Tensor) -> Tensor:
         N = x.shape[0]
         if N:
-            _rows_backward_kernel[(N,)](x, labels, stats, w, out, x.stride(0), stats.stride(0), w.stride(0),
-                                        out.stride(0), blank, V, D, BLOCK_V=_block(V, 4096),
-                                        BLOCK_D=triton.next_power_of_2(D) if D else 0, ACC=_acc(x.dtype))
+            with _on(x):
+                _rows_backward_kernel[(N,)](x, labels, stats, w, out, x.stride(0), stats.stride(0), w.stride(0),
+                                            out.stride(0), blank, V, D, BLOCK_V=_block(V, 4096),
+                                            BLOCK_D=triton.next_power_of_2(D) if D else 0, ACC=_acc(x.dtype))
         return out
 
     def rnnt_lattice(self, lpb: Tensor, lpl: Tensor, T_lens: Tensor, U_lens: Tensor):
@@ -255,8 +281,10 @@ class TritonBackend:
         alpha = torch.full_like(lpb, NEG_INF)
         beta = torch.full_like(lpb, NEG_INF)
         ll = torch.empty(B, dtype=torch.float64, device=lpb.device)
-        _rnnt_lattice_kernel[(B,)](lpb, lpl, alpha, beta, ll, T_lens, U_lens, T, U1,
-                                   BLOCK_U=triton.next_power_of_2(U1))
+        block = triton.next_power_of_2(U1)
+        with _on(lpb):
+            _rnnt_lattice_kernel[(B,)](lpb, lpl, alpha, beta, ll, T_lens, U_lens, T, U1, BLOCK_U=block,
+                                       num_warps=_lattice_warps(block))
         return alpha, beta, ll
 
     def tdt_lattice(self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, T_lens: Tensor,
@@ -265,8 +293,11 @@ class TritonBackend:
         alpha = torch.full_like(lpb, NEG_INF)
         beta = torch.full_like(lpb, NEG_INF)
         ll = torch.empty(B, dtype=torch.float64, device=lpb.device)
-        _tdt_lattice_kernel[(B,)](lpb, lpl, lpd, durations, alpha, beta, ll, T_lens, U_lens, float(sigma), T, U1,
-                                  durations.shape[0], BLOCK_U=triton.next_power_of_2(U1))
+        arcs = (lpd.double() - float(sigma)).contiguous()  # every duration arc pays sigma, in float64
+        block = triton.next_power_of_2(U1)
+        with _on(lpb):
+            _tdt_lattice_kernel[(B,)](lpb, lpl, arcs, durations, alpha, beta, ll, T_lens, U_lens, T, U1,
+                                      D=durations.shape[0], BLOCK_U=block, num_warps=_lattice_warps(block))
         return alpha, beta, ll
 
     def rnnt_weights(self, lpb, lpl, T_lens, U_lens, alpha, beta, ll, scale, label_scale):

@@ -66,6 +66,15 @@ def _dev() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` on the kernels' device (the GPU where there is one), requiring grad."""
+    return x.detach().to(_dev()).requires_grad_()
+
+
+def _on_dev(*ts: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(_dev()) for t in ts]
+
+
 def _grad(loss, x):
     (g,) = torch.autograd.grad(loss.sum(), x)
     return g
@@ -89,27 +98,30 @@ def test_triton_rnnt_matches_reference(dtype: torch.dtype) -> None:
 def test_triton_tdt_matches_reference(durations: list[int]) -> None:
     D = len(durations)
     logits, y, tl, ul = make_batch(3, 5, 3, 5 + D, V=5, seed=22, T_lens=[5, 2, 4], U_lens=[3, 1, 0])
+    x = _leaf(logits)
     with kernels.use_backend("triton"):
-        out = kernels.tdt_loss(logits, y, tl, ul, durations, sigma=0.05, reduction="none")
-        g = _grad(out, logits)
+        out = kernels.tdt_loss(x, *_on_dev(y, tl, ul), durations, sigma=0.05, reduction="none")
+        g = _grad(out, x)
     ref = tdt_loss_reference(logits, y, tl, ul, durations, sigma=0.05, reduction="none")
-    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)  # float64: sigma too (it is folded in in float64)
     numba_out = kernels.tdt_loss(logits, y, tl, ul, durations, sigma=0.05, reduction="none")
-    torch.testing.assert_close(g, _grad(numba_out, logits))  # the reference's grad is NaN on inf losses
+    torch.testing.assert_close(g.cpu(), _grad(numba_out, logits))  # the reference's grad is NaN on inf losses
 
 
 def test_triton_gradcheck_and_edges() -> None:
     logits, y, tl, ul = make_batch(2, 3, 2, 4, seed=23)
     with kernels.use_backend("triton"):
-        assert torch.autograd.gradcheck(lambda x: kernels.rnnt_loss(x, y, tl, ul, reduction="sum"), (logits,),
+        yd, tld, uld = _on_dev(y, tl, ul)
+        assert torch.autograd.gradcheck(lambda x: kernels.rnnt_loss(x, yd, tld, uld, reduction="sum"), (_leaf(logits),),
                                         fast_mode=True)
         # U > T, T = 1, U = 0 in one batch
         logits, y, tl, ul = make_batch(3, 2, 5, 4, seed=24, T_lens=[2, 1, 2], U_lens=[5, 3, 0])
-        out = kernels.rnnt_loss(logits, y, tl, ul, reduction="none")
-        g = _grad(out, logits)
+        x = _leaf(logits)
+        out = kernels.rnnt_loss(x, *_on_dev(y, tl, ul), reduction="none")
+        g = _grad(out, x)
     ref = rnnt_loss_reference(logits, y, tl, ul, reduction="none")
-    torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(g, _grad(ref, logits))
+    torch.testing.assert_close(out.cpu(), ref)
+    torch.testing.assert_close(g.cpu(), _grad(ref, logits))
 
 
 def test_triton_fused_and_pruned_equal_numba() -> None:
@@ -121,17 +133,20 @@ def test_triton_fused_and_pruned_equal_numba() -> None:
     b = torch.randn(V + 2, generator=g).requires_grad_()
     y = torch.randint(1, V, (B, U), generator=g)
     tl, ul = torch.tensor([4, 3]), torch.tensor([3, 1])
-    params = (enc, pred, w, b)
     outs = []
     for backend in ("triton", "numba"):
+        # the triton backend on the kernels' device (the GPU where there is one), numba on the CPU
+        dev = _dev() if backend == "triton" else "cpu"
+        enc_, pred_, w_, b_ = params = tuple(p.detach().to(dev).requires_grad_() for p in (enc, pred, w, b))
+        y_, tl_, ul_ = y.to(dev), tl.to(dev), ul.to(dev)
         with kernels.use_backend(backend):
-            tdt = kernels.fused_transducer_loss(enc, pred, w, b, y, tl, ul, durations=[0, 1], tile_rows=5)
-            rnnt = kernels.fused_transducer_loss(enc, pred, w[:V], b[:V], y, tl, ul, tile_rows=5)
-            am, lm = enc @ w[:V].T, pred @ w[:V].T
-            pr = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w[:V], b[:V]), s_range=2).loss
-            ptdt = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), s_range=2, durations=[0, 1]).loss
+            tdt = kernels.fused_transducer_loss(enc_, pred_, w_, b_, y_, tl_, ul_, durations=[0, 1], tile_rows=5)
+            rnnt = kernels.fused_transducer_loss(enc_, pred_, w_[:V], b_[:V], y_, tl_, ul_, tile_rows=5)
+            am, lm = enc_ @ w_[:V].T, pred_ @ w_[:V].T
+            pr = kernels.pruned_rnnt_loss(enc_, pred_, am, lm, y_, tl_, ul_, (w_[:V], b_[:V]), s_range=2).loss
+            ptdt = kernels.pruned_rnnt_loss(enc_, pred_, am, lm, y_, tl_, ul_, (w_, b_), s_range=2, durations=[0, 1]).loss
             total = tdt + rnnt + pr + ptdt
-            outs.append((total, torch.autograd.grad(total, params)))
+            outs.append((total.cpu(), [g.cpu() for g in torch.autograd.grad(total, params)]))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
     for a, c in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
@@ -143,15 +158,31 @@ def test_triton_padding_and_impossible_alignments() -> None:
     for b in range(3):
         poisoned[b, tl[b]:] = float("nan")
         poisoned[b, :, ul[b] + 1:] = float("nan")
-    poisoned.requires_grad_()
+    poisoned = _leaf(poisoned)
     with kernels.use_backend("triton"):
-        out = kernels.rnnt_loss(poisoned, y, tl, ul, reduction="none")
+        out = kernels.rnnt_loss(poisoned, *_on_dev(y, tl, ul), reduction="none")
         g = _grad(out, poisoned)
         # TDT with durations [2]: T = 3 cannot be landed on exactly.
         tdt, y2, tl2, ul2 = make_batch(2, 3, 1, 4 + 1, V=4, seed=27, T_lens=[3, 2], U_lens=[0, 0])
-        z = kernels.tdt_loss(tdt, y2, tl2, ul2, [2], reduction="none", zero_infinity=True)
+        tdt = _leaf(tdt)
+        z = kernels.tdt_loss(tdt, *_on_dev(y2, tl2, ul2), [2], reduction="none", zero_infinity=True)
         gz = _grad(z, tdt)
     ref = rnnt_loss_reference(logits, y, tl, ul, reduction="none")
-    torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(g, torch.nan_to_num(_grad(ref, logits), nan=0.0))
-    assert float(z.detach()[0]) == 0.0 and torch.isfinite(z).all() and (gz[0] == 0).all() and torch.isfinite(gz).all()
+    torch.testing.assert_close(out.cpu(), ref)
+    torch.testing.assert_close(g.cpu(), torch.nan_to_num(_grad(ref, logits), nan=0.0))
+    z, gz = z.detach().cpu(), gz.cpu()
+    assert float(z[0]) == 0.0 and torch.isfinite(z).all() and (gz[0] == 0).all() and torch.isfinite(gz).all()
+
+
+def test_triton_launch_helpers(monkeypatch) -> None:
+    """CPU tensors run only in the interpreter (else a clear error, not a pointer fault); the
+    lattice programs get more warps for long targets (fewer registers per thread)."""
+    from kernels._triton_ops import _lattice_warps, _on
+
+    x = torch.zeros(1, device=_dev())
+    with _on(x):  # a GPU tensor on its own device; a CPU tensor here runs in the interpreter
+        assert not ON_GPU or torch.cuda.current_device() == x.device.index
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="numba backend"):
+        _on(torch.zeros(1))
+    assert [_lattice_warps(b) for b in (1, 128, 512, 1024, 2048, 8192)] == [4, 4, 4, 8, 16, 16]
