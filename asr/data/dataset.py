@@ -98,7 +98,7 @@ def _isolated_global_rng(seed: int):
     py, nps, ts = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)  # the CPU's only: torch.manual_seed would reseed the GPUs' (dropout) too
     try:
         yield
     finally:

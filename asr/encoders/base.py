@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["StreamingEncoder", "stream", "stream_chunks", "make_pad_mask", "mask_frames", "ceil_div"]
+__all__ = ["StreamingEncoder", "stream", "stream_chunks", "make_pad_mask", "mask_frames", "ceil_div", "run_lstm"]
 
 FRAME_SHIFT_MS = 10
 
@@ -260,3 +260,15 @@ def stream(encoder: StreamingEncoder, x: Tensor, x_lens: Tensor) -> tuple[Tensor
         y_lens = y_lens + yl
     y = torch.cat(ys, dim=1)[:, : math.ceil(x.shape[1] / encoder.subsampling)]
     return y, y_lens
+
+
+def run_lstm(lstm: torch.nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None = None):
+    """``lstm(x, state)``, except under CUDA autocast to bfloat16, where it runs in float32:
+    PyTorch's autocast of cuDNN RNNs casts them to float16 whatever dtype autocast was asked
+    for, and a bf16 run has no GradScaler to keep float16 gradients from underflowing. (fp16
+    autocast keeps float16, with its scaler; the CPU's autocast runs the LSTM in bf16.)"""
+    if x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+        with torch.autocast("cuda", enabled=False):
+            return lstm(x.float(), None if state is None else (state[0].float(), state[1].float()))
+    return lstm(x, state)
+

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from asr.encoders.base import StreamingEncoder, mask_frames
+from asr.encoders.base import StreamingEncoder, mask_frames, run_lstm
 from asr.encoders.subsampling import stack_frames
 
 __all__ = ["LSTMConfig", "LSTMEncoder"]
@@ -109,13 +109,13 @@ class LSTMEncoder(StreamingEncoder):
     def _layers(self, x: Tensor, h: Tensor | None, c: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T', input_size); h, c as in the state (or None: zeros) -> y, new h, new c."""
         if self.config.projection == "recurrent":
-            y, (h, c) = self.lstm(x, None if h is None else (h.contiguous(), c.contiguous()))
+            y, (h, c) = run_lstm(self.lstm, x, None if h is None else (h.contiguous(), c.contiguous()))
             return y, h, c
         hs, cs = [], []
         for i, (lstm, proj) in enumerate(zip(self.lstms, self.projs)):
             if i > 0:
                 x = self.dropout(x)
-            x, (hi, ci) = lstm(x, None if h is None else (h[i : i + 1].contiguous(), c[i : i + 1].contiguous()))
+            x, (hi, ci) = run_lstm(lstm, x, None if h is None else (h[i : i + 1].contiguous(), c[i : i + 1].contiguous()))
             x = proj(x)
             hs.append(hi)
             cs.append(ci)

@@ -111,14 +111,16 @@ class S4D(nn.Module):
 
         The phase ``l * dt * a_im`` reaches thousands of radians on long utterances, where
         float32 loses ~1e-3 rad; it is formed and reduced modulo 2 pi in float64, so the
-        whole-utterance kernel matches the streaming recurrence (which only uses l <= M).
+        whole-utterance kernel matches the streaming recurrence (which only uses l <= M). The
+        sum over states stays float32 under autocast.
         """
         da_re, da_im, cb_re, cb_im, _, _ = self._discrete()
         l = torch.arange(n, device=da_re.device)
         mag = torch.exp(da_re[..., None] * l.to(da_re.dtype))
         ang = torch.remainder(da_im.double()[..., None] * l.double(), 2 * math.pi).to(da_re.dtype)
         p_re, p_im = mag * torch.cos(ang), mag * torch.sin(ang)
-        return 2 * (torch.einsum("en,enl->el", cb_re, p_re) - torch.einsum("en,enl->el", cb_im, p_im))
+        with torch.autocast(l.device.type, enabled=False):  # autocast would round K to bf16/fp16 before the float32 FFT
+            return 2 * (torch.einsum("en,enl->el", cb_re, p_re) - torch.einsum("en,enl->el", cb_im, p_im))
 
     def forward(self, u: Tensor) -> Tensor:
         """Whole sequence from a zero state, FFT convolution. u (B, E, T) -> (B, E, T)."""

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import kernels
+from asr.encoders.base import run_lstm
 
 __all__ = ["KINDS", "TransducerConfig", "TransducerHead", "LSTMPredictor", "StatelessPredictor", "Joint"]
 
@@ -86,7 +87,7 @@ class LSTMPredictor(nn.Module):
 
     def forward(self, tokens: Tensor, state: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
         """tokens (B, U) -> (B, U, P). Training passes [blank] + targets."""
-        y, (h, c) = self.lstm(self.dropout(self.embed(tokens)), None if state is None else (state[0], state[1]))
+        y, (h, c) = run_lstm(self.lstm, self.dropout(self.embed(tokens)), None if state is None else (state[0], state[1]))
         return y, [h, c]
 
     def step(self, tokens: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:

@@ -57,6 +57,10 @@ class Dist:
         if requested == "auto":
             requested = "cuda" if torch.cuda.is_available() else "cpu"
         dev = torch.device(requested)
+        if dev.type == "cuda" and dev.index is not None and self.enabled:
+            raise ValueError(f"device {requested!r} names one GPU, but torchrun started {self.world_size} processes: use "
+                             "device 'cuda' (or 'auto'), and each process takes cuda:LOCAL_RANK "
+                             "(choose the GPUs with CUDA_VISIBLE_DEVICES)")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
         if dev.type == "cuda":

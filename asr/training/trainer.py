@@ -43,7 +43,10 @@ ranks wait at a barrier; on resume every rank reads the checkpoint rank 0 chose,
 Mixed precision. ``precision: auto`` trains in bf16 autocast on a GPU that supports it and in
 fp32 otherwise; ``fp16`` uses autocast with a GradScaler (saved in checkpoints). Autocast
 covers the encoder and the CTC head; a transducer head computes its joint and loss in float32
-(``TransducerHead.loss``), whose matmuls on a GPU use TF32 tensor cores unless ``tf32: false``.
+(``TransducerHead.loss``), whose matmuls on a GPU use TF32 tensor cores unless ``tf32: false``
+(which also turns TF32 off for cuDNN). LSTMs run in float32 under bf16 autocast on a GPU
+(``asr.encoders.base.run_lstm``: PyTorch casts cuDNN RNNs to float16 whatever the autocast
+dtype, and a bf16 run has no grad scaler).
 On the CPU ``auto`` is fp32. ``bf16`` there is an opt-in for CPUs with bfloat16 instructions
 (``avx512_bf16`` or ``amx_bf16``, see :func:`cpu_has_bf16`): the same autocast through the
 CPU's. It pays where the CPU multiplies bf16 fast (AMX); on this project's 2-core EPYC VM
@@ -158,12 +161,12 @@ class TrainConfig:
     max_bad_steps: int = 20
     device: str = "auto"  # auto: cuda (cuda:LOCAL_RANK under torchrun) when there is one, else cpu
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    # auto: bf16 autocast on a GPU that supports it, else fp32. fp16: autocast + GradScaler.
+    # auto: bf16 autocast on a GPU with native bf16 (Ampere on), else fp32. fp16: autocast + GradScaler.
     # On the CPU auto is fp32; bf16 is an opt-in for CPUs with bfloat16 instructions (else fp32).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # On a GPU, float32 matmuls (the transducer joint and loss, which stay float32 under
-    # autocast; all of fp32 training) run on TF32 tensor cores: 10 mantissa bits instead of 23,
-    # several times the throughput. false: full float32.
+    # On a GPU, float32 matmuls and cuDNN convolutions and LSTMs (the transducer joint and loss,
+    # which stay float32 under autocast; all of fp32 training) run on TF32 tensor cores: 10
+    # mantissa bits instead of 23, several times the throughput. false: full float32.
     tf32: bool = True
     find_unused_parameters: bool = False  # DDP: set for models with parameters some steps do not use
     ddp_timeout_minutes: float = 120.0  # a collective waiting longer (e.g. for validation) fails
@@ -194,9 +197,11 @@ def resolve_precision(requested: str, device: torch.device) -> str:
             why = "it has no bfloat16 instructions (avx512_bf16, amx_bf16)" if requested == "bf16" else "fp16 is for GPUs"
             log.warning("precision %s was asked for, but training runs on %s and %s: training in fp32", requested, device, why)
         return "fp32"
+    # natively (Ampere and later): pre-Ampere GPUs "support" bf16 only by emulation, slower than fp32
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
     if requested == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if requested == "bf16" and not torch.cuda.is_bf16_supported():
+        return "bf16" if native else "fp32"
+    if requested == "bf16" and not native:
         raise ValueError(f"precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; use fp16 or fp32")
     return requested
 
@@ -349,6 +354,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         if self.device.type == "cuda":  # the CPU keeps full float32 (its "high" may mean bf16 passes)
             torch.set_float32_matmul_precision(matmul_precision(cfg.tf32))
+            torch.backends.cudnn.allow_tf32 = cfg.tf32  # convolutions and cuDNN LSTMs too, not just matmuls
         if cfg.optim.accum_grad < 1:
             raise ValueError(f"optim.accum_grad must be >= 1, got {cfg.optim.accum_grad}")
         self.optim = cfg.optim

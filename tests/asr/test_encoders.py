@@ -633,3 +633,45 @@ def test_subsampling_output_varies_with_the_input_at_init(factor):
     varying = (y - y.mean(dim=1, keepdim=True)).pow(2).mean() / y.pow(2).mean()
     assert varying > 0.2, float(varying)
     assert 0.3 < float(y.pow(2).mean().sqrt()) < 3.0  # the scale is preserved, roughly
+
+
+def test_s4d_kernel_stays_float32_under_autocast():
+    """Mixed precision leaves the SSM's convolution kernel in float32 (autocast would round the
+    sum over states to bf16 before the float32 FFT, away from the streaming recurrence)."""
+    from asr.encoders.ssm import S4D
+
+    torch.manual_seed(0)
+    ssm = S4D(8, 16, 1e-3, 1e-1)
+    with torch.no_grad():
+        ref = ssm.kernel(300)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            k = ssm.kernel(300)
+    assert k.dtype == torch.float32 and torch.equal(k, ref)
+
+
+def test_run_lstm_keeps_the_cpu_autocast_dtype():
+    from asr.encoders.base import run_lstm
+
+    lstm = torch.nn.LSTM(8, 8, batch_first=True)
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(run_lstm(lstm, x)[0], lstm(x)[0], rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert run_lstm(lstm, x)[0].dtype == lstm(x)[0].dtype == torch.bfloat16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_run_lstm_is_float32_under_cuda_bf16_autocast():
+    """cuDNN RNN autocast casts to float16 whatever autocast's dtype; a bf16 run has no grad
+    scaler, so the LSTMs run in float32 there (and in float16 under fp16 autocast)."""
+    from asr.encoders.base import run_lstm
+
+    lstm = torch.nn.LSTM(8, 8, batch_first=True).cuda()
+    x = torch.randn(2, 5, 8, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, (h, c) = run_lstm(lstm, x)
+    assert y.dtype == h.dtype == torch.float32
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in lstm.parameters())
+    with torch.autocast("cuda", dtype=torch.float16):
+        assert run_lstm(lstm, x)[0].dtype == torch.float16

@@ -92,6 +92,34 @@ def test_precision_on_cpu(native_bf16, caplog, monkeypatch):
         resolve_precision("fp8", cpu)
 
 
+
+def test_gpu_precision_needs_native_bf16(monkeypatch):
+    """On a GPU, auto is bf16 only where bf16 is native (Ampere on); emulated bf16 (V100, T4)
+    counts as none: auto is fp32 there and an explicit bf16 is an error."""
+    calls = []
+
+    def supported(including_emulation=True):
+        calls.append(including_emulation)
+        return including_emulation  # what a V100 answers
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    gpu = torch.device("cuda", 0)
+    assert resolve_precision("auto", gpu) == "fp32"
+    with pytest.raises(ValueError, match="V100 does not support bfloat16"):
+        resolve_precision("bf16", gpu)
+    assert resolve_precision("fp16", gpu) == "fp16"
+    assert calls and not any(calls)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
+    assert resolve_precision("auto", gpu) == resolve_precision("bf16", gpu) == "bf16"
+
+
+def test_torchrun_processes_do_not_share_one_named_gpu():
+    from asr.training.distributed import Dist
+
+    with pytest.raises(ValueError, match="cuda:LOCAL_RANK"):
+        Dist(world_size=2, rank=1, local_rank=1).device("cuda:0")
+    assert Dist().device("cpu") == torch.device("cpu")
+
 def test_cpu_bf16_needs_the_instructions(tmp_path):
     from asr.training.trainer import cpu_has_bf16
 
