@@ -255,6 +255,7 @@ class TritonBackend:
     """GPU: Triton kernels (also runs on CPU tensors under TRITON_INTERPRET=1)."""
 
     name = "triton"
+    reads_half = True  # row kernels load fp16/bf16 logits into float32 and store gradients in their dtype
 
     def rows_forward(self, x: Tensor, labels: Tensor, blank: int, V: int, D: int) -> Tensor:
         N = x.shape[0]

@@ -40,6 +40,15 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def row_inputs(be, logits: Tensor) -> Tensor:
+    """``logits`` (..., C) as contiguous rows (N, C) for the backend's row kernels. fp16/bf16
+    logits stay in their dtype where the backend reads them (Triton loads them into float32
+    and writes their gradient back in their dtype), which spares a float32 copy of the whole
+    logits in the forward and two in the backward; otherwise float32 (float64 stays float64)."""
+    keep = logits.dtype in (torch.float16, torch.bfloat16) and getattr(be, "reads_half", False)
+    return logits.detach().to(logits.dtype if keep else _compute_dtype(logits.dtype)).contiguous().view(-1, logits.shape[-1])
+
+
 def lattice_forward(be, stats: Tensor, shape: tuple[int, int, int], D: int, durations: Tensor | None, sigma: float,
                     T_lens: Tensor, U_lens: Tensor):
     """stats (N, 4+D) -> lattice inputs and (alpha, beta, ll)."""
@@ -73,7 +82,7 @@ class _MaterializedLoss(torch.autograd.Function):
         be = get_backend(logits.device)
         D = 0 if durations is None else durations.shape[0]
         V = C - D
-        x = logits.detach().to(_compute_dtype(logits.dtype)).contiguous().view(-1, C)
+        x = row_inputs(be, logits)
         labels = row_labels(targets, T_lens, U_lens, T, U1).view(-1)
         stats = be.rows_forward(x, labels, blank, V, D)
         lpb, lpl, lpd, alpha, beta, ll = lattice_forward(be, stats, (B, T, U1), D, durations, sigma, T_lens, U_lens)
@@ -88,8 +97,8 @@ class _MaterializedLoss(torch.autograd.Function):
         B, T, U1, C = logits.shape
         be = get_backend(logits.device)
         w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, grad, fastemit_lambda)
-        x = logits.detach().to(_compute_dtype(logits.dtype)).contiguous().view(-1, C)
-        g = torch.empty_like(x)
+        x = row_inputs(be, logits)
+        g = torch.empty_like(x)  # the logits' dtype where the backend writes it, else float32 (cast below)
         be.rows_backward(x, labels, blank, V, D, stats, w.view(-1, w.shape[-1]), g)
         return g.view(B, T, U1, C).to(logits.dtype), None, None, None, None, None, None, None
 

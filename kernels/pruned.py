@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import _checks
 from ._backend import as_index, get_backend
-from .losses import finish, lattice_weights
+from .losses import finish, lattice_weights, row_inputs
 
 __all__ = [
     "rnnt_loss_simple",
@@ -194,7 +194,7 @@ class _PrunedLoss(torch.autograd.Function):
         V = C - D
         be = get_backend(logits.device)
         cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        x = logits.detach().to(cdt).contiguous().view(-1, C)
+        x = row_inputs(be, logits)
         lab = labels.view(-1)
         stats = be.rows_forward(x, lab, blank, V, D)
         # states outside the windows get -inf blank and label arcs: a path may enter one but
@@ -223,8 +223,7 @@ class _PrunedLoss(torch.autograd.Function):
         be = get_backend(logits.device)
         w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, grad, fastemit_lambda)
         w = w.gather(2, s[..., None].expand(B, T, R, w.shape[-1])).view(-1, w.shape[-1]).contiguous()
-        cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        x = logits.detach().to(cdt).contiguous().view(-1, C)
+        x = row_inputs(be, logits)
         g = torch.empty_like(x)
         be.rows_backward(x, lab, blank, V, D, stats, w, g)
         return g.view(B, T, R, C).to(logits.dtype), None, None, None, None, None, None, None, None

@@ -186,3 +186,33 @@ def test_triton_launch_helpers(monkeypatch) -> None:
     with pytest.raises(ValueError, match="numba backend"):
         _on(torch.zeros(1))
     assert [_lattice_warps(b) for b in (1, 128, 512, 1024, 2048, 8192)] == [4, 4, 4, 8, 16, 16]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_half_logits_are_read_in_place(dtype) -> None:
+    """fp16/bf16 logits reach the Triton row kernels as they are (no float32 copy of the
+    logits, a gradient written in their dtype), with the losses and gradients of the float32
+    copy's path."""
+    from kernels._triton_ops import TritonBackend
+    from kernels.losses import row_inputs
+
+    logits, y, tl, ul = make_batch(2, 4, 3, 6 + 2, V=6, seed=28, T_lens=[4, 3], U_lens=[3, 2])
+    half = logits.detach().to(dtype)
+    assert row_inputs(TritonBackend(), half).dtype == dtype
+    assert row_inputs(kernels._backend.NumbaBackend(), half).dtype == torch.float32
+    ys = _on_dev(y, tl, ul)
+    for fn in (lambda x: kernels.tdt_loss(x, *ys, [0, 1], sigma=0.05, reduction="none"),
+               lambda x: kernels.rnnt_loss(x[..., :6].contiguous(), *ys, reduction="none")):
+        with kernels.use_backend("triton"):
+            x = _leaf(half)
+            out = fn(x)
+            g = _grad(out, x)
+            x32 = _leaf(half.float())
+            ref = fn(x32)
+            g_ref = _grad(ref, x32).to(dtype)
+        assert g.dtype == dtype
+        torch.testing.assert_close(out.cpu(), ref.cpu(), rtol=0, atol=0)
+        # the interpreter truncates float32 to bf16 (the GPU rounds to nearest, as torch does):
+        # there the bf16 gradient may be one unit in the last place off
+        ulp = 2.0 ** -7 if dtype == torch.bfloat16 and not ON_GPU else 0.0
+        torch.testing.assert_close(g.cpu(), g_ref.cpu(), rtol=ulp, atol=0)
