@@ -311,6 +311,10 @@ def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: 
                 out = model(x, lens, batch["tokens"])
             loss_sum += float(out["loss_sum"])
             tokens += out["tokens"]
+        if device.type == "cuda":  # RTFx: the first batch's CUDA start-up (kernels, cuBLAS) untimed, queued work finished
+            if not results:
+                decode(x, lens)
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         hyps = decode(x, lens)
         decode_seconds += time.perf_counter() - t0
