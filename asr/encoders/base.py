@@ -271,4 +271,3 @@ def run_lstm(lstm: torch.nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None
         with torch.autocast("cuda", enabled=False):
             return lstm(x.float(), None if state is None else (state[0].float(), state[1].float()))
     return lstm(x, state)
-
