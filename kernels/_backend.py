@@ -21,6 +21,7 @@ from . import _numba_ops as nops
 
 class Backend(Protocol):
     name: str
+    reads_half: bool  # whether rows_forward/rows_backward take fp16/bf16 rows as they are
 
     def rows_forward(self, x: Tensor, labels: Tensor, blank: int, V: int, D: int) -> Tensor: ...
 
@@ -41,6 +42,7 @@ class NumbaBackend:
     """CPU: numba kernels, parallel over rows / utterances."""
 
     name = "numba"
+    reads_half = False  # row kernels take float32/float64 rows: fp16/bf16 logits are copied to float32 first
 
     def rows_forward(self, x: Tensor, labels: Tensor, blank: int, V: int, D: int) -> Tensor:
         stats = torch.empty(x.shape[0], 4 + D, dtype=torch.float64)

@@ -45,7 +45,7 @@ def row_inputs(be, logits: Tensor) -> Tensor:
     logits stay in their dtype where the backend reads them (Triton loads them into float32
     and writes their gradient back in their dtype), which spares a float32 copy of the whole
     logits in the forward and two in the backward; otherwise float32 (float64 stays float64)."""
-    keep = logits.dtype in (torch.float16, torch.bfloat16) and getattr(be, "reads_half", False)
+    keep = logits.dtype in (torch.float16, torch.bfloat16) and be.reads_half
     return logits.detach().to(logits.dtype if keep else _compute_dtype(logits.dtype)).contiguous().view(-1, logits.shape[-1])
 
 
