@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import _checks
 from ._backend import as_index, get_backend, torch_rows_backward_, torch_rows_forward_
-from .losses import finish, lattice_forward, lattice_weights, row_labels
+from .losses import _compute_dtype, finish, lattice_forward, lattice_weights, row_labels
 
 __all__ = ["fused_transducer_loss"]
 
@@ -63,7 +63,7 @@ class _FusedLoss(torch.autograd.Function):
         C = weight.shape[0]
         D = 0 if durations is None else durations.shape[0]
         V = C - D
-        cdt = torch.float64 if enc.dtype == torch.float64 else torch.float32
+        cdt = _compute_dtype(enc.dtype)
         be = get_backend(enc.device)
         e, p, W = enc.detach().to(cdt), pred.detach().to(cdt), weight.detach().to(cdt)
         bb = bias.detach().to(cdt) if bias is not None else None
@@ -100,7 +100,7 @@ class _FusedLoss(torch.autograd.Function):
         blank, V, D, sigma, activation, fastemit_lambda, tile_rows = ctx.cfg
         B, T, H = enc.shape
         U1 = pred.shape[1]
-        cdt = torch.float64 if enc.dtype == torch.float64 else torch.float32
+        cdt = _compute_dtype(enc.dtype)
         be = get_backend(enc.device)
         w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, grad,
                             fastemit_lambda)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import _checks
 from ._backend import as_index, get_backend
-from .losses import finish, lattice_weights, row_inputs
+from .losses import _compute_dtype, finish, lattice_weights, row_inputs
 
 __all__ = [
     "rnnt_loss_simple",
@@ -193,7 +193,7 @@ class _PrunedLoss(torch.autograd.Function):
         D = 0 if durations is None else durations.shape[0]
         V = C - D
         be = get_backend(logits.device)
-        cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        cdt = _compute_dtype(logits.dtype)
         x = row_inputs(be, logits)
         lab = labels.view(-1)
         stats = be.rows_forward(x, lab, blank, V, D)
