@@ -19,6 +19,11 @@ Heads (``ModelConfig.head``):
   deleted (WER 95-98%), while CTC leaves its plateau after a few hundred steps; after 450 CTC
   steps the hybrid TDT's transducer loss fell below 1.3 within 70 steps. The transducer
   computation is skipped during the warm-up.
+- Guarded training (``train_ctc_guard``, hybrid TDT+CTC): the TDT loss keeps only the blank
+  jumps that the CTC-guarded greedy search (``decode(ctc_guard=...)``, :meth:`ASRModel.jump_guard`)
+  would let through: a blank may pass only over frames whose CTC blank probability exceeds the
+  threshold (``kernels.tdt_loss(blank_stops=...)``), so the duration head learns not to jump
+  over the frames where pieces begin and needs no guard in decoding.
 
 Losses are per token: the sum over alignable utterances divided by their token count.
 
@@ -48,6 +53,7 @@ from .config import from_dict, to_dict
 from .data.features import FeatureConfig
 from .data.tokenizer import Tokenizer
 from .decoding.ctc import Hypothesis, ctc_greedy
+from .decoding.transducer import jump_stops
 from .encoders import build_encoder
 from .heads.ctc import CTCHead
 from .heads.transducer import KINDS as TRANSDUCER_KINDS
@@ -73,6 +79,10 @@ class ModelConfig:
     dropout: float = 0.1
     ctc_weight: float = 0.0  # transducer heads: > 0 adds the auxiliary CTC head (hybrid)
     ctc_warmup_steps: int = 0  # transducer heads: train the CTC head alone for this many steps first (CTC: no effect)
+    # hybrid TDT+CTC: > 0 trains the TDT's blank jumps under the CTC guard of greedy search
+    # (``decode(ctc_guard=...)``) at this threshold: a blank arc of the loss may pass only over
+    # frames whose CTC blank probability (the CTC head's, without dropout or gradient) exceeds it
+    train_ctc_guard: float = 0.0
     transducer: TransducerConfig = field(default_factory=TransducerConfig)
 
 
@@ -98,6 +108,12 @@ class ASRModel(nn.Module):
             raise ValueError(f"ModelConfig.ctc_weight must be in [0, 1), got {config.ctc_weight}")
         if config.ctc_warmup_steps < 0:
             raise ValueError(f"ModelConfig.ctc_warmup_steps must be >= 0, got {config.ctc_warmup_steps}")
+        if config.train_ctc_guard:
+            if config.head not in ("tdt", "pruned_tdt") or config.ctc_weight <= 0:
+                raise ValueError("ModelConfig.train_ctc_guard trains a hybrid TDT+CTC's blank jumps (head tdt or "
+                                 f"pruned_tdt with ctc_weight > 0), got head {config.head!r}, ctc_weight {config.ctc_weight}")
+            if not 0.0 < config.train_ctc_guard < 1.0:
+                raise ValueError(f"ModelConfig.train_ctc_guard is a blank probability in (0, 1) (0: off), got {config.train_ctc_guard}")
         self.config = config
         self.features = features
         self.tokenizer = tokenizer
@@ -137,7 +153,11 @@ class ASRModel(nn.Module):
             raise ValueError("ctc_only: this model has no CTC head")
         parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.transducer is not None and not ctc_only:
-            parts["transducer"] = self.transducer.loss(enc, enc_lens, targets)
+            stops = None
+            if self.config.train_ctc_guard:
+                with torch.no_grad():
+                    stops = jump_stops(self.jump_guard(enc, self.config.train_ctc_guard))
+            parts["transducer"] = self.transducer.loss(enc, enc_lens, targets, blank_stops=stops)
         if self.ctc is not None and (ctc_only or self.transducer is None or self.config.ctc_weight > 0):
             parts["ctc"] = CTCHead.loss(self.ctc(enc), enc_lens, targets)
         bad = torch.zeros(len(targets), dtype=torch.bool)
@@ -185,9 +205,11 @@ class ASRModel(nn.Module):
         over in greedy search (``greedy_search(jump_ok=...)``): those whose blank probability
         under the hybrid's CTC head exceeds ``threshold``. The CTC head marks where pieces
         begin; a TDT jump predicted over such a frame lands on it instead of skipping it.
-        Threshold 0.9 was chosen on the mini corpus's dev set (docs/mini_results.md)."""
+        Threshold 0.9 was chosen on the mini corpus's dev set (docs/mini_results.md). The CTC
+        head runs without its dropout, so in training (``train_ctc_guard``) it marks the frames
+        it would mark in decoding."""
         self.check_ctc_guard(threshold)
-        return self.ctc(enc)[..., self.transducer.blank] > math.log(threshold)
+        return self.ctc.proj(enc).log_softmax(-1)[..., self.transducer.blank] > math.log(threshold)
 
     def check_ctc_guard(self, threshold: float, method: str = "greedy", use_ctc: bool = False) -> None:
         """A ValueError unless this model, decoded by ``method`` (and ``use_ctc``), can guard TDT

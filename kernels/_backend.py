@@ -34,8 +34,14 @@ class Backend(Protocol):
     ) -> tuple[Tensor, Tensor, Tensor]: ...
 
     def tdt_lattice(
-        self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, T_lens: Tensor, U_lens: Tensor
+        self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, stops: Tensor, T_lens: Tensor,
+        U_lens: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def tdt_weights(
+        self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, stops: Tensor, T_lens: Tensor,
+        U_lens: Tensor, alpha: Tensor, beta: Tensor, ll: Tensor, scale: Tensor,
+    ) -> Tensor: ...
 
 
 class NumbaBackend:
@@ -76,25 +82,26 @@ class NumbaBackend:
         return w
 
     def tdt_lattice(
-        self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, T_lens: Tensor, U_lens: Tensor
+        self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, stops: Tensor, T_lens: Tensor,
+        U_lens: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         alpha = torch.full_like(lpb, float("-inf"))
         beta = torch.full_like(lpb, float("-inf"))
         ll = torch.empty(lpb.shape[0], dtype=torch.float64)
         nops.tdt_lattice(
-            lpb.numpy(), lpl.numpy(), lpd.numpy(), durations.numpy(), float(sigma), T_lens.numpy(), U_lens.numpy(),
-            alpha.numpy(), beta.numpy(), ll.numpy(),
+            lpb.numpy(), lpl.numpy(), lpd.numpy(), durations.numpy(), float(sigma), stops.numpy(), T_lens.numpy(),
+            U_lens.numpy(), alpha.numpy(), beta.numpy(), ll.numpy(),
         )
         return alpha, beta, ll
 
     def tdt_weights(
-        self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, T_lens: Tensor, U_lens: Tensor,
-        alpha: Tensor, beta: Tensor, ll: Tensor, scale: Tensor,
+        self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, stops: Tensor, T_lens: Tensor,
+        U_lens: Tensor, alpha: Tensor, beta: Tensor, ll: Tensor, scale: Tensor,
     ) -> Tensor:
         w = torch.empty(*lpb.shape, 3 + lpd.shape[-1], dtype=torch.float64)
         nops.tdt_weights(
-            lpb.numpy(), lpl.numpy(), lpd.numpy(), durations.numpy(), float(sigma), T_lens.numpy(), U_lens.numpy(),
-            alpha.numpy(), beta.numpy(), ll.numpy(), scale.numpy(), w.numpy(),
+            lpb.numpy(), lpl.numpy(), lpd.numpy(), durations.numpy(), float(sigma), stops.numpy(), T_lens.numpy(),
+            U_lens.numpy(), alpha.numpy(), beta.numpy(), ll.numpy(), scale.numpy(), w.numpy(),
         )
         return w
 

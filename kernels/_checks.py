@@ -108,6 +108,17 @@ def check_durations(durations: Sequence[int]) -> list[int]:
     return out
 
 
+def check_blank_stops(blank_stops: Tensor | None, B: int, T: int, like: Tensor) -> Tensor | None:
+    """A TDT loss's ``blank_stops``: (B, T) ints on ``like``'s device, as contiguous int64."""
+    if blank_stops is None:
+        return None
+    check_int("blank_stops", blank_stops, 2)
+    if tuple(blank_stops.shape) != (B, T):
+        raise ValueError(f"blank_stops.shape = {tuple(blank_stops.shape)}; expected ({B}, {T}), one per frame")
+    check_same_device(blank_stops=blank_stops, logits=like)
+    return blank_stops.to(torch.int64).contiguous()
+
+
 def check_finite_number(name: str, value: float) -> float:
     value = float(value)
     if value != value or value in (float("inf"), float("-inf")):

@@ -189,8 +189,9 @@ def rnnt_weights(lpb, lpl, T_lens, U_lens, alpha, beta, ll, scale, label_scale, 
 
 
 @njit(parallel=True, cache=True)
-def tdt_lattice(lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll):
-    """TDT forward/backward. lpb, lpl, alpha, beta: (B, T, U+1); lpd: (B, T, U+1, D)."""
+def tdt_lattice(lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll):
+    """TDT forward/backward. lpb, lpl, alpha, beta: (B, T, U+1); lpd: (B, T, U+1, D); stops:
+    (B, T), a blank from frame t lands no later than stops[b, t]."""
     B = lpb.shape[0]
     D = durations.shape[0]
     for b in prange(B):
@@ -206,7 +207,7 @@ def tdt_lattice(lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll
                     d = durations[j]
                     if t - d < 0:
                         continue
-                    if d > 0:
+                    if d > 0 and t <= stops[b, t - d]:
                         a = _lae(a, alpha[b, t - d, u] + lpb[b, t - d, u] + lpd[b, t - d, u, j] - sigma)
                     if u > 0:
                         a = _lae(a, alpha[b, t - d, u - 1] + lpl[b, t - d, u - 1] + lpd[b, t - d, u - 1, j] - sigma)
@@ -217,7 +218,7 @@ def tdt_lattice(lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll
                 for j in range(D):
                     d = durations[j]
                     arc = lpd[b, t, u, j] - sigma
-                    if d > 0:
+                    if d > 0 and t + d <= stops[b, t]:
                         if t + d < T:
                             v = _lae(v, beta[b, t + d, u] + lpb[b, t, u] + arc)
                         elif t + d == T and u == U:
@@ -228,13 +229,13 @@ def tdt_lattice(lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll
         L = NEG_INF
         for j in range(D):
             d = durations[j]
-            if d > 0 and T - d >= 0:
+            if d > 0 and T - d >= 0 and T <= stops[b, T - d]:
                 L = _lae(L, alpha[b, T - d, U] + lpb[b, T - d, U] + lpd[b, T - d, U, j] - sigma)
         ll[b] = L
 
 
 @njit(parallel=True, cache=True)
-def tdt_weights(lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, scale, w):
+def tdt_weights(lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, scale, w):
     """TDT arc posteriors times scale[b]. w: (B, T, U+1, 3+D) [w_tot, w_blank, w_label, w_dur...]."""
     B = lpb.shape[0]
     D = durations.shape[0]
@@ -257,7 +258,7 @@ def tdt_weights(lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll
                 for j in range(D):
                     d = durations[j]
                     base = a + lpd[b, t, u, j] - sigma - L
-                    if d > 0:
+                    if d > 0 and t + d <= stops[b, t]:
                         p = 0.0
                         if t + d < T:
                             p = math.exp(base + lpb[b, t, u] + beta[b, t + d, u]) * sc

@@ -140,8 +140,8 @@ def _rnnt_lattice_kernel(lpb_ptr, lpl_ptr, a_ptr, b_ptr, ll_ptr, T_ptr, U_ptr, T
 
 
 @triton.jit
-def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, a_ptr, b_ptr, ll_ptr, T_ptr, U_ptr, T_max, U1_max,
-                        D: tl.constexpr, BLOCK_U: tl.constexpr):
+def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, stop_ptr, a_ptr, b_ptr, ll_ptr, T_ptr, U_ptr, T_max,
+                        U1_max, D: tl.constexpr, BLOCK_U: tl.constexpr):
     bi = tl.program_id(0).to(tl.int64)
     T = tl.load(T_ptr + bi)
     U = tl.load(U_ptr + bi)
@@ -156,6 +156,7 @@ def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, a_ptr, b_ptr, ll_ptr
             d = tl.load(dur_ptr + j) + tl.zeros((BLOCK_U,), tl.int64)
             src = base + (t - d) * U1_max + u
             okb = ok & (t - d >= 0) & (d > 0)
+            okb = okb & (t <= tl.load(stop_ptr + bi * T_max + t - d, mask=okb, other=0))
             arc = tl.load(a_ptr + src, mask=okb, other=neg) + tl.load(lpb_ptr + src, mask=okb, other=neg) \
                 + tl.load(lpd_ptr + src * D + j, mask=okb, other=neg)
             a = _lae(a, arc)
@@ -178,9 +179,10 @@ def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, a_ptr, b_ptr, ll_ptr
         for j in tl.static_range(D):
             d = tl.load(dur_ptr + j) + tl.zeros((BLOCK_U,), tl.int64)
             arcd = tl.load(lpd_ptr + idx * D + j, mask=ok, other=neg)
-            okb = ok & (d > 0) & (t + d < T)
+            reach = ok & (d > 0) & (t + d <= tl.load(stop_ptr + bi * T_max + t, mask=ok, other=0))
+            okb = reach & (t + d < T)
             bv = _lae(bv, tl.load(b_ptr + idx + d * U1_max, mask=okb, other=neg) + lb + arcd)
-            fin = ok & (d > 0) & (t + d == T) & (u == U)
+            fin = reach & (t + d == T) & (u == U)
             bv = _lae(bv, tl.where(fin, lb + arcd, neg))
             okl = ok & (u < U) & (t + d < T)
             bv = _lae(bv, tl.load(b_ptr + idx + d * U1_max + 1, mask=okl, other=neg) + ll_ + arcd)
@@ -192,6 +194,7 @@ def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, a_ptr, b_ptr, ll_ptr
         d = tl.load(dur_ptr + j) + tl.zeros((2,), tl.int64)
         src = base + (T - d) * U1_max + U
         okf = (d > 0) & (T - d >= 0) & (o == 0)
+        okf = okf & (T <= tl.load(stop_ptr + bi * T_max + T - d + o, mask=okf, other=0))
         arc = tl.load(a_ptr + src + o, mask=okf, other=neg) + tl.load(lpb_ptr + src + o, mask=okf, other=neg) \
             + tl.load(lpd_ptr + (src + o) * D + j, mask=okf, other=neg)
         L = _lae(L, arc)
@@ -288,8 +291,8 @@ class TritonBackend:
                                        num_warps=_lattice_warps(block))
         return alpha, beta, ll
 
-    def tdt_lattice(self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, T_lens: Tensor,
-                    U_lens: Tensor):
+    def tdt_lattice(self, lpb: Tensor, lpl: Tensor, lpd: Tensor, durations: Tensor, sigma: float, stops: Tensor,
+                    T_lens: Tensor, U_lens: Tensor):
         B, T, U1 = lpb.shape
         alpha = torch.full_like(lpb, NEG_INF)
         beta = torch.full_like(lpb, NEG_INF)
@@ -297,7 +300,7 @@ class TritonBackend:
         arcs = (lpd.double() - float(sigma)).contiguous()  # every duration arc pays sigma, in float64
         block = triton.next_power_of_2(U1)
         with _on(lpb):
-            _tdt_lattice_kernel[(B,)](lpb, lpl, arcs, durations, alpha, beta, ll, T_lens, U_lens, T, U1,
+            _tdt_lattice_kernel[(B,)](lpb, lpl, arcs, durations, stops, alpha, beta, ll, T_lens, U_lens, T, U1,
                                       D=durations.shape[0], BLOCK_U=block, num_warps=_lattice_warps(block))
         return alpha, beta, ll
 
@@ -314,7 +317,7 @@ class TritonBackend:
         wl = _post(alpha + lpl + _shift_u(beta) - llv, mask & (u < U_lens[:, None, None])) * sc * label_scale
         return torch.stack([wb + wl, wb, wl], dim=-1).contiguous()
 
-    def tdt_weights(self, lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, scale):
+    def tdt_weights(self, lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, scale):
         B, T, U1 = lpb.shape
         D = lpd.shape[-1]
         mask = _valid_mask(lpb.shape, T_lens, U_lens) & torch.isfinite(ll)[:, None, None]
@@ -329,7 +332,7 @@ class TritonBackend:
             if d > 0:
                 final = (t + d == T_lens[:, None, None]) & (u == U_lens[:, None, None])
                 dest = torch.where(final, torch.zeros_like(bt), bt)
-                pb = _post(arc + lpb + dest, mask) * sc
+                pb = _post(arc + lpb + dest, mask & (t + d <= stops[:, :, None])) * sc
                 w[..., 1] += pb
                 w[..., 3 + j] += pb
             pl = _post(arc + lpl + _shift_u(bt), mask & (u < U_lens[:, None, None])) * sc

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import _checks
 from ._backend import as_index, get_backend, torch_rows_backward_, torch_rows_forward_
-from .losses import _compute_dtype, finish, lattice_forward, lattice_weights, row_labels
+from .losses import _compute_dtype, finish, lattice_forward, lattice_weights, row_labels, stops_or_open
 
 __all__ = ["fused_transducer_loss"]
 
@@ -57,7 +57,7 @@ def _tiles(T_b: int, U1_b: int, tile_rows: int):
 class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, enc, pred, weight, bias, labels, T_lens, U_lens, blank, durations, sigma, activation,
-                fastemit_lambda, tile_rows):  # type: ignore[override]
+                fastemit_lambda, tile_rows, stops):  # type: ignore[override]
         B, T, H = enc.shape
         U1 = pred.shape[1]
         C = weight.shape[0]
@@ -82,9 +82,11 @@ class _FusedLoss(torch.autograd.Function):
                 stats[b, t0:t1, u0:u1] = st.view(t1 - t0, u1 - u0, -1)
                 del h, x
         flat = stats.view(-1, 4 + D)
-        lpb, lpl, lpd, alpha, beta, ll = lattice_forward(be, flat, (B, T, U1), D, durations, sigma, T_lens, U_lens)
+        stops = stops_or_open(stops, B, T, durations, enc.device)
+        lpb, lpl, lpd, alpha, beta, ll = lattice_forward(be, flat, (B, T, U1), D, durations, sigma, stops, T_lens,
+                                                         U_lens)
         ctx.save_for_backward(enc, pred, weight, bias, labels, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll,
-                              durations)
+                              durations, stops)
         ctx.cfg = (blank, V, D, sigma, activation, fastemit_lambda, tile_rows)
         return (-ll).to(cdt)
 
@@ -96,13 +98,13 @@ class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad):
         (enc, pred, weight, bias, labels, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll,
-         durations) = ctx.saved_tensors
+         durations, stops) = ctx.saved_tensors
         blank, V, D, sigma, activation, fastemit_lambda, tile_rows = ctx.cfg
         B, T, H = enc.shape
         U1 = pred.shape[1]
         cdt = _compute_dtype(enc.dtype)
         be = get_backend(enc.device)
-        w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, grad,
+        w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, grad,
                             fastemit_lambda)
         e, p, W = enc.detach().to(cdt), pred.detach().to(cdt), weight.detach().to(cdt)
         bb = bias.detach().to(cdt) if bias is not None else None
@@ -135,7 +137,7 @@ class _FusedLoss(torch.autograd.Function):
             g_pred.to(pred.dtype),
             g_W.to(weight.dtype),
             g_b.to(bias.dtype) if bias is not None else None,
-            None, None, None, None, None, None, None, None, None,
+            None, None, None, None, None, None, None, None, None, None,
         )
 
 
@@ -155,6 +157,7 @@ def fused_transducer_loss(
     fastemit_lambda: float = 0.0,
     zero_infinity: bool = False,
     tile_rows: int | None = None,
+    blank_stops: Tensor | None = None,
 ) -> Tensor:
     """RNN-T (durations=None) or TDT (durations=[...]) loss of a joint network, without its logits.
 
@@ -169,7 +172,8 @@ def fused_transducer_loss(
         activation: "tanh", "relu" or "identity".
         tile_rows: (t, u) rows per tile (default 1024 on CPU, 16384 on CUDA); scratch memory is
             a few tile_rows * (H + V + D) floats.
-        other arguments as in `rnnt_loss` / `tdt_loss` (fastemit_lambda is RNN-T only).
+        other arguments as in `rnnt_loss` / `tdt_loss` (fastemit_lambda is RNN-T only,
+        blank_stops TDT only).
     Returns:
         (B,) losses or their reduction; gradients flow to enc, pred, weight and bias.
     """
@@ -201,6 +205,8 @@ def fused_transducer_loss(
                          "(under autocast, project enc and pred outside it or cast them to the weight's dtype)")
     if durations is None:
         D, dur_t = 0, None
+        if blank_stops is not None:
+            raise ValueError("blank_stops limits TDT blank jumps; pass durations (an RNN-T blank always moves one frame)")
     else:
         durs = _checks.check_durations(durations)
         D = len(durs)
@@ -216,7 +222,8 @@ def fused_transducer_loss(
     sigma = _checks.check_finite_number("sigma", sigma)
     T_lens, U_lens = as_index(enc_lengths), as_index(target_lengths)
     labels = row_labels(targets, T_lens, U_lens, T, pred.shape[1])
+    stops = _checks.check_blank_stops(blank_stops, B, T, enc)
     with torch.autocast(enc.device.type, enabled=False):  # the joint's product in the inputs' dtype, not autocast's
         losses = _FusedLoss.apply(enc, pred, weight, bias, labels, T_lens, U_lens, int(blank), dur_t, sigma, activation,
-                                  fastemit_lambda, int(tile_rows))
+                                  fastemit_lambda, int(tile_rows), stops)
     return finish(losses, reduction, zero_infinity)

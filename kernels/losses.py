@@ -49,8 +49,18 @@ def row_inputs(be, logits: Tensor) -> Tensor:
     return logits.detach().to(logits.dtype if keep else _compute_dtype(logits.dtype)).contiguous().view(-1, logits.shape[-1])
 
 
+def stops_or_open(blank_stops: Tensor | None, B: int, T: int, durations: Tensor | None, device) -> Tensor | None:
+    """The lattice kernels' (B, T) int64 blank stops: ``blank_stops`` as given, or (TDT
+    without stops) a value no blank jump reaches; None for RNN-T."""
+    if durations is None:
+        return None
+    if blank_stops is not None:
+        return blank_stops
+    return torch.full((B, T), T + int(durations.max()) + 1, dtype=torch.int64, device=device)
+
+
 def lattice_forward(be, stats: Tensor, shape: tuple[int, int, int], D: int, durations: Tensor | None, sigma: float,
-                    T_lens: Tensor, U_lens: Tensor):
+                    stops: Tensor | None, T_lens: Tensor, U_lens: Tensor):
     """stats (N, 4+D) -> lattice inputs and (alpha, beta, ll)."""
     B, T, U1 = shape
     lpb = stats[:, 1].reshape(B, T, U1).contiguous()
@@ -60,24 +70,24 @@ def lattice_forward(be, stats: Tensor, shape: tuple[int, int, int], D: int, dura
         alpha, beta, ll = be.rnnt_lattice(lpb, lpl, T_lens, U_lens)
     else:
         lpd = stats[:, 4:].reshape(B, T, U1, D).contiguous()
-        alpha, beta, ll = be.tdt_lattice(lpb, lpl, lpd, durations, sigma, T_lens, U_lens)
+        alpha, beta, ll = be.tdt_lattice(lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens)
     return lpb, lpl, lpd, alpha, beta, ll
 
 
-def lattice_weights(be, lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, scale: Tensor,
+def lattice_weights(be, lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, scale: Tensor,
                     fastemit_lambda: float) -> Tensor:
     """Arc weights (B, T, U1, 3 + D) float64 for rows_backward."""
     scale = scale.to(torch.float64).contiguous()
     if lpd is None:
         return be.rnnt_weights(lpb, lpl, T_lens, U_lens, alpha, beta, ll, scale, 1.0 + fastemit_lambda)
-    return be.tdt_weights(lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, scale)
+    return be.tdt_weights(lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, scale)
 
 
 class _MaterializedLoss(torch.autograd.Function):
     """Per-utterance -loglik (B,) from logits (B, T, U1, V + D)."""
 
     @staticmethod
-    def forward(ctx, logits, targets, T_lens, U_lens, blank, durations, sigma, fastemit_lambda):  # type: ignore[override]
+    def forward(ctx, logits, targets, T_lens, U_lens, blank, durations, sigma, fastemit_lambda, stops):  # type: ignore[override]
         B, T, U1, C = logits.shape
         be = get_backend(logits.device)
         D = 0 if durations is None else durations.shape[0]
@@ -85,22 +95,25 @@ class _MaterializedLoss(torch.autograd.Function):
         x = row_inputs(be, logits)
         labels = row_labels(targets, T_lens, U_lens, T, U1).view(-1)
         stats = be.rows_forward(x, labels, blank, V, D)
-        lpb, lpl, lpd, alpha, beta, ll = lattice_forward(be, stats, (B, T, U1), D, durations, sigma, T_lens, U_lens)
-        ctx.save_for_backward(logits, labels, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations)
+        stops = stops_or_open(stops, B, T, durations, logits.device)
+        lpb, lpl, lpd, alpha, beta, ll = lattice_forward(be, stats, (B, T, U1), D, durations, sigma, stops, T_lens,
+                                                         U_lens)
+        ctx.save_for_backward(logits, labels, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations, stops)
         ctx.cfg = (blank, V, D, sigma, fastemit_lambda)
         return (-ll).to(_compute_dtype(logits.dtype))
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        logits, labels, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations = ctx.saved_tensors
+        logits, labels, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations, stops = ctx.saved_tensors
         blank, V, D, sigma, fastemit_lambda = ctx.cfg
         B, T, U1, C = logits.shape
         be = get_backend(logits.device)
-        w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, grad, fastemit_lambda)
+        w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, grad,
+                            fastemit_lambda)
         x = row_inputs(be, logits)
         g = torch.empty_like(x)  # the logits' dtype where the backend writes it, else float32 (cast below)
         be.rows_backward(x, labels, blank, V, D, stats, w.view(-1, w.shape[-1]), g)
-        return g.view(B, T, U1, C).to(logits.dtype), None, None, None, None, None, None, None
+        return g.view(B, T, U1, C).to(logits.dtype), None, None, None, None, None, None, None, None
 
 
 def finish(losses: Tensor, reduction: str, zero_infinity: bool) -> Tensor:
@@ -153,7 +166,7 @@ def rnnt_loss(
     _check_logits(logits, targets, logit_lengths, target_lengths, blank, logits.shape[-1], reduction)
     fastemit_lambda = _checks.check_finite_number("fastemit_lambda", fastemit_lambda)
     losses = _MaterializedLoss.apply(
-        logits, targets, as_index(logit_lengths), as_index(target_lengths), int(blank), None, 0.0, fastemit_lambda
+        logits, targets, as_index(logit_lengths), as_index(target_lengths), int(blank), None, 0.0, fastemit_lambda, None
     )
     return finish(losses, reduction, zero_infinity)
 
@@ -168,6 +181,7 @@ def tdt_loss(
     sigma: float = 0.0,
     reduction: str = "mean",
     zero_infinity: bool = False,
+    blank_stops: Tensor | None = None,
 ) -> Tensor:
     """TDT loss (Xu et al. 2023, NeMo's convention).
 
@@ -176,6 +190,10 @@ def tdt_loss(
             Token and duration log-probs are normalized separately.
         durations: the D durations, non-negative, distinct, at least one > 0 (e.g. [0, 1, 2, 3, 4]).
         sigma: logit under-normalization: every arc scores logp_tok + logp_dur - sigma.
+        blank_stops: (B, T) ints or None: a blank from frame t may land no later than frame
+            ``blank_stops[b, t]`` (its longer jumps are not arcs of the lattice; labels' jumps are
+            not limited). ``asr`` builds them from a hybrid's CTC head, so that training sees
+            the blank jumps that the CTC-guarded greedy search allows.
         other arguments as in `rnnt_loss`.
     The path starts at (0, 0); a blank with duration d > 0 goes (t, u) -> (t+d, u); label y[u]
     with duration d goes (t, u) -> (t+d, u+1); states have t < T; the path ends with a blank
@@ -189,8 +207,9 @@ def tdt_loss(
     V = logits.shape[-1] - len(durs) if logits.dim() == 4 else 1
     _check_logits(logits, targets, logit_lengths, target_lengths, blank, V, reduction)
     sigma = _checks.check_finite_number("sigma", sigma)
+    stops = _checks.check_blank_stops(blank_stops, logits.shape[0], logits.shape[1], logits)
     dur_t = torch.tensor(durs, dtype=torch.int64, device=logits.device)
     losses = _MaterializedLoss.apply(
-        logits, targets, as_index(logit_lengths), as_index(target_lengths), int(blank), dur_t, sigma, 0.0
+        logits, targets, as_index(logit_lengths), as_index(target_lengths), int(blank), dur_t, sigma, 0.0, stops
     )
     return finish(losses, reduction, zero_infinity)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import _checks
 from ._backend import as_index, get_backend
-from .losses import _compute_dtype, finish, lattice_weights, row_inputs
+from .losses import _compute_dtype, finish, lattice_weights, row_inputs, stops_or_open
 
 __all__ = [
     "rnnt_loss_simple",
@@ -188,7 +188,7 @@ class _PrunedLoss(torch.autograd.Function):
     the (B, T, R, V [+ D]) joint logits at label positions s (B, T, R)."""
 
     @staticmethod
-    def forward(ctx, logits, labels, s, T_lens, U_lens, blank, durations, sigma, fastemit_lambda):  # type: ignore[override]
+    def forward(ctx, logits, labels, s, T_lens, U_lens, blank, durations, sigma, fastemit_lambda, stops):  # type: ignore[override]
         B, T, R, C = logits.shape
         D = 0 if durations is None else durations.shape[0]
         V = C - D
@@ -210,23 +210,25 @@ class _PrunedLoss(torch.autograd.Function):
         else:
             lpd = torch.zeros(B, T, W, D, dtype=torch.float64, device=logits.device)
             lpd.scatter_(2, s[..., None].expand(B, T, R, D), stats[:, 4:].reshape(B, T, R, D))
-            alpha, beta, ll = be.tdt_lattice(lpb, lpl, lpd, durations, sigma, T_lens, U_lens)
-        ctx.save_for_backward(logits, lab, s, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations)
+            stops = stops_or_open(stops, B, T, durations, logits.device)
+            alpha, beta, ll = be.tdt_lattice(lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens)
+        ctx.save_for_backward(logits, lab, s, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations, stops)
         ctx.cfg = (blank, V, D, sigma, fastemit_lambda)
         return (-ll).to(cdt)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        logits, lab, s, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations = ctx.saved_tensors
+        logits, lab, s, stats, T_lens, U_lens, lpb, lpl, lpd, alpha, beta, ll, durations, stops = ctx.saved_tensors
         blank, V, D, sigma, fastemit_lambda = ctx.cfg
         B, T, R, C = logits.shape
         be = get_backend(logits.device)
-        w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, T_lens, U_lens, alpha, beta, ll, grad, fastemit_lambda)
+        w = lattice_weights(be, lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, grad,
+                            fastemit_lambda)
         w = w.gather(2, s[..., None].expand(B, T, R, w.shape[-1])).view(-1, w.shape[-1]).contiguous()
         x = row_inputs(be, logits)
         g = torch.empty_like(x)
         be.rows_backward(x, lab, blank, V, D, stats, w, g)
-        return g.view(B, T, R, C).to(logits.dtype), None, None, None, None, None, None, None, None
+        return g.view(B, T, R, C).to(logits.dtype), None, None, None, None, None, None, None, None, None
 
 
 def _pruned_inputs(logits, targets, s_begin, logit_lengths, target_lengths, blank, reduction, fastemit_lambda, D):
@@ -267,7 +269,7 @@ def rnnt_loss_pruned(
     """
     labels, s, T_lens, U_lens, fe = _pruned_inputs(logits, targets, s_begin, logit_lengths, target_lengths, blank,
                                                    reduction, fastemit_lambda, 0)
-    losses = _PrunedLoss.apply(logits, labels, s, T_lens, U_lens, int(blank), None, 0.0, fe)
+    losses = _PrunedLoss.apply(logits, labels, s, T_lens, U_lens, int(blank), None, 0.0, fe, None)
     return finish(losses, reduction, zero_infinity)
 
 
@@ -282,13 +284,14 @@ def tdt_loss_pruned(
     sigma: float = 0.0,
     reduction: str = "mean",
     zero_infinity: bool = False,
+    blank_stops: Tensor | None = None,
 ) -> Tensor:
     """Exact TDT loss over the paths whose every state stays inside the windows.
 
     Args:
         logits: (B, T, s_range, V + D) joint logits at (t, s_begin[b, t] + r); the last D
             channels are duration logits, normalized apart from the tokens (as in `tdt_loss`).
-        durations, sigma: as in `tdt_loss`; other arguments as in `rnnt_loss_pruned`.
+        durations, sigma, blank_stops: as in `tdt_loss`; other arguments as in `rnnt_loss_pruned`.
     A label or blank with duration d jumps from frame t to t + d; the state it lands on must lie
     in frame t + d's window, else the path is dropped (as k2 drops RNN-T paths that leave them).
     """
@@ -296,8 +299,9 @@ def tdt_loss_pruned(
     sigma = _checks.check_finite_number("sigma", sigma)
     labels, s, T_lens, U_lens, _ = _pruned_inputs(logits, targets, s_begin, logit_lengths, target_lengths, blank,
                                                   reduction, 0.0, len(durs))
+    stops = _checks.check_blank_stops(blank_stops, logits.shape[0], logits.shape[1], logits)
     dur_t = torch.tensor(durs, dtype=torch.int64, device=logits.device)
-    losses = _PrunedLoss.apply(logits, labels, s, T_lens, U_lens, int(blank), dur_t, sigma, 0.0)
+    losses = _PrunedLoss.apply(logits, labels, s, T_lens, U_lens, int(blank), dur_t, sigma, 0.0, stops)
     return finish(losses, reduction, zero_infinity)
 
 
@@ -328,6 +332,7 @@ def pruned_rnnt_loss(
     zero_infinity: bool = False,
     durations: Sequence[int] | None = None,
     sigma: float = 0.0,
+    blank_stops: Tensor | None = None,
 ) -> PrunedRNNTLoss:
     """k2-style pruned RNN-T loss in one call; with ``durations``, the pruned TDT loss.
 
@@ -347,6 +352,7 @@ def pruned_rnnt_loss(
             being duration logits, and the pruned loss is `tdt_loss_pruned`. The simple loss and
             the windows stay the RNN-T's over the V tokens: they only choose where the full joint
             runs.
+        blank_stops: TDT only, as in `tdt_loss`.
     Returns:
         PrunedRNNTLoss(loss, simple_loss, pruned_loss, s_begin). Gradients reach enc, pred,
         am_logits, lm_logits and the joint's parameters; the window choice is not differentiated.
@@ -377,6 +383,8 @@ def pruned_rnnt_loss(
         logits = F.linear(h, weight, bias)
     if logits.shape[:3] != pred_p.shape[:3]:
         raise ValueError(f"joint returned shape {tuple(logits.shape)}; expected {tuple(pred_p.shape[:3])} + (V,)")
+    if durations is None and blank_stops is not None:
+        raise ValueError("blank_stops limits TDT blank jumps; pass durations (an RNN-T blank always moves one frame)")
     if durations is None:
         pruned = rnnt_loss_pruned(logits, targets, s_begin, enc_lengths, target_lengths, blank, reduction,
                                   fastemit_lambda, zero_infinity)
@@ -384,5 +392,5 @@ def pruned_rnnt_loss(
         raise ValueError(f"fastemit_lambda = {fastemit_lambda} is only supported for RNN-T (durations=None)")
     else:
         pruned = tdt_loss_pruned(logits, targets, s_begin, enc_lengths, target_lengths, durations, blank, sigma,
-                                 reduction, zero_infinity)
+                                 reduction, zero_infinity, blank_stops)
     return PrunedRNNTLoss(simple_loss_scale * simple + pruned, simple, pruned, s_begin)

@@ -88,6 +88,7 @@ def tdt_loss_reference(
     blank: int = 0,
     sigma: float = 0.0,
     reduction: str = "mean",
+    blank_stops: Tensor | None = None,
 ) -> Tensor:
     """TDT negative log-likelihood (Xu et al. 2023, NeMo's convention), float64.
 
@@ -95,7 +96,8 @@ def tdt_loss_reference(
     log-probs are normalized separately. An arc emitting token k with duration index j from
     (t, u) scores logp_tok[t,u,k] + logp_dur[t,u,j] - sigma. A blank needs d > 0 and goes to
     (t+d, u); label y[u] goes to (t+d, u+1). States have t < T; the path ends with a blank that
-    lands exactly on t = T with u = U. Impossible lattices give +inf.
+    lands exactly on t = T with u = U. Impossible lattices give +inf. ``blank_stops`` (B, T):
+    a blank from frame t lands no later than blank_stops[b, t] (None: no limit).
     """
     D = len(durations)
     V = logits.shape[-1] - D
@@ -107,6 +109,7 @@ def tdt_loss_reference(
     for b in range(x.shape[0]):
         T, U = int(logit_lengths[b]), int(target_lengths[b])
         y = targets[b, :U].long()
+        stop = [T + max(durations)] * T if blank_stops is None else [int(v) for v in blank_stops[b, :T]]
         alpha: list[list[Tensor]] = [[neg_inf] * (U + 1) for _ in range(T)]
         for t in range(T):
             for u in range(U + 1):
@@ -119,7 +122,7 @@ def tdt_loss_reference(
                         continue
                     # unreachable states (alpha = -inf) are skipped so that autograd sees no
                     # logsumexp of only -inf terms (whose gradient would be NaN)
-                    if d > 0 and not torch.isinf(alpha[t - d][u]):
+                    if d > 0 and t <= stop[t - d] and not torch.isinf(alpha[t - d][u]):
                         terms.append(alpha[t - d][u] + lpt[b, t - d, u, blank] + lpd[b, t - d, u, j] - sigma)
                     if u > 0 and not torch.isinf(alpha[t - d][u - 1]):
                         terms.append(
@@ -128,7 +131,7 @@ def tdt_loss_reference(
                 alpha[t][u] = _lse(terms) if terms else neg_inf
         final = []
         for j, d in enumerate(durations):
-            if d > 0 and T - d >= 0 and not torch.isinf(alpha[T - d][U]):
+            if d > 0 and T - d >= 0 and T <= stop[T - d] and not torch.isinf(alpha[T - d][U]):
                 final.append(alpha[T - d][U] + lpt[b, T - d, U, blank] + lpd[b, T - d, U, j] - sigma)
         losses.append(-_lse(final) if final else -neg_inf)
     return _reduce(torch.stack(losses), reduction)
@@ -161,11 +164,13 @@ def rnnt_bruteforce(logits: Tensor, targets: Sequence[int], blank: int = 0) -> f
 
 
 def tdt_bruteforce(
-    logits: Tensor, targets: Sequence[int], durations: Sequence[int], blank: int = 0, sigma: float = 0.0
+    logits: Tensor, targets: Sequence[int], durations: Sequence[int], blank: int = 0, sigma: float = 0.0,
+    blank_stops: Sequence[int] | None = None,
 ) -> float:
     """-log of the summed probability of every TDT alignment of one utterance (depth-first).
 
-    logits: (T, U+1, V + D). Returns inf when no alignment exists.
+    logits: (T, U+1, V + D). Returns inf when no alignment exists. ``blank_stops`` (T,): an
+    alignment whose blank from frame t lands after blank_stops[t] is left out.
     """
     D = len(durations)
     V = logits.shape[-1] - D
@@ -177,7 +182,7 @@ def tdt_bruteforce(
     def walk(t: int, u: int, score: float) -> None:
         for j, d in enumerate(durations):
             arc = float(lpd[t, u, j]) - sigma
-            if d > 0:
+            if d > 0 and (blank_stops is None or t + d <= blank_stops[t]):
                 s = score + arc + float(lpt[t, u, blank])
                 if t + d == T and u == U:
                     scores.append(s)

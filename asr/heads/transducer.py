@@ -299,9 +299,12 @@ class TransducerHead(nn.Module):
 
         return step
 
-    def loss(self, enc: Tensor, enc_lens: Tensor, targets: list[list[int]]) -> tuple[Tensor, Tensor]:
+    def loss(self, enc: Tensor, enc_lens: Tensor, targets: list[list[int]],
+             blank_stops: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-utterance losses (B,) in nats and a (B,) bool mask of utterances that cannot
-        align (their loss is 0 and they get no gradient)."""
+        align (their loss is 0 and they get no gradient). ``blank_stops`` (B, T), TDT only:
+        the last frame a blank from each frame may land on (``kernels.tdt_loss``); an omega
+        step's plain RNN-T loss ignores them."""
         device = enc.device
         B = enc.shape[0]
         U = max((len(t) for t in targets), default=0)
@@ -317,9 +320,12 @@ class TransducerHead(nn.Module):
         # take one dtype for the projections and the joint's weights, and a lattice of log-probs
         # rounded to 8 bits (or underflowing in fp16) gives wrong losses and gradients
         with torch.autocast(device.type, enabled=False):
-            return self._loss(_full(enc), _full(pred), tgt, enc_lens, tgt_lens)
+            return self._loss(_full(enc), _full(pred), tgt, enc_lens, tgt_lens, blank_stops)
 
-    def _loss(self, enc: Tensor, pred: Tensor, tgt: Tensor, enc_lens: Tensor, tgt_lens: Tensor) -> tuple[Tensor, Tensor]:
+    def _loss(self, enc: Tensor, pred: Tensor, tgt: Tensor, enc_lens: Tensor, tgt_lens: Tensor,
+              blank_stops: Tensor | None) -> tuple[Tensor, Tensor]:
+        if blank_stops is not None and self.durations is None:
+            raise ValueError("blank_stops limits TDT blank jumps; this head is an RNN-T")
         enc = self.enc_dropout(enc)
         enc_p = self.joint.project_enc(enc)
         pred_p = self.joint.project_pred(pred)
@@ -336,12 +342,12 @@ class TransducerHead(nn.Module):
                 enc_p, pred_p, self.simple_am(enc), self.simple_lm(pred), tgt, enc_lens, tgt_lens, joint=(w, b_),
                 s_range=self.cfg.prune_range, blank=self.blank, simple_loss_scale=self.cfg.simple_loss_scale,
                 activation=act, reduction="none", fastemit_lambda=fe, durations=self.durations if tdt_step else None,
-                sigma=self.cfg.sigma)
+                sigma=self.cfg.sigma, blank_stops=blank_stops if tdt_step else None)
             loss = out.loss
         elif tdt_step:
             loss = kernels.fused_transducer_loss(
                 enc_p, pred_p, w, b_, tgt, enc_lens, tgt_lens, blank=self.blank, durations=self.durations,
-                sigma=self.cfg.sigma, activation=act, reduction="none", fastemit_lambda=fe)
+                sigma=self.cfg.sigma, activation=act, reduction="none", fastemit_lambda=fe, blank_stops=blank_stops)
         else:  # RNN-T, or TDT's omega step: the plain RNN-T loss on the token logits
             loss = kernels.fused_transducer_loss(
                 enc_p, pred_p, w[:V], None if b_ is None else b_[:V], tgt, enc_lens, tgt_lens, blank=self.blank,

@@ -243,6 +243,52 @@ def test_ctc_guard_streams_exactly(encoder):
     assert h.tokens == guarded[0].tokens and h.frames == guarded[0].frames
 
 
+@pytest.mark.parametrize("head", ["tdt", "pruned_tdt"])
+def test_training_under_the_ctc_guard(head):
+    """``train_ctc_guard``: the TDT loss drops the blank arcs that jump over a frame the guard
+    would stop them at (the CTC head's blank probability at or below the threshold): it equals
+    the loss with those stops, exceeds the unguarded loss, and trains (finite gradients)."""
+    import dataclasses
+
+    import kernels
+    from asr.decoding.transducer import jump_stops
+
+    m = make_model("lstm", head, 0.3, "stateless")
+    with torch.no_grad():  # long blank jumps are likely, so the stops matter
+        m.transducer.joint.out.bias[m.config.vocab_size + 2 :] += 2.0
+    x, lens = torch.randn(3, 60, 80), torch.tensor([60, 41, 30])
+    targets = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    with torch.no_grad():
+        enc, enc_lens = m.encode(x, lens)
+        p = float(m.ctc(enc)[0, :, 0].exp().median())
+    free = m.losses(enc, enc_lens, targets)
+    guarded_cfg = dataclasses.replace(m.config, train_ctc_guard=p)
+    g = ASRModel(guarded_cfg)
+    g.load_state_dict(m.state_dict())
+    g.eval()
+    guarded = g.losses(enc, enc_lens, targets)
+    assert guarded["transducer_loss"] > free["transducer_loss"] + 1e-3
+    stops = jump_stops(m.jump_guard(enc, p))
+    want, _ = m.transducer.loss(enc, enc_lens, targets, blank_stops=stops)
+    assert math.isclose(guarded["transducer_loss"], float(want.detach().sum()) / 9, rel_tol=1e-6)
+    assert (stops < 60).float().mean() > 0.3  # walls: the guard stops some jumps
+    g.train()
+    out = g(x, lens, targets)
+    out["loss"].backward()
+    assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in g.parameters() if q.requires_grad)
+    tiny = ASRModel(dataclasses.replace(m.config, train_ctc_guard=1e-9))
+    tiny.load_state_dict(m.state_dict())
+    assert math.isclose(tiny.eval().losses(enc, enc_lens, targets)["transducer_loss"], free["transducer_loss"], rel_tol=1e-9)
+    with pytest.raises(ValueError, match="train_ctc_guard trains a hybrid TDT"):
+        ASRModel(dataclasses.replace(m.config, head="pruned_rnnt", train_ctc_guard=0.9))
+    with pytest.raises(ValueError, match="train_ctc_guard trains a hybrid TDT"):
+        ASRModel(dataclasses.replace(m.config, ctc_weight=0.0, train_ctc_guard=0.9))
+    with pytest.raises(ValueError, match=r"in \(0, 1\) \(0: off\), got 1.5"):
+        ASRModel(dataclasses.replace(m.config, train_ctc_guard=1.5))
+    with pytest.raises(ValueError, match="this head is an RNN-T"):
+        make_model("lstm", "rnnt", 0.3, "stateless").transducer.loss(enc, enc_lens, targets, blank_stops=stops)
+
+
 def test_ctc_guard_needs_a_hybrid_tdt():
     x, lens = torch.randn(1, 40, 80), torch.tensor([40])
     with pytest.raises(ValueError, match="no CTC head"):

@@ -19,3 +19,10 @@ def make_batch(B: int, T: int, U: int, C: int, V: int | None = None, dtype=torch
         U_lens = [U] + torch.randint(0, U + 1, (B - 1,), generator=g).tolist()
     return logits.requires_grad_(), targets, torch.tensor(T_lens), torch.tensor(U_lens)
 
+
+
+def make_stops(B: int, T: int, seed: int = 0, most: int = 3) -> torch.Tensor:
+    """Random TDT blank stops (B, T) int64: a blank from frame t may land on t + 1 .. t + k,
+    k drawn from 1..most (so some longer jumps are cut, a one-frame blank never is)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.arange(T)[None, :] + torch.randint(1, most + 1, (B, T), generator=g)

@@ -61,6 +61,23 @@ def test_fused_tdt_equals_materialized(reduction: str) -> None:
     _compare(fused, mat, (enc, pred, w, b), 1e-5)
 
 
+def test_fused_tdt_blank_stops_equal_materialized() -> None:
+    B, T, U, V, H, durs = 3, 7, 3, 8, 8, [0, 1, 2, 3]
+    enc, pred, w, b = _joint_inputs(B, T, U, V + len(durs), H, seed=3)
+    y = torch.randint(1, V, (B, U))
+    tl, ul = torch.tensor([7, 5, 4]), torch.tensor([3, 1, 0])
+    stops = torch.arange(T)[None, :] + torch.randint(1, 3, (B, T))
+    fused = kernels.fused_transducer_loss(enc, pred, w, b, y, tl, ul, durations=durs, sigma=0.05, reduction="none",
+                                          tile_rows=5, blank_stops=stops)
+    mat = kernels.tdt_loss(_materialized(enc, pred, w, b, "tanh"), y, tl, ul, durs, sigma=0.05, reduction="none",
+                           blank_stops=stops)
+    free = kernels.tdt_loss(_materialized(enc, pred, w, b, "tanh"), y, tl, ul, durs, sigma=0.05, reduction="none")
+    assert (mat > free + 1e-4).any()
+    _compare(fused, mat, (enc, pred, w, b), 1e-5)
+    with pytest.raises(ValueError, match="blank_stops limits TDT"):
+        kernels.fused_transducer_loss(enc, pred, w[:V], b[:V], y, tl, ul, blank_stops=stops)
+
+
 def test_fused_gradcheck_float64() -> None:
     enc, pred, w, b = _joint_inputs(2, 3, 2, 5, 4, dtype=torch.float64, seed=3)
     y = torch.randint(1, 5, (2, 2))

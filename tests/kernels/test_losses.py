@@ -10,7 +10,7 @@ import torch
 import kernels
 from kernels.reference import rnnt_loss_reference, tdt_loss_reference
 
-from .helpers import make_batch
+from .helpers import make_batch, make_stops
 
 DURS = [0, 1, 2, 3]
 
@@ -52,6 +52,28 @@ def test_tdt_matches_reference(reduction: str, durations: list[int]) -> None:
     torch.testing.assert_close(out, ref)
     if bool(finite.all()):
         torch.testing.assert_close(_grad(out, logits), _grad(ref, logits), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("durations", [DURS, [1, 2, 4]])
+def test_tdt_blank_stops_match_reference(durations: list[int]) -> None:
+    D = len(durations)
+    logits, y, tl, ul = make_batch(4, 7, 3, 6 + D, V=6, seed=8, T_lens=[7, 6, 3, 5], U_lens=[3, 2, 1, 0])
+    stops = make_stops(4, 7, seed=8)
+    out = kernels.tdt_loss(logits, y, tl, ul, durations, sigma=0.05, reduction="none", blank_stops=stops)
+    ref = tdt_loss_reference(logits, y, tl, ul, durations, sigma=0.05, reduction="none", blank_stops=stops)
+    torch.testing.assert_close(out, ref)
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(_grad(out, logits), _grad(ref, logits), rtol=1e-9, atol=1e-10)
+    free = kernels.tdt_loss(logits, y, tl, ul, durations, sigma=0.05, reduction="none")
+    assert (out > free + 1e-6).any() and (out >= free - 1e-12).all()
+
+
+def test_tdt_blank_stops_are_checked() -> None:
+    logits, y, tl, ul = make_batch(2, 4, 2, 4 + 3, V=4, seed=9)
+    with pytest.raises(ValueError, match=r"blank_stops.shape = \(2, 3\); expected \(2, 4\)"):
+        kernels.tdt_loss(logits, y, tl, ul, [0, 1, 2], blank_stops=make_stops(2, 3))
+    with pytest.raises(ValueError, match="blank_stops.dtype"):
+        kernels.tdt_loss(logits, y, tl, ul, [0, 1, 2], blank_stops=make_stops(2, 4).float())
 
 
 def test_gradcheck_float64() -> None:

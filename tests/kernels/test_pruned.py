@@ -8,6 +8,8 @@ import torch
 import kernels
 from kernels.reference import tdt_loss_reference
 
+from .helpers import make_stops
+
 
 def _inputs(B=3, T=7, U=4, V=9, H=8, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
@@ -106,12 +108,16 @@ def test_pruned_tdt_full_window_equals_tdt_and_narrow_window_is_an_upper_bound()
     assert (narrow.pruned_loss > full + 1e-6).any() and (narrow.pruned_loss >= full - 1e-9).all()
     with pytest.raises(ValueError, match="only supported for RNN-T"):
         kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), durations=DURS, fastemit_lambda=0.1)
+    with pytest.raises(ValueError, match="blank_stops limits TDT"):
+        kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w[:9], b[:9]), blank_stops=make_stops(*enc.shape[:2]))
 
 
-def test_pruned_tdt_equals_the_reference_on_a_lattice_dead_outside_the_windows() -> None:
+@pytest.mark.parametrize("with_stops", [False, True])
+def test_pruned_tdt_equals_the_reference_on_a_lattice_dead_outside_the_windows(with_stops: bool) -> None:
     """The pruned TDT loss is the exact TDT loss of a full lattice whose states outside the
     windows emit neither blank nor their label (all token mass on a third token): duration
-    jumps that land outside a window end their path."""
+    jumps that land outside a window end their path. With blank stops, those of the full
+    lattice."""
     B, T, U, V, R = 3, 9, 5, 7, 3
     g = torch.Generator().manual_seed(6)
     y = torch.randint(1, V, (B, U), generator=g)
@@ -131,13 +137,15 @@ def test_pruned_tdt_equals_the_reference_on_a_lattice_dead_outside_the_windows()
                 else:  # dead state: all token mass on a token that is neither blank nor y[u]
                     full[bb, t, u, :V] = -1e4
                     full[bb, t, u, next(k for k in range(1, V) if k != int(yy[bb, u]))] = 0.0
-    ref = tdt_loss_reference(full[:, :, : U + 1], y, tl, ul, DURS, sigma=0.03, reduction="none")
-    got = kernels.tdt_loss_pruned(logits, y, s_begin, tl, ul, DURS, sigma=0.03, reduction="none")
+    stops = make_stops(B, T, seed=6) if with_stops else None
+    ref = tdt_loss_reference(full[:, :, : U + 1], y, tl, ul, DURS, sigma=0.03, reduction="none", blank_stops=stops)
+    got = kernels.tdt_loss_pruned(logits, y, s_begin, tl, ul, DURS, sigma=0.03, reduction="none", blank_stops=stops)
     torch.testing.assert_close(got, ref)
     assert torch.isfinite(got).all()
     x = logits.clone().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda z: kernels.tdt_loss_pruned(z, y, s_begin, tl, ul, DURS, sigma=0.03, reduction="sum"), (x,)
+        lambda z: kernels.tdt_loss_pruned(z, y, s_begin, tl, ul, DURS, sigma=0.03, reduction="sum", blank_stops=stops),
+        (x,)
     )
     with pytest.raises(ValueError, match="no token channels"):
         kernels.tdt_loss_pruned(logits[..., :3], y, s_begin, tl, ul, DURS)

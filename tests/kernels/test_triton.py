@@ -18,7 +18,7 @@ import torch
 import kernels
 from kernels.reference import rnnt_loss_reference, tdt_loss_reference
 
-from .helpers import make_batch
+from .helpers import make_batch, make_stops
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 ON_GPU = torch.cuda.is_available()
@@ -106,6 +106,21 @@ def test_triton_tdt_matches_reference(durations: list[int]) -> None:
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)  # float64: sigma too (it is folded in in float64)
     numba_out = kernels.tdt_loss(logits, y, tl, ul, durations, sigma=0.05, reduction="none")
     torch.testing.assert_close(g.cpu(), _grad(numba_out, logits))  # the reference's grad is NaN on inf losses
+
+
+def test_triton_tdt_blank_stops_match_reference() -> None:
+    durations = [0, 1, 2, 3]
+    logits, y, tl, ul = make_batch(3, 6, 3, 5 + 4, V=5, seed=25, T_lens=[6, 4, 5], U_lens=[3, 1, 0])
+    stops = make_stops(3, 6, seed=25)
+    x = _leaf(logits)
+    with kernels.use_backend("triton"):
+        out = kernels.tdt_loss(x, *_on_dev(y, tl, ul), durations, sigma=0.05, reduction="none",
+                               blank_stops=_on_dev(stops)[0])
+        g = _grad(out, x)
+    ref = tdt_loss_reference(logits, y, tl, ul, durations, sigma=0.05, reduction="none", blank_stops=stops)
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(g.cpu(), _grad(ref, logits), rtol=1e-9, atol=1e-9)
 
 
 def test_triton_gradcheck_and_edges() -> None:
