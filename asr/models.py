@@ -22,8 +22,10 @@ Heads (``ModelConfig.head``):
 - Guarded training (``train_ctc_guard``, hybrid TDT+CTC): the TDT loss keeps only the blank
   jumps that the CTC-guarded greedy search (``decode(ctc_guard=...)``, :meth:`ASRModel.jump_guard`)
   would let through: a blank may pass only over frames whose CTC blank probability exceeds the
-  threshold (``kernels.tdt_loss(blank_stops=...)``), so the duration head learns not to jump
-  over the frames where pieces begin and needs no guard in decoding.
+  threshold (``kernels.tdt_loss(blank_stops=...)``), meant to teach the duration head not to
+  jump over the frames where pieces begin. Measured on the mini corpus (BPE, sigma 0.10 and
+  0.15): such TDTs were worse and no faster than TDTs guarded only in decoding (most blanks
+  stopped jumping, or the jumps moved to labels; docs/mini_results.md). Off by default.
 
 Losses are per token: the sum over alignable utterances divided by their token count.
 

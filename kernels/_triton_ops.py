@@ -176,10 +176,11 @@ def _tdt_lattice_kernel(lpb_ptr, lpl_ptr, lpd_ptr, dur_ptr, stop_ptr, a_ptr, b_p
         lb = tl.load(lpb_ptr + idx, mask=ok, other=neg)
         ll_ = tl.load(lpl_ptr + idx, mask=ok & (u < U), other=neg)
         bv = tl.full((BLOCK_U,), neg, tl.float64)
+        stop = tl.load(stop_ptr + bi * T_max + t, mask=ok, other=0)  # the last frame a blank from t may land on
         for j in tl.static_range(D):
             d = tl.load(dur_ptr + j) + tl.zeros((BLOCK_U,), tl.int64)
             arcd = tl.load(lpd_ptr + idx * D + j, mask=ok, other=neg)
-            reach = ok & (d > 0) & (t + d <= tl.load(stop_ptr + bi * T_max + t, mask=ok, other=0))
+            reach = ok & (d > 0) & (t + d <= stop)
             okb = reach & (t + d < T)
             bv = _lae(bv, tl.load(b_ptr + idx + d * U1_max, mask=okb, other=neg) + lb + arcd)
             fin = reach & (t + d == T) & (u == U)
