@@ -108,10 +108,13 @@ def check_durations(durations: Sequence[int]) -> list[int]:
     return out
 
 
-def check_blank_stops(blank_stops: Tensor | None, B: int, T: int, like: Tensor) -> Tensor | None:
-    """A TDT loss's ``blank_stops``: (B, T) ints on ``like``'s device, as contiguous int64."""
+def check_blank_stops(blank_stops: Tensor | None, B: int, T: int, like: Tensor, tdt: bool = True) -> Tensor | None:
+    """A TDT loss's ``blank_stops``: (B, T) ints on ``like``'s device, as contiguous int64;
+    refused for an RNN-T (``tdt`` False)."""
     if blank_stops is None:
         return None
+    if not tdt:
+        raise ValueError("blank_stops limits TDT blank jumps; pass durations (an RNN-T blank always moves one frame)")
     check_int("blank_stops", blank_stops, 2)
     if tuple(blank_stops.shape) != (B, T):
         raise ValueError(f"blank_stops.shape = {tuple(blank_stops.shape)}; expected ({B}, {T}), one per frame")

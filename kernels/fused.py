@@ -205,8 +205,6 @@ def fused_transducer_loss(
                          "(under autocast, project enc and pred outside it or cast them to the weight's dtype)")
     if durations is None:
         D, dur_t = 0, None
-        if blank_stops is not None:
-            raise ValueError("blank_stops limits TDT blank jumps; pass durations (an RNN-T blank always moves one frame)")
     else:
         durs = _checks.check_durations(durations)
         D = len(durs)
@@ -222,7 +220,7 @@ def fused_transducer_loss(
     sigma = _checks.check_finite_number("sigma", sigma)
     T_lens, U_lens = as_index(enc_lengths), as_index(target_lengths)
     labels = row_labels(targets, T_lens, U_lens, T, pred.shape[1])
-    stops = _checks.check_blank_stops(blank_stops, B, T, enc)
+    stops = _checks.check_blank_stops(blank_stops, B, T, enc, tdt=durations is not None)
     with torch.autocast(enc.device.type, enabled=False):  # the joint's product in the inputs' dtype, not autocast's
         losses = _FusedLoss.apply(enc, pred, weight, bias, labels, T_lens, U_lens, int(blank), dur_t, sigma, activation,
                                   fastemit_lambda, int(tile_rows), stops)

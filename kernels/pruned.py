@@ -365,6 +365,7 @@ def pruned_rnnt_loss(
         raise ValueError(f"am_logits.shape = {tuple(am_logits.shape)} does not match enc's T = {enc.shape[1]}")
     if lm_logits.dim() == 3 and lm_logits.shape[1] != pred.shape[1]:
         raise ValueError(f"lm_logits.shape = {tuple(lm_logits.shape)} does not match pred's U+1 = {pred.shape[1]}")
+    _checks.check_blank_stops(blank_stops, enc.shape[0], enc.shape[1], enc, tdt=durations is not None)
     simple, occ = rnnt_loss_simple(am_logits, lm_logits, targets, enc_lengths, target_lengths, blank, reduction,
                                    zero_infinity)
     if s_range < 2:
@@ -383,8 +384,6 @@ def pruned_rnnt_loss(
         logits = F.linear(h, weight, bias)
     if logits.shape[:3] != pred_p.shape[:3]:
         raise ValueError(f"joint returned shape {tuple(logits.shape)}; expected {tuple(pred_p.shape[:3])} + (V,)")
-    if durations is None and blank_stops is not None:
-        raise ValueError("blank_stops limits TDT blank jumps; pass durations (an RNN-T blank always moves one frame)")
     if durations is None:
         pruned = rnnt_loss_pruned(logits, targets, s_begin, enc_lengths, target_lengths, blank, reduction,
                                   fastemit_lambda, zero_infinity)

@@ -250,7 +250,6 @@ def test_training_under_the_ctc_guard(head):
     the loss with those stops, exceeds the unguarded loss, and trains (finite gradients)."""
     import dataclasses
 
-    import kernels
     from asr.decoding.transducer import jump_stops
 
     m = make_model("lstm", head, 0.3, "stateless")
