@@ -30,7 +30,7 @@ class EndpointRule:
     min_utterance_length: float  # seconds
 
     def __post_init__(self) -> None:
-        if self.min_trailing_silence < 0 or self.min_utterance_length < 0:
+        if not (self.min_trailing_silence >= 0 and self.min_utterance_length >= 0):  # NaN too
             raise ValueError(f"endpoint rule thresholds must be >= 0 seconds, got {self}")
 
     def activated(self, trailing_silence: float, utterance_length: float) -> bool:

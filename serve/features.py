@@ -15,27 +15,36 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
 import numpy as np
 
-__all__ = ["check_sample_rate", "check_samples", "StreamingResampler", "OnlineFeatures"]
+__all__ = ["SAMPLE_LIMIT", "check_sample_rate", "check_samples", "resampling_ratio", "StreamingResampler", "OnlineFeatures"]
 
 
 def check_sample_rate(sample_rate) -> int:
     """A positive integer rate in Hz, or ValueError naming the value."""
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
         raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate!r}")
-    if not math.isfinite(float(sample_rate)) or sample_rate <= 0:
+    try:
+        finite = math.isfinite(float(sample_rate))
+    except OverflowError:  # an int beyond any float
+        finite = False
+    if not finite or sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     if float(sample_rate) != int(sample_rate):
         raise ValueError(f"sample_rate must be a whole number of Hz, got {sample_rate}")
     return int(sample_rate)
 
 
+SAMPLE_LIMIT = 2.0  # |sample| above this is not float audio in [-1, 1] (integer PCM as floats?)
+
+
 def check_samples(samples) -> np.ndarray:
-    """(N,) float32 samples in [-1, 1] from an array or sequence; ValueError otherwise."""
+    """(N,) float32 samples in [-1, 1] from an array or sequence; ValueError otherwise (integer
+    dtypes, more than one channel, NaN or inf, beyond +-``SAMPLE_LIMIT``)."""
     arr = np.asarray(samples)
     if arr.dtype == object:
         raise ValueError("samples must be numbers (a 1-D float array), got objects")
@@ -54,7 +63,44 @@ def check_samples(samples) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"audio has NaN or inf samples (first at index {i} of this piece of {arr.size} samples)")
+    loud = np.abs(arr) > SAMPLE_LIMIT
+    if loud.any():
+        i = int(np.argmax(loud))
+        raise ValueError(f"expected float samples in [-1, 1], got {arr[i]:.6g} at index {i} of this piece of {arr.size} "
+                         "samples; integer PCM stored as floats? divide it by its full scale (32768 for int16)")
     return arr
+
+
+MAX_RATIO_TERM = 10_000  # largest up or down of a rate conversion: its filter has 20x as many taps
+
+
+def resampling_ratio(from_rate: int, to_rate: int) -> tuple[int, int]:
+    """(up, down) of resampling ``from_rate`` to ``to_rate``, or a ValueError when the ratio is
+    too fine to filter in reasonable time and memory (e.g. 191999 Hz to 16000 Hz: 16000/191999,
+    a 3.8M-tap filter). Every common rate is far inside (44100 -> 16000 is 160/441)."""
+    g = math.gcd(from_rate, to_rate)
+    up, down = to_rate // g, from_rate // g
+    if max(up, down) > MAX_RATIO_TERM:
+        raise ValueError(f"resampling {from_rate} Hz to {to_rate} Hz is a ratio of {up}/{down}, whose filter would need "
+                         f"{20 * max(up, down) + 1} taps: send audio at a common rate (8000, 16000, 22050, 44100, 48000 Hz ...)")
+    return up, down
+
+
+@functools.lru_cache(maxsize=16)
+def _polyphase_table(up: int, down: int) -> tuple[int, int, np.ndarray]:
+    """(half, taps per phase, read-only (up, taps) table) of ``resample_poly``'s filter, built
+    once per ratio and shared by every stream at that rate."""
+    from scipy.signal import firwin
+
+    half = 10 * max(up, down)
+    h = firwin(2 * half + 1, 1.0 / max(up, down), window=("kaiser", 5.0)) * up
+    taps = -(-len(h) // up)
+    table = np.zeros((up, taps))
+    for p in range(up):
+        coeffs = h[p::up]
+        table[p, : len(coeffs)] = coeffs
+    table.setflags(write=False)
+    return half, taps, table
 
 
 class StreamingResampler:
@@ -69,21 +115,10 @@ class StreamingResampler:
     """
 
     def __init__(self, from_rate: int, to_rate: int):
-        from scipy.signal import firwin
-
         from_rate, to_rate = check_sample_rate(from_rate), check_sample_rate(to_rate)
-        g = math.gcd(from_rate, to_rate)
-        self.up, self.down = to_rate // g, from_rate // g
+        self.up, self.down = resampling_ratio(from_rate, to_rate)
         self.from_rate, self.to_rate = from_rate, to_rate
-        half = 10 * max(self.up, self.down)
-        h = firwin(2 * half + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0)) * self.up
-        self.half = half
-        self.taps = -(-len(h) // self.up)  # taps per phase
-        table = np.zeros((self.up, self.taps))
-        for p in range(self.up):
-            coeffs = h[p :: self.up]
-            table[p, : len(coeffs)] = coeffs
-        self.table = table
+        self.half, self.taps, self.table = _polyphase_table(self.up, self.down)
         self.buf = np.zeros(0)  # input samples [base, base + len(buf))
         self.base = 0
         self.n_in = 0  # input samples received
@@ -91,16 +126,20 @@ class StreamingResampler:
         self.flushed = False
 
     def _emit(self, n_end: int) -> np.ndarray:
-        """Output samples [n_out, n_end) from the buffered input (zeros outside it)."""
+        """Output samples [n_out, n_end) from the buffered input (zeros outside it), in blocks
+        of about a million filter products, so a long piece costs no more memory than a short one."""
         if n_end <= self.n_out:
             return np.zeros(0, np.float32)
-        n = np.arange(self.n_out, n_end, dtype=np.int64)
-        pos = n * self.down + self.half
-        i0, phase = pos // self.up, pos % self.up
-        idx = i0[:, None] - np.arange(self.taps)[None, :] - self.base
-        ok = (idx >= 0) & (idx < len(self.buf))
-        vals = np.where(ok, self.buf[np.clip(idx, 0, max(len(self.buf) - 1, 0))] if len(self.buf) else 0.0, 0.0)
-        y = (self.table[phase] * vals).sum(axis=1)
+        block = max(1, (1 << 20) // self.taps)
+        out = []
+        for lo in range(self.n_out, n_end, block):
+            n = np.arange(lo, min(lo + block, n_end), dtype=np.int64)
+            pos = n * self.down + self.half
+            i0, phase = pos // self.up, pos % self.up
+            idx = i0[:, None] - np.arange(self.taps)[None, :] - self.base
+            ok = (idx >= 0) & (idx < len(self.buf))
+            vals = np.where(ok, self.buf[np.clip(idx, 0, max(len(self.buf) - 1, 0))] if len(self.buf) else 0.0, 0.0)
+            out.append((self.table[phase] * vals).sum(axis=1).astype(np.float32))
         self.n_out = n_end
         # keep only the history the next output needs
         need = (self.n_out * self.down + self.half) // self.up - (self.taps - 1)
@@ -108,7 +147,7 @@ class StreamingResampler:
         if drop:
             self.buf = self.buf[drop:]
             self.base += drop
-        return y.astype(np.float32)
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
     def process(self, x: np.ndarray) -> np.ndarray:
         if self.flushed:

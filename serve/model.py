@@ -62,9 +62,9 @@ def load_tokens(path: Path) -> list[str]:
 
 def tokens_to_text(symbols: list[str], ids, unk_id: int = 1) -> str:
     """sentencepiece's decoding of ``ids`` (blank and <unk> dropped, as ``Tokenizer.decode``):
-    pieces joined, the word boundary as a space, leading spaces removed."""
+    pieces joined, the word boundary as a space, leading and trailing spaces removed."""
     text = "".join(symbols[i] for i in ids if i > unk_id).replace(WORD, " ")
-    return text.lstrip(" ")
+    return text.strip(" ")
 
 
 def _session(path: Path, num_threads: int):

@@ -374,7 +374,7 @@ class Recognizer:
         streams = []
         for samples in recordings:
             s = self.create_stream()
-            s.accept_waveform(sample_rate or self.sample_rate, samples)
+            s.accept_waveform(self.sample_rate if sample_rate is None else sample_rate, samples)
             s.input_finished()
             streams.append(s)
         self.decode(streams)

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import check_sample_rate, check_samples
+from .features import SAMPLE_LIMIT, check_sample_rate, check_samples, resampling_ratio
 
 __all__ = ["ServerConfig", "LiveServer", "serve", "CLOSE_CODES", "WEB_DIR"]
 
@@ -76,7 +76,6 @@ CLOSE_CODES = {
 }
 FORMATS = {"float32": ("<f4", 1.0), "int16": ("<i2", 32768.0)}
 MIN_RATE, MAX_RATE = 8000, 192000
-FLOAT_LIMIT = 2.0  # |float32 sample| above this is not audio in [-1, 1] (int16 bytes sent as float32?)
 _LIBRARY_SIZE_FACTOR = 4  # the websockets library drops messages above this many max_message_bytes unread
 _LOOPBACK_NAMES = ("localhost",)
 
@@ -395,7 +394,7 @@ class LiveServer:
     def _json(msg: str) -> dict:
         try:
             obj = json.loads(msg)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser goes
             raise _Fail(INVALID, f"malformed JSON in a text message ({e}): {msg[:40]!r}") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
             raise _Fail(UNSUPPORTED, f'a text message must be a JSON object with a "type", got {msg[:40]!r}')
@@ -444,12 +443,14 @@ class LiveServer:
             raise _Fail(INVALID, "start needs sample_rate (Hz of the audio you send, e.g. 16000 or 48000)")
         try:
             rate = check_sample_rate(msg["sample_rate"])
+            if MIN_RATE <= rate <= MAX_RATE:
+                resampling_ratio(rate, self.recognizer.sample_rate)  # here, not in the decode worker that builds the filter
         except ValueError as e:
             raise _Fail(INVALID, f"bad start: {e}") from None
         if not MIN_RATE <= rate <= MAX_RATE:
             raise _Fail(INVALID, f"bad start: sample_rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz")
         fmt = msg.get("format", "float32")
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise _Fail(INVALID, f"bad start: format {fmt!r} is not supported: use 'float32' or 'int16' (little-endian)")
         conn.rate, conn.format = rate, fmt  # the decode worker creates the stream (it owns all stream state)
         rec, m = self.recognizer, self.recognizer.model
@@ -476,19 +477,15 @@ class LiveServer:
             x = x.astype(np.float32)
             with np.errstate(invalid="ignore", over="ignore"):
                 a = np.abs(x)
-                odd = ~(a <= FLOAT_LIMIT) | ((a > 0) & (a < 1e-20))  # NaN, inf, beyond +-2, denormal-small
+                odd = ~(a <= SAMPLE_LIMIT) | ((a > 0) & (a < 1e-20))  # NaN, inf, beyond +-2, denormal-small
             if len(x) and odd.mean() > 0.1:
                 raise _Fail(INVALID, f"these bytes are not float32 audio in [-1, 1]: {100 * odd.mean():.0f}% of the "
-                                     f"{len(x)} samples are NaN, inf, beyond +-{FLOAT_LIMIT:g} or below 1e-20 in "
+                                     f"{len(x)} samples are NaN, inf, beyond +-{SAMPLE_LIMIT:g} or below 1e-20 in "
                                      f"magnitude; int16 audio declared as float32? (set format to 'int16' in start)")
             try:
                 check_samples(x)
             except ValueError as e:
                 raise _Fail(INVALID, f"{e} (sample {conn.samples_in + _first_bad(x)} of the stream)") from None
-            peak = float(a.max()) if len(x) else 0.0
-            if peak > FLOAT_LIMIT:
-                raise _Fail(INVALID, f"float32 samples must be in [-1, 1], got |x| = {peak:.3g} at sample "
-                                     f"{conn.samples_in + int(np.argmax(a))} of the stream")
         n = conn.samples_in + len(x)
         if n / conn.rate > self.config.max_stream_seconds:
             raise _Fail(POLICY, f"stream longer than max_stream_seconds = {self.config.max_stream_seconds:g} s of audio: "
@@ -631,7 +628,9 @@ class LiveServer:
 
 
 def _first_bad(x: np.ndarray) -> int:
-    bad = ~np.isfinite(x)
+    """The index of the first sample :func:`check_samples` refuses (NaN, inf, beyond the limit)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(x) <= SAMPLE_LIMIT)
     return int(np.argmax(bad)) if bad.any() else 0
 
 

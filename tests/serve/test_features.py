@@ -91,3 +91,37 @@ def test_streaming_resampler_equals_resample_poly(rate):
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 1e-6
     assert r.flush().size == 0
+
+
+def test_streaming_resampler_takes_a_long_piece_in_blocks():
+    """One piece far longer than the resampler's output block (a million filter products) gives
+    what many small pieces give, and resample_poly's samples; streams at one rate share the
+    filter table (built once) instead of each building its own."""
+    rng = np.random.default_rng(3)
+    x = (0.3 * rng.standard_normal(44100 * 3)).astype(np.float32)
+    r = StreamingResampler(44100, 16000)
+    assert (1 << 20) // r.taps < 16000 * 3  # the piece spans several blocks
+    whole = np.concatenate([r.process(x), r.flush()])
+    small = StreamingResampler(44100, 16000)
+    assert small.table is r.table and not small.table.flags.writeable
+    pieces = np.concatenate([small.process(x[i : i + 441]) for i in range(0, len(x), 441)] + [small.flush()])
+    assert np.array_equal(whole, pieces)
+    assert np.abs(whole - resample_poly(x, 160, 441)).max() <= 1e-6
+
+
+def test_rates_too_fine_to_filter_are_refused():
+    """191999 Hz -> 16 kHz is the ratio 16000/191999: a 3.8M-tap filter, half a second to build
+    and 30 MB per stream. It is refused by name; every common rate passes."""
+    from serve.features import resampling_ratio
+
+    for rate in (8000, 11025, 22050, 32000, 44100, 48000, 96000, 192000):
+        up, down = resampling_ratio(rate, 16000)
+        assert rate * up == 16000 * down
+    with pytest.raises(ValueError, match="191999 Hz to 16000 Hz.*common rate"):
+        StreamingResampler(191999, 16000)
+    from serve.features import check_sample_rate, check_samples
+
+    with pytest.raises(ValueError, match="positive"):
+        check_sample_rate(10**400)  # beyond any float: an error, not an OverflowError
+    with pytest.raises(ValueError, match=r"\[-1, 1\], got 300 at index 2.*32768"):
+        check_samples(np.array([0.0, 0.5, 300.0], np.float32))

@@ -261,6 +261,8 @@ def test_endpoints_close_segments_and_restart_the_decoder(tmp_path, decoding):
         assert [r.segment for r in s.segments] == list(range(len(s.segments)))
         assert s.segments[1].start == s.segments[0].end > 0
         assert s.transcript().token_ids == [t for w in want for t in w[0]]
+        assert s.transcript().text == " ".join(r.text for r in s.segments if r.text)
+        assert all(r.text == r.text.strip() for r in s.segments)  # a final word-start piece leaves no space
     # b's long silence ends an empty segment by rule1 (beam search may first close one or two
     # rule2 segments there, each holding a token its restarted search emits at once)
     assert any(r.text == "" and r.endpoint == "rule1" for r in streams[1].segments[1:])
@@ -278,3 +280,5 @@ def test_endpoint_rules():
     assert c.detect(0, None, fs) is None
     with pytest.raises(ValueError):
         EndpointRule(True, -1.0, 0.0)
+    with pytest.raises(ValueError):  # NaN used to pass the check and turn the rule off
+        EndpointRule(True, float("nan"), 0.0)
