@@ -127,18 +127,26 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> None:
-    from .config import load_yaml
-    from .training.trainer import TrainConfig, Trainer
+    from .config import ConfigError, load_yaml
+    from .training.trainer import TrainConfig, Trainer, check_config
 
     overrides = _parse_overrides(args.set or [])
     if args.exp_dir:
         overrides["exp_dir"] = args.exp_dir
-    cfg = load_yaml(TrainConfig, args.config, overrides)
+    try:  # a config that cannot run fails here, in one line, before the run starts
+        cfg = load_yaml(TrainConfig, args.config, overrides)
+        check_config(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     rank = int(os.environ.get("RANK", "0") or 0)  # torchrun: only rank 0 writes train.log
     _setup_logging(args.verbose, Path(cfg.exp_dir) / "train.log" if rank == 0 else None)
     if rank != 0 and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
-    Trainer(cfg, progress=not args.no_progress).run()
+    try:
+        trainer = Trainer(cfg, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    trainer.run()
 
 
 # ---------------------------------------------------------------------- decode
@@ -152,17 +160,63 @@ def _write_decode_results(out_dir: Path, what: str, splits: dict[str, tuple[list
                 f.write(f"{r['id']}\tREF: {r['ref']}\n{r['id']}\tHYP: {r['hyp']}\n")
         table[name] = row
     (out_dir / "wer.json").write_text(json.dumps({"decoding": what, "splits": table}, indent=2))
-    print(f"{'split':<14}{'WER %':>8}{'words':>8}{'sub':>7}{'del':>7}{'ins':>7}{'RTFx':>8}")
+    print(f"{'split':<14}{'WER %':>8}{'words':>8}{'sub':>7}{'del':>7}{'ins':>7}{'RTFx':>8}{'skipped':>9}")
     for name, r in table.items():
-        print(f"{name:<14}{r['wer']:>8.2f}{r['words']:>8}{r['sub']:>7}{r['del']:>7}{r['ins']:>7}{r['rtfx']:>8.1f}")
-    print(f"(per-utterance results in {out_dir})")
+        wer = f"{r['wer']:>8.2f}" if r["words"] else f"{'-':>8}"  # no reference words: no rate to give
+        skipped = sum((r.get("skipped") or {}).values())
+        print(f"{name:<14}{wer}{r['words']:>8}{r['sub']:>7}{r['del']:>7}{r['ins']:>7}{r['rtfx']:>8.1f}{skipped:>9}")
+    print(f"(per-utterance results in {out_dir}; skipped cuts, by reason, in wer.json)")
 
 
 def _split_name(path: str) -> str:
+    return Path(path).name.replace("cuts_", "").split(".")[0]
+
+
+def _out_dir(path: Path) -> Path:
+    """``path`` made a directory, or SystemExit when it cannot be (a file there, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot make the output directory {path}: {e.strerror or e}") from None
+    return path
+
+
+def _read_cuts(path: str, hint: str = ""):
+    """The CutSet of a manifest, or SystemExit naming it: missing, unreadable, empty."""
+    from lhotse import CutSet
+
     p = Path(path)
     if not p.is_file():
-        raise SystemExit(f"cut manifest not found: {p}")
-    return p.name.replace("cuts_", "").split(".")[0]
+        raise SystemExit(f"error: cut manifest not found: {p}{hint}")
+    try:
+        cuts = CutSet.from_file(p)
+    except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault here
+        raise SystemExit(f"error: cannot read the cut manifest {p}: {type(e).__name__}: {e}") from None
+    if cuts is None or len(cuts) == 0:
+        raise SystemExit(f"error: the cut manifest {p} holds no cuts")
+    return cuts
+
+
+def _decode_inputs(args: argparse.Namespace) -> dict:
+    """``asr decode``'s manifests, name -> CutSet, read and checked (with the numeric options
+    and ``--compare-to``) before any model is loaded or output written."""
+    if args.beam < 1:
+        raise SystemExit(f"error: --beam must be >= 1, got {args.beam}")
+    if not args.max_duration > 0:
+        raise SystemExit(f"error: --max-duration must be > 0 seconds, got {args.max_duration}")
+    if args.threads is not None and args.threads < 0:
+        raise SystemExit(f"error: --threads must be >= 0 (0: the default), got {args.threads}")
+    if args.max_symbols is not None and args.max_symbols < 1:
+        raise SystemExit(f"error: --max-symbols must be >= 1, got {args.max_symbols}")
+    if args.compare_to and not Path(args.compare_to).is_dir():
+        raise SystemExit(f"error: --compare-to {args.compare_to}: no such directory (an `asr decode` output dir)")
+    manifests = {}
+    for path in args.cuts:
+        name = _split_name(path)
+        if name in manifests:
+            raise SystemExit(f"error: two --cuts manifests are both named {name!r}: their results would overwrite each other")
+        manifests[name] = _read_cuts(path)
+    return manifests
 
 
 def _audio_batches(cuts, sample_rate: int, size: int, desc: str, unreadable: list, no_progress: bool):
@@ -192,8 +246,6 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
     together), e.g. int8 against fp32; ``--runtime sherpa``: by sherpa-onnx instead
     (``serve.sherpa``)."""
     import numpy as np
-    from lhotse import CutSet
-
     from .decoding.wer import WER
 
     if args.context or args.chunkwise:
@@ -206,10 +258,11 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: --tail-padding must be 0 to 60 seconds, got {args.tail_padding}")
     args.threads = args.threads or 1
     prec = "int8" if args.int8 else "fp32"
+    if args.runtime == "sherpa" and (args.method != "greedy" or args.max_symbols is not None or args.ctc_guard is not None):
+        raise SystemExit("error: --runtime sherpa decodes greedily with sherpa-onnx's own rule (at most one symbol "
+                         "per frame): --method beam, --max-symbols and --ctc-guard apply to our runtime")
+    manifests = _decode_inputs(args)
     if args.runtime == "sherpa":
-        if args.method != "greedy" or args.max_symbols is not None or args.ctc_guard is not None:
-            raise SystemExit("error: --runtime sherpa decodes greedily with sherpa-onnx's own rule (at most one symbol "
-                             "per frame): --method beam, --max-symbols and --ctc-guard apply to our runtime")
         from serve.sherpa import SherpaRecognizer
 
         try:
@@ -237,15 +290,13 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
             return [r.text for r in rec.transcribe_many([np.concatenate([x, tail]) for x in batch])]
     print(f"decoding: {what}\n{rec}")
     default = ("decode_sherpa" if args.runtime == "sherpa" else "decode") + ("_int8" if args.int8 else "")
-    out_dir = Path(args.out) if args.out else Path(args.onnx) / default
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(Path(args.out) if args.out else Path(args.onnx) / default)
     splits = {}
-    for path in args.cuts:
-        name = _split_name(path)
+    for name, cuts in manifests.items():
         wer, results = WER(), []
         audio_s = compute_s = 0.0
         unreadable: list[str] = []
-        for batch in _audio_batches(CutSet.from_file(path), rec.sample_rate, args.batch, name, unreadable, args.no_progress):
+        for batch in _audio_batches(cuts, rec.sample_rate, args.batch, name, unreadable, args.no_progress):
             t0 = time.perf_counter()
             texts = run([x for _, x in batch])
             compute_s += time.perf_counter() - t0
@@ -304,13 +355,12 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 def _decode_model(args: argparse.Namespace) -> dict:
     """``asr decode --model model.pt --cuts ...``: PyTorch, whole utterance or chunk-wise."""
-    from lhotse import CutSet
-
     from .data.dataset import ASRDataset, SamplerConfig, make_loader, make_sampler
     from .decoding.streaming import chunkwise_decode
     from .models import load
     from .training.trainer import evaluate
 
+    manifests = _decode_inputs(args)
     try:
         model = load(args.model)
     except (FileNotFoundError, ValueError) as e:
@@ -347,13 +397,10 @@ def _decode_model(args: argparse.Namespace) -> dict:
                                     ctc_guard=args.ctc_guard)
         return model.decode(x, lens, method=args.method, beam=args.beam, use_ctc=args.use_ctc, fusion=fusion, ctc_guard=args.ctc_guard)
 
-    out_dir = Path(args.out) if args.out else Path(args.model).parent / "decode"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(Path(args.out) if args.out else Path(args.model).parent / "decode")
     ds = ASRDataset(model.tokenizer, model.features, None)
     splits = {}
-    for path in args.cuts:
-        name = _split_name(path)
-        cuts = CutSet.from_file(path)
+    for name, cuts in manifests.items():
         loader = make_loader(ds, make_sampler(cuts, SamplerConfig(max_duration=args.max_duration), train=False))
         ev = evaluate(model, loader, progress=not args.no_progress, desc=name, decode=decode, compute_loss=False)
         order = {cut_id: i for i, cut_id in enumerate(cuts.ids)}  # batches run longest first; results list in manifest order
@@ -371,30 +418,44 @@ def _set_context(model, context: str | None) -> str:
         return f", context {list(ctx)}" if ctx is not None else ""
     if not hasattr(enc, "set_context"):
         raise SystemExit(f"--context applies to Conformer encoders; this model's encoder is {model.config.encoder}")
+    trained = " ".join(f"{a},{b}" for a, b in enc.contexts)
     try:
         left, right = (int(v) for v in context.split(","))
         enc.set_context(left, right)
     except ValueError as e:
-        raise SystemExit(f"--context expects LEFT,RIGHT encoder frames (trained: {' '.join(f'{a},{b}' for a, b in enc.contexts)}): {e}") from None
+        raise SystemExit(f"--context expects LEFT,RIGHT encoder frames (trained: {trained}): {e}") from None
+    if [left, right] not in [list(c) for c in enc.contexts]:
+        log.warning("context %d,%d was not trained (trained: %s): expect a worse WER", left, right, trained)
     ms = right * enc.subsampling * model.features.frame_shift * 1000
     return f", context [{left}, {right}] ({ms:.0f} ms look-ahead)"
 
 
 # ---------------------------------------------------------------------- transcribe
 def cmd_transcribe(args: argparse.Namespace) -> None:
+    if args.beam < 1 or (args.threads is not None and args.threads < 1):
+        raise SystemExit(f"error: --beam and --threads must be >= 1, got {args.beam} and {args.threads}")
     if args.onnx:
+        args.threads = args.threads or 1
         return _transcribe_onnx(args)
     if args.model is None or not args.audio:
         raise SystemExit("error: transcribe needs a model file and audio files (or --onnx DIR and audio files)")
     from .data.audio import read_audio
     from .models import load
 
+    if args.int8:
+        raise SystemExit("error: --int8 applies to --onnx DIR (the exported int8 files), not to a model file")
     try:
         model = load(args.model)
         if args.ctc_guard is not None:
-            model.check_ctc_guard(args.ctc_guard)
+            model.check_ctc_guard(args.ctc_guard, args.method, args.use_ctc)
+        if args.use_ctc and model.ctc is None:
+            raise ValueError(f"--use-ctc: {args.model} has no CTC head (a {model.config.head} model)")
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     failed = 0
     for path in args.audio:
         try:
@@ -404,7 +465,7 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
             failed += 1
             continue
         t0 = time.perf_counter()
-        (res,) = model.transcribe(samples, ctc_guard=args.ctc_guard)
+        (res,) = model.transcribe(samples, ctc_guard=args.ctc_guard, method=args.method, beam=args.beam, use_ctc=args.use_ctc)
         if args.timestamps:
             stamps = " ".join(f"{tok}@{ts:.2f}" for tok, ts in zip(res.tokens, res.timestamps))
             print(f"{path}\t{res.text}\t[{stamps}]")
@@ -421,7 +482,7 @@ def _onnx_recognizer(args: argparse.Namespace, endpoint):
 
     try:
         return Recognizer(args.onnx, decoding=args.method, beam=args.beam, num_threads=args.threads, int8=args.int8,
-                          use_ctc=args.use_ctc, endpoint=endpoint, max_symbols=getattr(args, "max_symbols", None) or 10,
+                          use_ctc=args.use_ctc, endpoint=endpoint, max_symbols=10 if getattr(args, "max_symbols", None) is None else args.max_symbols,
                           ctc_guard=getattr(args, "ctc_guard", None))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -481,7 +542,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
                 raise SystemExit(f"error: --{name} applies to --mic only")
     elif args.realtime:
         raise SystemExit("error: --realtime applies to files (a microphone is real time)")
-    if args.piece_ms <= 0:
+    if not args.piece_ms > 0:  # NaN too
         raise SystemExit(f"error: --piece-ms must be positive, got {args.piece_ms}")
     if args.seconds is not None and not args.seconds > 0:
         raise SystemExit(f"error: --seconds must be positive, got {args.seconds}")
@@ -642,12 +703,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- tokenizer
 def _cut_texts(paths: list[str]):
     """The supervision texts of cut manifests (an error names a manifest that is missing)."""
-    from lhotse import CutSet
-
     for path in paths:
-        if not Path(path).is_file():
-            raise SystemExit(f"cut manifest not found: {path} (run `asr prepare` first)")
-        for cut in CutSet.from_file(path):
+        for cut in _read_cuts(path, " (run `asr prepare` first)"):
             for sup in cut.supervisions:
                 if sup.text:
                     yield sup.text
@@ -656,7 +713,14 @@ def _cut_texts(paths: list[str]):
 def cmd_tokenizer(args: argparse.Namespace) -> None:
     from .data.tokenizer import Tokenizer
 
-    tok = Tokenizer.train(_cut_texts(args.cuts), args.vocab_size, args.model_type, args.out)
+    if args.vocab_size < 3:
+        raise SystemExit(f"error: --vocab-size must be >= 3 (blank, unk and a piece), got {args.vocab_size}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SystemExit(f"error: --out {args.out} is a file; the tokenizer is a directory")
+    try:
+        tok = Tokenizer.train(_cut_texts(args.cuts), args.vocab_size, args.model_type, args.out)
+    except (ValueError, RuntimeError, OSError) as e:  # sentencepiece reports a bad request as a RuntimeError
+        raise SystemExit(f"error: {e}") from None
     print(f"{args.model_type} tokenizer with {len(tok)} tokens -> {args.out}/bpe.model, {args.out}/tokens.txt")
 
 
@@ -669,9 +733,9 @@ def _tokenizer_of(args: argparse.Namespace):
         raise SystemExit("error: give --model FILE (its tokenizer) or --tokenizer DIR, one of them")
     try:
         if args.model:
-            from .models import read_checkpoint
+            from .models import model_dict, read_checkpoint
 
-            data = read_checkpoint(args.model).get("tokenizer")
+            data = model_dict(read_checkpoint(args.model), args.model).get("tokenizer")
             if not data:
                 raise SystemExit(f"error: {args.model} carries no tokenizer: give --tokenizer DIR")
             return Tokenizer.from_bytes(data)
@@ -687,6 +751,8 @@ def cmd_lm(args: argparse.Namespace) -> None:
 
     if args.order < 1:
         raise SystemExit(f"error: --order must be >= 1, got {args.order}")
+    if Path(args.out).is_dir():
+        raise SystemExit(f"error: --out {args.out} is a directory: give the LM a file name (e.g. {Path(args.out) / 'lm.arpa'})")
     if args.unit == "word":
         from .decoding.lexicon import train_word_lm
 
@@ -780,6 +846,8 @@ def _results_files(path: Path) -> dict[str, Path]:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .decoding.wer import compare_results
 
+    if args.samples < 1:
+        raise SystemExit(f"error: --samples must be >= 1, got {args.samples}")
     a, b = _results_files(Path(args.a)), _results_files(Path(args.b))
     if Path(args.a).is_file() and Path(args.b).is_file():
         pairs = {next(iter(a)) if next(iter(a)) == next(iter(b)) else "results": (next(iter(a.values())), next(iter(b.values())))}
@@ -849,7 +917,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     try:
         card = export_file(args.model, args.out, int8=args.int8, lookahead_ms=args.lookahead, sherpa=not args.no_sherpa)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     out = Path(args.out)
     print(f"{card['encoder']} {card['head']} model -> {out}/ (window {card['window']} frames, shift "
@@ -867,18 +935,22 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def read_meta(path: str) -> dict:
-    from .models import read_checkpoint
+    from .models import model_dict, read_checkpoint
 
-    return read_checkpoint(path).get("meta") or {}
+    return model_dict(read_checkpoint(path), path).get("meta") or {}
 
 
-def _onnx_args(sp: argparse.ArgumentParser, required: bool) -> None:
+def _onnx_args(sp: argparse.ArgumentParser, required: bool, model_too: bool = False) -> None:
+    """--onnx and the decoding options; ``model_too``: they also apply to a model file."""
+    w = "" if model_too else "with --onnx: "
     sp.add_argument("--onnx", metavar="DIR", required=required, help="an `asr export` directory: run its ONNX files (no torch)")
     sp.add_argument("--int8", action="store_true", help="with --onnx: the *.int8.onnx files")
-    sp.add_argument("--method", choices=["greedy", "beam"], default="greedy", help="with --onnx: decoding method")
-    sp.add_argument("--beam", type=int, default=4, help="with --onnx: beam size for --method beam")
-    sp.add_argument("--use-ctc", action="store_true", help="with --onnx: decode a hybrid model's CTC head")
-    sp.add_argument("--threads", type=int, default=1, help="with --onnx: onnxruntime threads")
+    sp.add_argument("--method", choices=["greedy", "beam"], default="greedy", help=f"{w}decoding method")
+    sp.add_argument("--beam", type=int, default=4, help=f"{w}beam size for --method beam")
+    sp.add_argument("--use-ctc", action="store_true", help=f"{w}decode a hybrid model's CTC head")
+    sp.add_argument("--threads", type=int, default=None if model_too else 1, help=(
+        "onnxruntime threads (default 1); with a model file, torch threads (default: torch's)" if model_too
+        else "with --onnx: onnxruntime threads"))
 
 
 def _endpoint_args(sp: argparse.ArgumentParser, without: str) -> None:
@@ -978,7 +1050,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ctc-guard", type=float, metavar="P", help=(
         "a hybrid TDT+CTC (model file or --onnx): its blank jumps pass only over frames whose CTC blank probability "
         "exceeds P (see `asr decode --ctc-guard`)"))
-    _onnx_args(sp, required=False)
+    _onnx_args(sp, required=False, model_too=True)
     sp.set_defaults(func=cmd_transcribe)
 
     sp = sub.add_parser("stream", help="live recognition: a microphone (--mic) or a file (ONNX runtime)",

@@ -95,6 +95,23 @@ class Transcript:
     timestamps: list[float]  # seconds, start of each token
 
 
+def check_model_config(config: ModelConfig) -> None:
+    """A ValueError naming the first setting of ``config`` that no model can have (checked by
+    :class:`ASRModel` and, before any data is read, by the trainer)."""
+    if config.head != "ctc" and config.head not in TRANSDUCER_KINDS:
+        raise ValueError(f"ModelConfig.head must be one of ctc, {', '.join(TRANSDUCER_KINDS)}, got {config.head!r}")
+    if not 0.0 <= config.ctc_weight < 1.0:
+        raise ValueError(f"ModelConfig.ctc_weight must be in [0, 1), got {config.ctc_weight}")
+    if config.ctc_warmup_steps < 0:
+        raise ValueError(f"ModelConfig.ctc_warmup_steps must be >= 0, got {config.ctc_warmup_steps}")
+    if config.train_ctc_guard:
+        if config.head not in ("tdt", "pruned_tdt") or config.ctc_weight <= 0:
+            raise ValueError("ModelConfig.train_ctc_guard trains a hybrid TDT+CTC's blank jumps (head tdt or "
+                             f"pruned_tdt with ctc_weight > 0), got head {config.head!r}, ctc_weight {config.ctc_weight}")
+        if not 0.0 < config.train_ctc_guard < 1.0:
+            raise ValueError(f"ModelConfig.train_ctc_guard is a blank probability in (0, 1) (0: off), got {config.train_ctc_guard}")
+
+
 class ASRModel(nn.Module):
     """Features (B, T, 80) -> normalization -> encoder -> CTC and/or transducer head."""
 
@@ -104,18 +121,7 @@ class ASRModel(nn.Module):
             if tokenizer is None:
                 raise ValueError("ModelConfig.vocab_size is not set and no tokenizer was given")
             config = dataclasses.replace(config, vocab_size=len(tokenizer))
-        if config.head != "ctc" and config.head not in TRANSDUCER_KINDS:
-            raise ValueError(f"ModelConfig.head must be one of ctc, {', '.join(TRANSDUCER_KINDS)}, got {config.head!r}")
-        if not 0.0 <= config.ctc_weight < 1.0:
-            raise ValueError(f"ModelConfig.ctc_weight must be in [0, 1), got {config.ctc_weight}")
-        if config.ctc_warmup_steps < 0:
-            raise ValueError(f"ModelConfig.ctc_warmup_steps must be >= 0, got {config.ctc_warmup_steps}")
-        if config.train_ctc_guard:
-            if config.head not in ("tdt", "pruned_tdt") or config.ctc_weight <= 0:
-                raise ValueError("ModelConfig.train_ctc_guard trains a hybrid TDT+CTC's blank jumps (head tdt or "
-                                 f"pruned_tdt with ctc_weight > 0), got head {config.head!r}, ctc_weight {config.ctc_weight}")
-            if not 0.0 < config.train_ctc_guard < 1.0:
-                raise ValueError(f"ModelConfig.train_ctc_guard is a blank probability in (0, 1) (0: off), got {config.train_ctc_guard}")
+        check_model_config(config)
         self.config = config
         self.features = features
         self.tokenizer = tokenizer
@@ -268,29 +274,44 @@ class ASRModel(nn.Module):
 
     @torch.no_grad()
     def transcribe(self, audio: Sequence[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray, sample_rate: int | None = None,
-                   ctc_guard: float | None = None) -> list[Transcript]:
-        """Transcribe files or arrays of samples in [-1, 1] (arrays at ``sample_rate``,
-        default the model's). Audio at other rates is resampled; multi-channel is downmixed.
-        ``ctc_guard``: a hybrid TDT's blank jumps checked by its CTC head (:meth:`jump_guard`)."""
+                   ctc_guard: float | None = None, method: str = "greedy", beam: int = 4, use_ctc: bool = False) -> list[Transcript]:
+        """Transcribe files (any rate, resampled; multi-channel downmixed) or arrays: mono (N,)
+        float samples in [-1, 1] at ``sample_rate`` (default the model's). Arrays get the checks
+        files get: integer PCM, more than one channel, NaN or inf, samples beyond +-2 and less
+        than 50 ms are ValueErrors. ``ctc_guard``: a hybrid TDT's blank jumps checked by its CTC
+        head (:meth:`jump_guard`). ``method``, ``beam``, ``use_ctc``: as in :meth:`decode`."""
         if ctc_guard is not None:
-            self.check_ctc_guard(ctc_guard)
-        from .data.audio import read_audio, resample
+            self.check_ctc_guard(ctc_guard, method, use_ctc)
+        from serve.features import check_sample_rate, check_samples
+
+        from .data.audio import MIN_SECONDS, read_audio, resample
 
         if isinstance(audio, (str, os.PathLike, np.ndarray)):
             audio = [audio]
+        if len(audio) == 0:
+            raise ValueError("no audio given")
+        rate = self.features.sample_rate
         feats = []
-        for a in audio:
-            if isinstance(a, np.ndarray):
-                samples = resample(np.asarray(a, dtype=np.float32), sample_rate or self.features.sample_rate, self.features.sample_rate)
+        for i, a in enumerate(audio):
+            if isinstance(a, (str, os.PathLike)):
+                samples = read_audio(a, rate)
             else:
-                samples = read_audio(a, self.features.sample_rate)
+                try:
+                    x = check_samples(a)
+                    from_rate = rate if sample_rate is None else check_sample_rate(sample_rate)
+                except ValueError as e:
+                    raise ValueError(f"audio {i}: {e}") from None
+                if len(x) < MIN_SECONDS * from_rate:
+                    raise ValueError(f"audio {i} is too short: {len(x)} samples at {from_rate} Hz (need at least "
+                                     f"{MIN_SECONDS * 1000:.0f} ms)")
+                samples = resample(x, from_rate, rate)
             feats.append(torch.from_numpy(self.features.compute(samples)))
         was_training = self.training
         self.eval()
         lens = torch.tensor([f.shape[0] for f in feats])
         x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
         device = self.feat_mean.device
-        hyps = self.decode(x.to(device), lens.to(device), ctc_guard=ctc_guard)
+        hyps = self.decode(x.to(device), lens.to(device), method=method, beam=beam, use_ctc=use_ctc, ctc_guard=ctc_guard)
         self.train(was_training)
         return [self.hyp_to_transcript(h) for h in hyps]
 
@@ -316,15 +337,19 @@ class ASRModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, source: str = "<checkpoint>") -> "ASRModel":
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise ValueError(f"{source}: not an asr model file (no '{FORMAT}' format tag)")
-        if ckpt.get("version") != VERSION:
-            raise ValueError(f"{source}: model file version {ckpt.get('version')} is not supported (expected {VERSION})")
-        config = from_dict(ModelConfig, ckpt["config"])
-        features = from_dict(FeatureConfig, ckpt["features"])
-        tok = Tokenizer.from_bytes(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
-        model = cls(config, features, tok)
-        model.load_state_dict(ckpt["state_dict"])
+        """The model of a model file's dict, or of a training checkpoint's (its weights as of
+        that step). A dict that is not one, or whose parts do not fit together, is a ValueError
+        naming ``source``."""
+        ckpt = model_dict(ckpt, source)
+        try:
+            config = from_dict(ModelConfig, ckpt["config"])
+            features = from_dict(FeatureConfig, ckpt["features"])
+            tok = Tokenizer.from_bytes(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
+            model = cls(config, features, tok)
+            model.load_state_dict(ckpt["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a damaged or hand-edited file
+            what = f"missing {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:300]
+            raise ValueError(f"{source}: a damaged model file ({type(e).__name__}: {what})") from None
         model.eval()
         return model
 
@@ -350,6 +375,19 @@ def read_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: cannot read model file ({type(e).__name__}: {e}); it may be truncated or not a model") from None
+
+
+def model_dict(ckpt, source: str = "<checkpoint>") -> dict:
+    """The model-file dict in ``ckpt`` (a model file's, or a training checkpoint's ``model``),
+    or a ValueError naming ``source``: not a model, or of another format version."""
+    if isinstance(ckpt, dict) and ckpt.get("format") != FORMAT and isinstance(ckpt.get("model"), dict) \
+            and ckpt["model"].get("format") == FORMAT:
+        ckpt = ckpt["model"]  # a training checkpoint (checkpoints/ckpt-*.pt)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{source}: not an asr model file (no '{FORMAT}' format tag)")
+    if ckpt.get("version") != VERSION:
+        raise ValueError(f"{source}: model file version {ckpt.get('version')} is not supported (expected {VERSION})")
+    return ckpt
 
 
 def load(path: str | Path) -> ASRModel:

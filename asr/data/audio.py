@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_audio", "resample"]
+__all__ = ["MIN_SECONDS", "read_audio", "resample"]
+
+MIN_SECONDS = 0.05  # shorter audio has too few feature frames for any encoder here
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 0.05) -> np.ndarray:
+def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = MIN_SECONDS) -> np.ndarray:
     """(N,) float32 mono samples in [-1, 1] at ``sample_rate``.
 
     Raises FileNotFoundError or ValueError naming ``path`` for a missing, unreadable, empty or
@@ -38,6 +40,8 @@ def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 
     import soundfile as sf
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an audio file")
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
@@ -58,6 +62,6 @@ def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 
         samples = resample(samples, sr, sample_rate)
     if samples.shape[0] < min_seconds * sample_rate:
         raise ValueError(
-            f"audio file {path} is too short: {samples.shape[0] / sample_rate * 1000:.0f} ms (need at least {min_seconds * 1000:.0f} ms)"
+            f"audio file {path} is too short: {samples.shape[0] / sample_rate * 1000:.1f} ms (need at least {min_seconds * 1000:g} ms)"
         )
     return np.ascontiguousarray(samples, dtype=np.float32)

@@ -124,7 +124,9 @@ class Tokenizer:
         return self.sp.encode(list(texts), out_type=int)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.sp.decode([int(i) for i in ids if int(i) > self.unk_id])
+        """Text of ``ids`` (blank and <unk> dropped), without the space a final word-start piece
+        leaves at the end (sentencepiece keeps it)."""
+        return self.sp.decode([int(i) for i in ids if int(i) > self.unk_id]).rstrip(" ")
 
     def id_to_piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))

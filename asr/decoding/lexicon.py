@@ -81,6 +81,10 @@ def arpa_words(path) -> list[str]:
                     words.append(parts[1])
     if not words:
         raise ValueError(f"{path} has no unigram words (not an ARPA word LM?)")
+    pieces = [w for w in words if "\u2581" in w]  # sentencepiece's word-start mark: no word has it
+    if pieces:
+        raise ValueError(f"{path} is a token LM, not a word LM: {len(pieces)} of its words are tokenizer pieces "
+                         f"(e.g. {pieces[0]!r}); decode it with --lm-unit token, or train a word LM with `asr lm --unit word`")
     return [UNK] + words
 
 

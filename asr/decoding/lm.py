@@ -307,11 +307,21 @@ class NgramLM(TokenLM):
             if not s or any(c.isspace() for c in s):
                 raise ValueError(f"symbol {s!r} cannot be an ARPA word (empty or with whitespace)")
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory: give the LM a file name (e.g. {path / 'lm.arpa'})")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
+        try:
+            self._write_arpa(tmp, names, gz=path.suffix == ".gz")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(path)
+
+    def _write_arpa(self, tmp: Path, names: list[str], gz: bool) -> None:
         shown = [self._listed(n) for n in range(1, self.order + 1)]
         # gzip level 4: a third of the default level's time for a few percent more bytes
-        with (gzip.open(tmp, "wt", encoding="utf-8", compresslevel=4) if path.suffix == ".gz" else open(tmp, "w", encoding="utf-8")) as f:
+        with (gzip.open(tmp, "wt", encoding="utf-8", compresslevel=4) if gz else open(tmp, "w", encoding="utf-8")) as f:
             f.write("\n\\data\\\n")
             for n in range(1, self.order + 1):
                 f.write(f"ngram {n}={len(shown[n - 1])}\n")
@@ -331,7 +341,6 @@ class NgramLM(TokenLM):
                         f.writelines(f"{lp:.6f}\t{t}\t{b:.6f}\n" if b == b else f"{lp:.6f}\t{t}\n"
                                      for lp, t, b in zip(lps.tolist(), text, bows.tolist()))
             f.write("\n\\end\\\n")
-        tmp.replace(path)
 
     @classmethod
     def load_arpa(cls, path: str | Path, symbols: Sequence[str]) -> "NgramLM":

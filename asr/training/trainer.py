@@ -92,7 +92,7 @@ from ..data.dataset import ASRDataset, AugmentConfig, SamplerConfig, SeededCuts,
 from ..data.features import FeatureConfig
 from ..data.tokenizer import Tokenizer
 from ..decoding.wer import WER
-from ..models import ASRModel, ModelConfig, read_checkpoint, save_atomic
+from ..models import ASRModel, ModelConfig, check_model_config, read_checkpoint, save_atomic
 from .distributed import Dist
 from .schedules import lr_at
 
@@ -170,6 +170,30 @@ class TrainConfig:
     tf32: bool = True
     find_unused_parameters: bool = False  # DDP: set for models with parameters some steps do not use
     ddp_timeout_minutes: float = 120.0  # a collective waiting longer (e.g. for validation) fails
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """A ValueError naming the first setting of ``cfg`` out of its range (the types are checked
+    when the YAML is read; these are the numbers a run cannot mean, e.g. ``max_epochs=0``,
+    which would write an untrained model)."""
+    at_least = {"max_epochs": 1, "log_every": 1, "save_every_epochs": 1, "valid_every_epochs": 1, "keep_last": 1,
+                "average_last": 1, "max_bad_steps": 1, "max_steps": 0, "max_minutes": 0, "save_every_steps": 0,
+                "threads": 0, "init_freeze_steps": 0, "optim.accum_grad": 1, "optim.warmup_steps": 0,
+                "optim.total_steps": 0, "data.sampler.num_buckets": 1, "data.sampler.num_workers": 0}
+
+    def get(key: str):
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
+
+    for key, low in at_least.items():
+        if not get(key) >= low:  # also refuses NaN
+            raise ValueError(f"{key} must be >= {low}, got {get(key)}")
+    for key in ("optim.lr", "data.sampler.max_duration"):
+        if not get(key) > 0:
+            raise ValueError(f"{key} must be > 0, got {get(key)}")
+    check_model_config(cfg.model)
 
 
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -342,6 +366,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, progress: bool = True):
+        check_config(cfg)
         self.cfg = cfg
         self.dist = Dist.from_env()
         self.is_main = self.dist.is_main
@@ -359,8 +384,6 @@ class Trainer:
         if self.device.type == "cuda":  # the CPU keeps full float32 (its "high" may mean bf16 passes)
             torch.set_float32_matmul_precision(matmul_precision(cfg.tf32))
             torch.backends.cudnn.allow_tf32 = cfg.tf32  # convolutions and cuDNN LSTMs too, not just matmuls
-        if cfg.optim.accum_grad < 1:
-            raise ValueError(f"optim.accum_grad must be >= 1, got {cfg.optim.accum_grad}")
         self.optim = cfg.optim
         if cfg.optim.schedule == "cosine" and cfg.optim.total_steps <= 0:
             if cfg.max_steps <= 0:

@@ -256,5 +256,7 @@ def test_transcribe_with_the_ctc_guard(trained_tdt, trained, tiny_data, capsys):
     main(["transcribe", str(trained_tdt / "model.pt"), str(src), "--ctc-guard", "0.9"])
     assert capsys.readouterr().out.strip() == f"{src}\t{model.hyp_to_transcript(want).text}"
     assert model.transcribe(samples, ctc_guard=0.9)[0].text == model.hyp_to_transcript(want).text
+    main(["transcribe", str(trained_tdt / "model.pt"), str(src), "--use-ctc"])  # the hybrid's CTC head
+    assert capsys.readouterr().out.strip() == f"{src}\t{model.transcribe(samples, use_ctc=True)[0].text}"
     with pytest.raises(SystemExit, match="applies to TDT models"):
         main(["transcribe", str(trained / "model.pt"), str(src), "--ctc-guard", "0.9"])

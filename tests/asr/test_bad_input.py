@@ -1,0 +1,159 @@
+"""What a user gets for bad input to the Python API and the `asr` command: one clear error that
+names the problem, before any work is lost or any output is written; never a silent wrong result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import asr.models
+from asr.cli import main
+
+
+@pytest.fixture(scope="module")
+def model(trained_ctc):
+    return asr.models.load(trained_ctc / "model.pt")
+
+
+def test_transcribe_checks_arrays_as_it_checks_files(model):
+    """Integer PCM used to decode as garbage and NaN as an empty transcript, without a word."""
+    x = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
+    ok = model.transcribe(x)[0].text
+    assert model.transcribe(x[:, None])[0].text == ok  # (N, 1) is mono
+    assert model.transcribe(x.astype(np.float64))[0].text == ok
+    nan = x.copy()
+    nan[5] = np.nan
+    for bad, kw, msg in [
+        ((x * 32767).astype(np.int16), {}, "got int16 samples; divide"),
+        (x * 32767, {}, r"\[-1, 1\], got .* at index"),
+        (nan, {}, "NaN or inf"),
+        (np.stack([x, x], 1), {}, "mono"),
+        (x[:400], {}, "too short: 400 samples"),
+        (x, {"sample_rate": 0}, "sample_rate must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            model.transcribe(bad, **kw)
+    with pytest.raises(ValueError, match="no audio given"):
+        model.transcribe([])
+
+
+def test_a_training_checkpoint_loads_and_a_damaged_model_file_is_named(trained_ctc, tmp_path):
+    ckpt = max((trained_ctc / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    m = asr.models.load(ckpt)  # its "model" entry: the weights as of that step
+    saved = torch.load(ckpt, weights_only=True)["model"]["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in m.state_dict().items())
+    good = torch.load(trained_ctc / "model.pt", weights_only=True)
+    for name, change, msg in [("nostate.pt", lambda d: d.pop("state_dict"), "missing 'state_dict'"),
+                              ("fewer.pt", lambda d: d["state_dict"].popitem(), "Missing key"),
+                              ("noconfig.pt", lambda d: d.pop("config"), "missing 'config'")]:
+        d = {**good, "state_dict": dict(good["state_dict"])}
+        change(d)
+        torch.save(d, tmp_path / name)
+        with pytest.raises(ValueError, match=f"{name}: a damaged model file.*{msg}"):
+            asr.models.load(tmp_path / name)
+
+
+def test_train_refuses_a_config_that_cannot_run_before_it_starts(tiny_data, tmp_path):
+    """max_epochs=0 used to write an untrained model.pt and exit 0; config errors were tracebacks."""
+    cfg = tmp_path / "conf.yaml"
+    cfg.write_text(f"data:\n  train: [{tiny_data}/manifests/cuts_train.jsonl.gz]\n  tokenizer: {tiny_data}/lang_bpe48\n")
+    exp = tmp_path / "exp"
+    for sets, msg in [(["max_epochs=0"], "max_epochs must be >= 1, got 0"),
+                      (["log_every=0"], "log_every must be >= 1"),
+                      (["data.sampler.max_duration=0"], "data.sampler.max_duration must be > 0"),
+                      (["optim.lr=.nan"], "optim.lr must be > 0"),
+                      (["model.ctc_weight=2"], r"ctc_weight must be in \[0, 1\)"),
+                      (["bogus=1"], "bogus"),
+                      (["optim.lr=abc"], "optim.lr")]:
+        with pytest.raises(SystemExit, match=f"^error: .*{msg}"):
+            main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *sets])
+        assert not exp.exists(), sets  # refused before anything was written
+    with pytest.raises(SystemExit, match="^error: config file not found"):
+        main(["train", "--config", str(tmp_path / "missing.yaml")])
+
+
+def test_decode_checks_every_input_before_it_writes(trained_ctc, tmp_path):
+    model, cuts = str(trained_ctc / "model.pt"), str(trained_ctc / "cuts_few.jsonl.gz")
+    out = tmp_path / "dec"
+    empty = tmp_path / "cuts_empty.jsonl"
+    empty.write_text("")
+    garbage = tmp_path / "cuts_garbage.jsonl"
+    garbage.write_text("not json\n")
+    for extra, msg in [(["--cuts", cuts, str(tmp_path / "cuts_missing.jsonl.gz")], "cut manifest not found"),
+                       (["--cuts", str(empty)], "holds no cuts"),
+                       (["--cuts", str(garbage)], "cannot read the cut manifest"),
+                       (["--cuts", cuts, "--method", "beam", "--beam", "0"], "--beam must be >= 1"),
+                       (["--cuts", cuts, "--max-duration", "0"], "--max-duration must be > 0"),
+                       (["--cuts", cuts, "--compare-to", str(tmp_path / "nowhere")], "--compare-to"),
+                       (["--cuts", cuts, cuts], "both named 'few'")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["decode", "--model", model, "--out", str(out), *extra])
+        assert not out.exists(), extra
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="cannot make the output directory"):
+        main(["decode", "--model", model, "--cuts", cuts, "--out", str(tmp_path / "file" / "dec")])
+
+
+def test_lm_tokenizer_and_compare_refuse_bad_requests(trained_ctc, tmp_path, capsys):
+    model, cuts = str(trained_ctc / "model.pt"), str(trained_ctc / "cuts_few.jsonl.gz")
+    with pytest.raises(SystemExit, match="is a directory"):
+        main(["lm", "--model", model, "--cuts", cuts, "--out", str(tmp_path)])
+    token_lm = tmp_path / "tokens.arpa"
+    main(["lm", "--model", model, "--cuts", cuts, "--order", "2", "--out", str(token_lm)])
+    # a token LM given as a word LM used to decode at 96% WER, its "words" being pieces
+    with pytest.raises(SystemExit, match="is a token LM, not a word LM"):
+        main(["decode", "--model", model, "--cuts", cuts, "--method", "beam", "--lm", str(token_lm), "--lm-unit", "word",
+              "--out", str(tmp_path / "dec")])
+    for extra, msg in [(["--vocab-size", "0"], "--vocab-size must be >= 3"),
+                       (["--out", str(token_lm)], "is a file")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["tokenizer", "--cuts", cuts, "--out", str(tmp_path / "tok"), *extra])
+    main(["decode", "--model", model, "--cuts", cuts, "--out", str(tmp_path / "d")])
+    with pytest.raises(SystemExit, match="--samples must be >= 1"):
+        main(["compare", str(tmp_path / "d"), str(tmp_path / "d"), "--samples", "0"])
+
+
+def test_a_failed_lm_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from asr.decoding.lm import NgramLM
+
+    lm = NgramLM.train([[1, 2, 3], [2, 3, 1]], 2, 4)
+
+    def broken(self, tmp, names, gz):
+        Path(tmp).write_text("half an ARPA")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(NgramLM, "_write_arpa", broken)
+    with pytest.raises(OSError, match="disk full"):
+        lm.save_arpa(tmp_path / "lm.arpa.gz", ["<blk>", "a", "b", "c"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_transcribe_cli_options_reach_a_model_file(trained_ctc, tiny_data, capsys):
+    """`asr transcribe model.pt` used to ignore --method, --beam and --use-ctc without a word."""
+    from asr.data.audio import read_audio
+
+    src = sorted((tiny_data / "corpus/LibriSpeech/train").rglob("*.flac"))[0]
+    model = asr.models.load(trained_ctc / "model.pt")
+    samples = read_audio(src, model.features.sample_rate)
+    seen = []
+    original = asr.models.ASRModel.decode
+
+    def spy(self, x, lens, **kw):
+        seen.append({k: kw.get(k) for k in ("method", "beam", "use_ctc")})
+        return original(self, x, lens, **kw)
+
+    asr.models.ASRModel.decode = spy
+    try:
+        main(["transcribe", str(trained_ctc / "model.pt"), str(src), "--method", "beam", "--beam", "3", "--threads", "1"])
+    finally:
+        asr.models.ASRModel.decode = original
+    assert seen == [{"method": "beam", "beam": 3, "use_ctc": False}]
+    want = model.transcribe(samples, method="beam", beam=3)[0].text
+    assert capsys.readouterr().out.strip() == f"{src}\t{want}"
+    for extra, msg in [(["--int8"], "--int8 applies to --onnx"), (["--beam", "0"], "--beam and --threads must be >= 1"),
+                       (["--use-ctc", "--ctc-guard", "0.9"], "CTC guard")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["transcribe", str(trained_ctc / "model.pt"), str(src), *extra])
