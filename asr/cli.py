@@ -73,7 +73,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     man_dir = out / "manifests"
-    man_dir.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file; prepare writes a directory")
+    if args.corpus != "mini" and not Path(args.corpus).exists():
+        raise SystemExit(f"error: corpus not found: {args.corpus} (a LibriSpeech directory, a Kaldi data dir, a lhotse "
+                         "manifest or a JSONL file; or 'mini' to build the embedded corpus)")
     parts = args.parts
     if args.corpus == "mini":
         from .data.corpus import SPLITS, MiniCorpusConfig, build_mini_librispeech
@@ -90,22 +94,34 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         train_parts = args.train_parts or []
 
     tokenizer = None
-    if args.tokenizer:
-        tokenizer = Tokenizer.load(args.tokenizer)
-
     from .data.manifests import detect_source, librispeech_split_dirs
 
-    kind = detect_source(source)
-    if kind == "librispeech":
-        names = [d.name for d in librispeech_split_dirs(source, parts)]
-    else:
-        names = [args.name or source.name.split(".")[0]]
+    try:
+        if args.tokenizer:
+            tokenizer = Tokenizer.load(args.tokenizer)
+        kind = detect_source(source)
+        if kind == "librispeech":
+            names = [d.name for d in librispeech_split_dirs(source, parts)]
+        else:
+            names = [args.name or source.name.split(".")[0]]
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    unknown = sorted(set(train_parts) - set(names))
+    if unknown:
+        raise SystemExit(f"error: --train-parts {' '.join(unknown)}: not among the parts found ({', '.join(names)})")
+    if tokenizer is None and not args.no_tokenizer and not train_parts:
+        log.warning("no --train-parts given: no tokenizer is trained (name the training parts, or give --tokenizer, "
+                    "or --no-tokenizer to silence this)")
+    man_dir.mkdir(parents=True, exist_ok=True)
     # Training parts first: the tokenizer is trained on them before the other parts are checked.
     names = sorted(names, key=lambda n: n not in train_parts)
     summary = {}
     for name in names:
         skipped = SkipCounter()
-        cuts = load_cuts(source, parts=[name] if kind == "librispeech" else None, skipped=skipped, num_jobs=args.jobs)
+        try:
+            cuts = load_cuts(source, parts=[name] if kind == "librispeech" else None, skipped=skipped, num_jobs=args.jobs)
+        except (OSError, ValueError) as e:  # a transcript that is not UTF-8, a manifest that does not parse ...
+            raise SystemExit(f"error: {name}: {e}") from None
         is_train = name in train_parts
         if is_train and tokenizer is None and not args.no_tokenizer:
             cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration)
@@ -139,12 +155,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     rank = int(os.environ.get("RANK", "0") or 0)  # torchrun: only rank 0 writes train.log
-    _setup_logging(args.verbose, Path(cfg.exp_dir) / "train.log" if rank == 0 else None)
-    if rank != 0 and not args.verbose:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
+    try:  # files, data paths, the exp dir (another model's checkpoints there): before the run starts
+        _setup_logging(args.verbose, Path(cfg.exp_dir) / "train.log" if rank == 0 else None)
+        if rank != 0 and not args.verbose:
+            logging.getLogger().setLevel(logging.WARNING)
         trainer = Trainer(cfg, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     trainer.run()
 

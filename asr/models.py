@@ -369,12 +369,18 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict safely; clear errors for missing, truncated or foreign files."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a model file (an `asr export` directory describes itself in model.json)")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read model file ({type(e).__name__}: {e}); it may be truncated or not a model") from None
+    except Exception as e:  # noqa: BLE001 - torch's own text (advice to unpickle arbitrary code included) is not for this user
+        import pickle
+
+        why = ("not a file torch.load reads without running code" if isinstance(e, pickle.UnpicklingError)
+               else (str(e).strip().splitlines() or [""])[0][:200])
+        raise ValueError(f"{path}: cannot read model file ({type(e).__name__}: {why}); it may be truncated or not a model") from None
 
 
 def model_dict(ckpt, source: str = "<checkpoint>") -> dict:

@@ -188,16 +188,50 @@ def librispeech_split_dirs(root: Path, parts: Sequence[str] | None) -> list[Path
     return dirs
 
 
+def _transcript_lines(trans: Path) -> list[tuple[str, str]]:
+    """(utterance id, text) of every non-empty line of a ``*.trans.txt`` (a ValueError naming
+    the file when it is not UTF-8)."""
+    try:
+        text = trans.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{trans}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                         "convert it to UTF-8") from None
+    out = []
+    for line in text.splitlines():
+        if line.strip():
+            uid, _, words = line.strip().partition(" ")
+            out.append((uid, words.strip()))
+    return out
+
+
+def _count_untranscribed(split_dir: Path, skipped: SkipCounter) -> None:
+    """Chapters with audio but no ``*.trans.txt``: their files are counted, not silently lost."""
+    for chapter in sorted(d for d in split_dir.glob("*/*") if d.is_dir()):
+        if next(chapter.glob("*.trans.txt"), None) is None:
+            n = sum(1 for _ in chapter.glob("*.flac"))
+            if n:
+                skipped.add("no_transcript", f"{chapter}: {n} audio files", n)
+
+
 def _librispeech_cuts(root: Path, parts, skipped: SkipCounter, num_jobs: int) -> CutSet:
     from lhotse.recipes import prepare_librispeech
 
     all_cuts = []
     for split_dir in librispeech_split_dirs(root, parts):
+        _count_untranscribed(split_dir, skipped)
+        listed = [entry for t in sorted(split_dir.rglob("*.trans.txt")) for entry in _transcript_lines(t)]
+        ids = [uid for uid, _ in listed]
+        if len(set(ids)) < len(ids) or any(not text for _, text in listed):
+            # lhotse's recipe would keep duplicate ids under random ones and empty texts: the
+            # file-by-file reader skips and counts them
+            log.warning("%s: transcripts with repeated utterance ids or no text; reading file by file", split_dir)
+            all_cuts.append(_librispeech_cuts_robust(split_dir, skipped))
+            continue
         try:
             # lhotse's own recipe: the same path serves the real LibriSpeech.
             m = prepare_librispeech(split_dir.parent, dataset_parts=[split_dir.name], num_jobs=num_jobs)
             m = m[split_dir.name]
-            n_listed = sum(1 for t in split_dir.rglob("*.trans.txt") for line in open(t) if line.strip())
+            n_listed = len(listed)
             if n_listed > len(m["recordings"]):
                 skipped.add("missing_file", f"{split_dir.name}: {n_listed - len(m['recordings'])} listed files", n_listed - len(m["recordings"]))
             cuts = CutSet.from_manifests(recordings=m["recordings"], supervisions=m["supervisions"])
@@ -211,12 +245,16 @@ def _librispeech_cuts(root: Path, parts, skipped: SkipCounter, num_jobs: int) ->
 
 
 def _librispeech_cuts_robust(split_dir: Path, skipped: SkipCounter) -> CutSet:
-    entries = []
+    entries, seen = [], set()
     for trans in sorted(split_dir.rglob("*.trans.txt")):
-        for line in open(trans):
-            if not line.strip():
+        for uid, text in _transcript_lines(trans):
+            if uid in seen:
+                skipped.add("duplicate_id", f"{trans}: {uid}")
                 continue
-            uid, _, text = line.strip().partition(" ")
+            seen.add(uid)
+            if not text:
+                skipped.add("empty_text", f"{trans}: {uid}")
+                continue
             entries.append((uid, trans.parent / f"{uid}.flac", text, uid.split("-")[0], None, None))
     return _cuts_from_entries(entries, skipped)
 

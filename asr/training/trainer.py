@@ -15,7 +15,8 @@ At the end ``valid_wer.md`` has the table of the last validation.
 Checkpoints and exact resume. Checkpoints are written atomically every ``save_every_steps``
 and each epoch, the last ``keep_last`` kept; a run restarted on the same ``exp_dir`` (after a
 crash or ``kill -9``) resumes from the newest readable one (a corrupt one falls back to the
-previous). A checkpoint holds the weights, the optimizer, the grad scaler, the step, the epoch
+previous). Restarted with another model, feature or tokenizer config (``config.yaml`` there
+says), the run stops before it writes anything (``Trainer.check_exp_dir``). A checkpoint holds the weights, the optimizer, the grad scaler, the step, the epoch
 and the number of batches of it already trained on (the sampler is deterministic per epoch and
 replays to that position), and the python, numpy, torch (and CUDA) RNG states of every rank.
 Data augmentation draws from a seed per batch, ``(seed, epoch, batch index, rank)`` (see
@@ -87,7 +88,7 @@ import torch
 from lhotse import CutSet
 from tqdm import tqdm
 
-from ..config import save_yaml, to_dict
+from ..config import ConfigError, load_yaml, save_yaml, to_dict
 from ..data.dataset import ASRDataset, AugmentConfig, SamplerConfig, SeededCuts, batch_seed, make_loader, make_sampler
 from ..data.features import FeatureConfig
 from ..data.tokenizer import Tokenizer
@@ -252,18 +253,22 @@ def feature_stats(cuts: CutSet, features: FeatureConfig, max_cuts: int = 300) ->
     """Mean and std of the features of up to ``max_cuts`` cuts (unreadable ones skipped)."""
     ds = ASRDataset(None, features, None)
     total, total_sq, n = 0.0, 0.0, 0
+    first_error = ""
     for i, cut in enumerate(cuts):
         if i >= max_cuts:
             break
         try:
             f = torch.from_numpy(ds.load_features(cut)).double()
-        except Exception:
+        except Exception as e:  # noqa: BLE001 - skipped here, as the loader skips and counts them
+            first_error = first_error or f"{cut.id}: {type(e).__name__}: {e}"
             continue
         total = total + f.sum(0)
         total_sq = total_sq + (f * f).sum(0)
         n += f.shape[0]
     if n == 0:
-        raise ValueError("no readable training audio to compute feature statistics from")
+        raise ValueError(f"no readable training audio to compute feature statistics from (the first of {min(i + 1, max_cuts)} "
+                         f"cuts tried: {first_error}); audio paths in a manifest are relative to the directory `asr prepare` "
+                         f"ran in, this run's is {Path.cwd()}")
     mean = total / n
     std = (total_sq / n - mean * mean).clamp_min(1e-6).sqrt()
     return mean.float(), std.float()
@@ -398,6 +403,12 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self.wall_seconds = 0.0
+        for what, paths in (("data.train", cfg.data.train), ("data.dev", cfg.data.dev), ("init_from", [cfg.init_from] if cfg.init_from else [])):
+            for p in paths:
+                if not Path(p).is_file():
+                    raise FileNotFoundError(f"{what}: {p} is not a file" if Path(p).exists() else f"{what}: {p} not found")
+        if self.is_main:
+            self.check_exp_dir()
 
     # ------------------------------------------------------------------ setup
     def _seed(self, seed: int) -> None:
@@ -560,7 +571,39 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoints(self) -> list[Path]:
-        return sorted(self.ckpt_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        """This run's step checkpoints, oldest first (other files in the directory ignored)."""
+        found = [p for p in self.ckpt_dir.glob("ckpt-*.pt") if p.stem.split("-", 1)[1].isdigit()]
+        return sorted(found, key=lambda p: int(p.stem.split("-")[1]))
+
+    def check_exp_dir(self) -> None:
+        """Before anything is written (rank 0): an exp dir whose checkpoints are of another model
+        (its ``config.yaml`` names another model, features or tokenizer) is a ValueError. Resuming
+        there failed on every checkpoint, started over and rotated the new run's checkpoints out
+        behind the old run's higher-numbered ones. An exp dir with results but no checkpoint
+        starts over with a warning that they will be replaced."""
+        if not self._checkpoints():
+            old = [n for n in ("model.pt", "metrics.jsonl") if (self.exp / n).is_file() and (self.exp / n).stat().st_size]
+            if old:
+                log.warning("%s has %s but no checkpoint to resume from: training starts from scratch and replaces them",
+                            self.exp, " and ".join(old))
+            return
+        saved = self.exp / "config.yaml"
+        try:
+            before = load_yaml(TrainConfig, saved)
+        except (FileNotFoundError, ConfigError) as e:
+            log.warning("cannot read %s (%s): the checkpoints there are not checked against this config", saved, e)
+            return
+
+        def same(a, b) -> bool:
+            return json.dumps(to_dict(a), sort_keys=True) == json.dumps(to_dict(b), sort_keys=True)
+
+        diff = [name for name, a, b in (("model", before.model, self.cfg.model), ("features", before.features, self.cfg.features))
+                if not same(a, b)]
+        if Path(before.data.tokenizer).resolve() != Path(self.cfg.data.tokenizer).resolve():
+            diff.append(f"data.tokenizer ({before.data.tokenizer})")
+        if diff:
+            raise ValueError(f"{self.exp} holds checkpoints of a run with another {', '.join(diff)} (its config.yaml): resuming "
+                             f"would mix two models; use a new --exp-dir, or delete {self.ckpt_dir} to start over there")
 
     def _save(self, epoch: int, batch_in_epoch: int, tag: str | None = None, progress: dict | None = None) -> None:
         """Checkpoint (collective: every rank's RNG states and epoch counters go in; rank 0

@@ -157,3 +157,54 @@ def test_transcribe_cli_options_reach_a_model_file(trained_ctc, tiny_data, capsy
                        (["--use-ctc", "--ctc-guard", "0.9"], "CTC guard")]:
         with pytest.raises(SystemExit, match=msg):
             main(["transcribe", str(trained_ctc / "model.pt"), str(src), *extra])
+
+
+def test_an_exp_dir_of_another_model_is_refused_before_anything_is_written(trained_ctc, tiny_data, tmp_path, capsys):
+    """Resuming with another model config used to fail on every checkpoint, start over, truncate
+    metrics.jsonl, and rotate the new run's checkpoints out behind the old run's; another
+    tokenizer of the same size resumed silently, pairing the weights with other ids."""
+    from tests.conftest import TINY_TRAIN
+
+    cfg = tmp_path / "conf.yaml"
+    cfg.write_text(f"data:\n  train: [{trained_ctc}/cuts_few.jsonl.gz]\n  tokenizer: {tiny_data}/lang_bpe48\n")
+    exp = tmp_path / "exp"
+    run = ["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *TINY_TRAIN, "max_steps=4",
+           "save_every_steps=2", "valid_every_epochs=1"]
+    main(run)
+    before = {p.name: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file() and p.name != "train.log"}
+    assert "ckpt-4.pt" in before
+    main(["tokenizer", "--cuts", f"{trained_ctc}/cuts_few.jsonl.gz", "--model-type", "char", "--out", str(tmp_path / "chars")])
+    for change, msg in [("model.encoder_config={preset: small, num_layers: 2, hidden_size: 128, proj_size: 64, input_size: 64}",
+                         "another model"),
+                        (f"data.tokenizer={tmp_path / 'chars'}", "another data.tokenizer"),
+                        ("features.num_mel_bins=40", "another features")]:
+        with pytest.raises(SystemExit, match=f"^error: .*{msg}.*use a new --exp-dir"):
+            main([*run, change])
+        now = {p.name: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file() and p.name != "train.log"}
+        assert now == before, change  # not a file touched
+    (exp / "checkpoints" / "ckpt-abc.pt").write_text("not ours")  # ignored, not int('abc')
+    main([*run, "max_steps=6"])  # the same model trains on
+    assert (exp / "checkpoints" / "ckpt-6.pt").is_file()
+    for p in (exp / "checkpoints").glob("ckpt-[0-9]*.pt"):
+        p.unlink()
+    capsys.readouterr()
+    main([*run, "max_steps=2"])
+    assert "no checkpoint to resume from: training starts from scratch and replaces them" in capsys.readouterr().err
+    for sets, msg in [([f"init_from={tmp_path / 'missing.pt'}"], "init_from: .*missing.pt not found"),
+                      ([f"data.train=[{tmp_path / 'nowhere.jsonl.gz'}]"], "data.train: .*nowhere.jsonl.gz not found")]:
+        with pytest.raises(SystemExit, match=f"^error: {msg}"):
+            main([*run, *sets])
+
+
+def test_prepare_refuses_what_it_cannot_read_before_writing(tiny_data, tmp_path):
+    src = tiny_data / "corpus" / "LibriSpeech"
+    (tmp_path / "file").write_text("")
+    for extra, msg in [(["--corpus", str(tmp_path / "nowhere")], "corpus not found"),
+                       (["--corpus", str(tmp_path / "file")], "file"),
+                       (["--corpus", str(src), "--out", str(tmp_path / "file")], "is a file"),
+                       (["--corpus", str(src), "--train-parts", "nosuch"], "--train-parts nosuch: not among the parts"),
+                       (["--corpus", str(src), "--tokenizer", str(tmp_path / "missing.model")], "missing.model")]:
+        args = ["prepare", "--out", str(tmp_path / "out"), *extra]
+        with pytest.raises(SystemExit, match="^error: .*" + msg):
+            main(args)
+        assert not (tmp_path / "out").exists(), extra

@@ -61,6 +61,32 @@ def test_librispeech_dir_skips_and_counts_bad_files(corpus):
     assert all(c.sampling_rate == 16000 for c in prepared)
 
 
+def test_transcript_defects_are_counted_or_named(corpus, tmp_path):
+    """A chapter without a transcript used to vanish uncounted; a repeated utterance id came out
+    as two cuts under random ids with the first text; a transcript in Latin-1 was a bare
+    UnicodeDecodeError."""
+    import shutil
+
+    root = tmp_path / "LibriSpeech"
+    shutil.copytree(corpus, root)
+    ch = root / "train" / "11" / "22"
+    orphan = root / "train" / "11" / "33"
+    orphan.mkdir()
+    for uid in ("11-33-0000", "11-33-0001"):
+        shutil.copy(ch / "11-22-0000.flac", orphan / f"{uid}.flac")
+    trans = ch / "11-22.trans.txt"
+    trans.write_text(trans.read_text() + "11-22-0001 A SECOND TEXT FOR THE CAT\n11-22-0002\n")
+    skipped = SkipCounter()
+    cuts = load_cuts(root, skipped=skipped)
+    ids = [c.id for c in cuts]
+    assert len(ids) == len(set(ids)) and "11-22-0001" in ids and "11-22-0002" in ids
+    assert next(c for c in cuts if c.id == "11-22-0001").supervisions[0].text == "THE CAT SAT ON THE MAT"
+    assert skipped.counts["no_transcript"] == 2 and skipped.counts["duplicate_id"] == 2
+    trans.write_bytes(trans.read_bytes() + "11-22-0010 CAF\u00c9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="11-22.trans.txt: not UTF-8"):
+        load_cuts(root, skipped=SkipCounter())
+
+
 def test_resampled_and_downmixed_audio_loads_as_16k_mono(corpus):
     cuts = {c.id: c for c in prepare_cuts(load_cuts(corpus))}
     ds = ASRDataset(None, FeatureConfig(), None)
