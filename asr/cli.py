@@ -662,12 +662,19 @@ def _endpoint_config(args: argparse.Namespace):
     """``serve.EndpointConfig`` from ``--rule1/--rule2/--rule3/--no-endpoint``."""
     from serve import EndpointConfig, EndpointRule
 
+    given = [f"--{r}" for r in ("rule1", "rule2", "rule3") if getattr(args, r) is not None]
+    if args.no_endpoint and given:
+        raise SystemExit(f"error: {' and '.join(given)} set endpoint rules, which --no-endpoint turns off: give one or the other")
+    d = EndpointConfig()  # a rule not given keeps its default (sherpa-onnx's)
+    rule1 = d.rule1.min_trailing_silence if args.rule1 is None else args.rule1
+    rule2 = d.rule2.min_trailing_silence if args.rule2 is None else args.rule2
+    rule3 = d.rule3.min_utterance_length if args.rule3 is None else args.rule3
     try:
         return EndpointConfig(
             enabled=not args.no_endpoint,
-            rule1=EndpointRule(False, args.rule1, 0.0),
-            rule2=EndpointRule(True, args.rule2, 0.0),
-            rule3=EndpointRule(False, 0.0, args.rule3),
+            rule1=EndpointRule(False, rule1, 0.0),
+            rule2=EndpointRule(True, rule2, 0.0),
+            rule3=EndpointRule(False, 0.0, rule3),
         )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
@@ -972,9 +979,9 @@ def _onnx_args(sp: argparse.ArgumentParser, required: bool, model_too: bool = Fa
 def _endpoint_args(sp: argparse.ArgumentParser, without: str) -> None:
     """``--no-endpoint`` and the rules that :func:`_endpoint_config` reads."""
     sp.add_argument("--no-endpoint", action="store_true", help=f"no endpoint detection: {without}")
-    sp.add_argument("--rule1", type=float, default=2.4, help="endpoint after this much silence with nothing decoded (s)")
-    sp.add_argument("--rule2", type=float, default=1.2, help="endpoint after this much silence following speech (s)")
-    sp.add_argument("--rule3", type=float, default=20.0, help="endpoint when a segment reaches this length (s)")
+    sp.add_argument("--rule1", type=float, help="endpoint after this much silence with nothing decoded (s; default 2.4)")
+    sp.add_argument("--rule2", type=float, help="endpoint after this much silence following speech (s; default 1.2)")
+    sp.add_argument("--rule3", type=float, help="endpoint when a segment reaches this length (s; default 20)")
 
 
 def build_parser() -> argparse.ArgumentParser:

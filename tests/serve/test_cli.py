@@ -119,6 +119,8 @@ def test_stream_command_segments_and_realtime(model_dir, wavs, tmp_path, capsys)
     assert "per piece p50" in summary and "token p50" in summary
     text = next(line for line in lines if line.startswith("text: "))[6:]
     assert text == " ".join(f.split(" | ", 1)[1] for f in finals if f.split(" | ", 1)[1])
+    with pytest.raises(SystemExit, match="--rule2 set endpoint rules, which --no-endpoint turns off"):
+        main(["stream", "--onnx", str(out), str(wav), "--rule2", "0.6", "--no-endpoint"])  # it used to ignore --rule2
 
     short = tmp_path / "short.wav"
     sf.write(str(short), speech[:8000], 16000)
