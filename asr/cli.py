@@ -285,6 +285,10 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
             rec = SherpaRecognizer(args.onnx, int8=args.int8, use_ctc=args.use_ctc, num_threads=args.threads)
         except (FileNotFoundError, ValueError, ImportError) as e:
             raise SystemExit(f"error: {e}") from None
+        if rec.kind == "ctc" and not args.use_ctc and rec.card.get("head") != "ctc":  # no silent switch of heads
+            why = ((rec.card.get("sherpa_onnx") or {}).get("transducer") or {}).get("unsupported", "")
+            raise SystemExit(f"error: sherpa-onnx cannot run this model's {rec.card.get('head')} head ({why}): add --use-ctc "
+                             "to decode its CTC head")
         tail_s = rec.tail_seconds if args.tail_padding is None else args.tail_padding
         what = f"sherpa-onnx {rec.kind} ({prec}, {args.threads} thread(s)), greedy, streaming, {tail_s:.3f} s of silence appended"
 
@@ -354,16 +358,17 @@ def cmd_decode(args: argparse.Namespace) -> None:
     if args.onnx:
         if args.model:
             raise SystemExit("error: give --model (a model file) or --onnx (an export dir), not both")
-        if args.lm:
-            raise SystemExit("error: --lm applies to --model (PyTorch beam search), not to the --onnx runtime")
+        if args.lm or args.lm_weight is not None or args.token_bonus is not None:
+            raise SystemExit("error: --lm (and its weights) applies to --model (PyTorch beam search), not to the --onnx runtime")
         if args.device != "auto":
             raise SystemExit("error: --device applies to --model (PyTorch); the --onnx runtime runs on the CPU")
         done = _decode_onnx(args)
     else:
         if not args.model:
             raise SystemExit("error: --model FILE (or --onnx DIR) is required")
-        if args.runtime != "ours" or args.max_symbols is not None or args.batch is not None or args.tail_padding is not None:
-            raise SystemExit("error: --runtime, --max-symbols, --batch and --tail-padding apply to --onnx DIR")
+        if (args.runtime != "ours" or args.max_symbols is not None or args.batch is not None or args.tail_padding is not None
+                or args.int8):
+            raise SystemExit("error: --runtime, --max-symbols, --batch, --tail-padding and --int8 apply to --onnx DIR")
         done = _decode_model(args)
     if args.compare_to:
         compare_decodes(done["out_dir"], Path(args.compare_to), done["splits"])
@@ -717,7 +722,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.what == "runtime":
         from serve.bench import main as bench_main
     elif args.what == "search":
-        from asr.decoding.bench import main as bench_main
+        from asr.decoding.bench import main as search_main
+
+        return search_main(args.rest, prog="asr bench search")
     else:
         from serve.loadtest import main as bench_main
     bench_main(args.rest)
@@ -814,7 +821,11 @@ def cmd_lm(args: argparse.Namespace) -> None:
 def _fusion(args: argparse.Namespace, tokenizer):
     """``--lm FILE --lm-weight A --token-bonus B`` -> an LMFusion (None without --lm)."""
     if not args.lm:
+        if args.lm_weight is not None or args.token_bonus is not None:
+            raise SystemExit("error: --lm-weight and --token-bonus weigh an LM's scores: add --lm FILE")
         return None
+    args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
+    args.token_bonus = 0.0 if args.token_bonus is None else args.token_bonus
     if args.method != "beam":
         raise SystemExit("error: --lm fuses an LM into beam search: add --method beam")
     from .decoding.lm import LMFusion, NgramLM
@@ -831,7 +842,10 @@ def _fusion(args: argparse.Namespace, tokenizer):
             lm = NgramLM.load_arpa(args.lm, tokenizer.pieces())
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: --lm: {e}") from None
-    return LMFusion(lm, args.lm_weight, args.token_bonus)
+    try:
+        return LMFusion(lm, args.lm_weight, args.token_bonus)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 # ---------------------------------------------------------------------- prepare-noise
@@ -869,8 +883,8 @@ def _results_files(path: Path) -> dict[str, Path]:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .decoding.wer import compare_results
 
-    if args.samples < 1:
-        raise SystemExit(f"error: --samples must be >= 1, got {args.samples}")
+    if args.samples < 100:
+        raise SystemExit(f"error: --samples must be >= 100 for a 95% interval, got {args.samples}")
     a, b = _results_files(Path(args.a)), _results_files(Path(args.b))
     if Path(args.a).is_file() and Path(args.b).is_file():
         pairs = {next(iter(a)) if next(iter(a)) == next(iter(b)) else "results": (next(iter(a.values())), next(iter(b.values())))}
@@ -882,14 +896,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
         if args.splits and set(args.splits) - set(pairs):
             raise SystemExit(f"error: --splits {' '.join(sorted(set(args.splits) - set(pairs)))}: not decoded in both ({', '.join(common)})")
     report = {"a": str(args.a), "b": str(args.b), "samples": args.samples, "seed": args.seed, "splits": {}}
+    for name, (pa, pb) in pairs.items():  # every split first: an error comes before any table
+        try:
+            report["splits"][name] = compare_results(pa, pb, samples=args.samples, seed=args.seed)
+        except ValueError as e:
+            raise SystemExit(f"error: {name}: {e}") from None
     print(f"A = {args.a}\nB = {args.b}\npaired bootstrap over utterances, {args.samples} resamples:")
     print(f"{'split':<14}{'WER A':>8}{'WER B':>8}{'B - A':>8}{'95% interval':>18}{'P(B better)':>13}{'utts B better / worse':>23}")
-    for name, (pa, pb) in pairs.items():
-        try:
-            r = compare_results(pa, pb, samples=args.samples, seed=args.seed)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
-        report["splits"][name] = r
+    for name, r in report["splits"].items():
         lo, hi = r["ci95"]
         utts = f"{r['utts_b_better']} / {r['utts_b_worse']}"
         print(f"{name:<14}{r['wer_a']:>8.2f}{r['wer_b']:>8.2f}{r['diff']:>+8.2f}{f'[{lo:+.2f}, {hi:+.2f}]':>18}"
@@ -1043,8 +1057,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lm-unit", choices=["token", "word"], default="token", help=(
         "what --lm's words are: the model's tokens (default), or words (`asr lm --unit word`): the search is then "
         "restricted to the LM's vocabulary, spelled by the model's tokenizer"))
-    sp.add_argument("--lm-weight", type=float, default=0.5, help="with --lm: weight of the LM log-probability")
-    sp.add_argument("--token-bonus", type=float, default=0.0, help="with --lm: score added per emitted token")
+    sp.add_argument("--lm-weight", type=float, help="with --lm: weight of the LM log-probability (default 0.5)")
+    sp.add_argument("--token-bonus", type=float, help="with --lm: score added per emitted token (default 0)")
     sp.add_argument("--context", help="Conformer attention context LEFT,RIGHT in encoder frames (see `asr info`)")
     sp.add_argument("--chunkwise", action="store_true", help="stream window by window through forward_chunk")
     sp.add_argument("--max-duration", type=float, default=300.0, help="seconds of audio per batch")
@@ -1169,7 +1183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("compare", help="is one decode's WER significantly different from another's?", description=(
         "Paired bootstrap test (Bisani and Ney 2004) of two `asr decode` outputs on the same cuts: each split's "
-        "WER of A and of B, the difference B - A with its 95%% interval over resampled test utterances, and the "
+        "WER of A and of B, the difference B - A with its 95% interval over resampled test utterances, and the "
         "probability that B is better. A and B are decode output dirs (every split decoded in both) or two "
         "results_<split>.txt files."))
     sp.add_argument("a", help="decode dir or results_<split>.txt of system A (the baseline)")

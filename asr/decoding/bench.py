@@ -129,8 +129,8 @@ def count_model_steps(model_path: Path, manifests: list[Path], max_cuts: int | N
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per utterance")
@@ -148,10 +148,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-cuts", type=int, help="only the first N cuts of each manifest")
     ap.add_argument("--context", help="LEFT,RIGHT attention context of a Conformer --model (default: the model's)")
     args = ap.parse_args(argv)
+    for name in ("batch", "beam", "repeats", "vocab", "enc_dim"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not (args.seconds > 0 and args.frame_shift > 0):
+        ap.error(f"--seconds and --frame-shift must be > 0, got {args.seconds} and {args.frame_shift}")
     if args.model is not None:
         if not args.cuts:
             ap.error("--model needs --cuts")
-        return count_model_steps(args.model, args.cuts, args.max_cuts, args.context, args.device)
+        for path in (args.model, *args.cuts):
+            if not path.is_file():
+                ap.error(f"{path}: no such file")
+        try:
+            return count_model_steps(args.model, args.cuts, args.max_cuts, args.context, args.device)
+        except ValueError as e:  # a file that is not a model, a manifest that does not parse
+            ap.error(str(e))
+    if args.cuts or args.max_cuts or args.context:
+        ap.error("--cuts, --max-cuts and --context apply to a trained --model; without one, random heads are timed")
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device)

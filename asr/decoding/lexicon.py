@@ -56,19 +56,31 @@ def train_word_lm(texts: Sequence[str], order: int) -> tuple[NgramLM, list[str]]
     return NgramLM.train(seqs, order, len(symbols)), symbols
 
 
+def _named_lines(f, path):
+    """The lines of ``f``; a file that is not UTF-8 text (plain or gzip) is a ValueError naming it."""
+    try:
+        yield from f
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not an ARPA text file, plain or gzip ({type(e).__name__}: {e})") from None
+
+
 def arpa_words(path) -> list[str]:
     """The ARPA file's unigram words, ``<unk>`` first (added when absent), without ``<s>`` and
     ``</s>``: the symbol list to load it with (``NgramLM.load_arpa(path, arpa_words(path))``)."""
-    import gzip
     from pathlib import Path
+
+    from .lm import open_text
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LM file {path} does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
     words, inside = [], False
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
+    try:
+        f = open_text(path)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e})") from None
+    with f:
+        for line in _named_lines(f, path):
             line = line.strip()
             if line.startswith("\\"):
                 if inside:

@@ -352,32 +352,46 @@ class NgramLM(TokenLM):
         if not path.is_file():
             raise FileNotFoundError(f"LM file {path} does not exist")
         V = len(symbols)
-        R = V + 2
         ids = {s: i for i, s in enumerate(symbols)}
         ids[_BOS], ids[_EOS] = V, V + 1
-        opener = gzip.open if path.suffix == ".gz" else open
+        try:
+            return cls._read_arpa(path, open_text(path), ids, V, symbols)
+        except (UnicodeDecodeError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: not an ARPA text file, plain or gzip ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _read_arpa(cls, path: Path, f, ids: dict, V: int, symbols: Sequence[str]) -> "NgramLM":
+        R = V + 2
         # per order: the n-grams' ids, flat, and their log10 probabilities and back-offs
         grams: list[array] = [array("q")]
         lps: list[array] = [array("d")]
         bows: list[array] = [array("d")]
-        order, n = 0, 0
-        with opener(path, "rt", encoding="utf-8") as f:
+        order, n, ended, declared = 0, 0, False, {}
+        with f:
             for ln, line in enumerate(f, 1):
                 parts = line.split()
                 if n and (len(parts) == n + 1 or len(parts) == n + 2):  # the common case first
                     try:
                         grams[n].extend([ids[w] for w in parts[1:n + 1]])
+                        lps[n].append(float(parts[0]))
+                        bows[n].append(float(parts[n + 1]) if len(parts) == n + 2 else math.nan)
                     except KeyError as e:
                         raise ValueError(f"{path}:{ln}: word {e.args[0]!r} is not a token of this model's tokenizer") from None
-                    lps[n].append(float(parts[0]))
-                    bows[n].append(float(parts[n + 1]) if len(parts) == n + 2 else math.nan)
+                    except ValueError as e:
+                        raise ValueError(f"{path}:{ln}: {e}") from None
                     continue
                 line = line.strip()
                 if not line or line == "\\data\\" or line.startswith("ngram "):
                     if line.startswith("ngram "):
-                        order = max(order, int(line.split("=")[0].split()[1]))
+                        try:
+                            k, count = (int(v) for v in line[6:].split("="))
+                        except ValueError:
+                            raise ValueError(f"{path}:{ln}: expected 'ngram N=COUNT', got {line!r}") from None
+                        declared[k] = count
+                        order = max(order, k)
                     continue
                 if line == "\\end\\":
+                    ended = True
                     break
                 if line.startswith("\\") and line.endswith("-grams:"):
                     n = int(line[1:].split("-")[0])
@@ -389,6 +403,13 @@ class NgramLM(TokenLM):
                 raise ValueError(f"{path}:{ln}: expected {n} words, a log-probability and an optional back-off")
         if order == 0 or len(grams) <= 1:
             raise ValueError(f"{path} is not an ARPA file (no \\data\\ counts or n-gram sections)")
+        if not ended:
+            raise ValueError(f"{path}: no \\end\\ line: the file is truncated")
+        for k, count in sorted(declared.items()):
+            got = len(grams[k]) // k if k < len(grams) else 0
+            if got != count:
+                raise ValueError(f"{path}: its \\data\\ header declares {count} {k}-grams, the file holds {got}: "
+                                 "truncated or edited by hand?")
         order = max(order, len(grams) - 1)
         while len(grams) <= order:
             grams.append(array("q")), lps.append(array("d")), bows.append(array("d"))
@@ -468,6 +489,13 @@ def _flatten(sequences: Iterable[Sequence[int]], vocab_size: int, check: bool) -
     return tok, pos
 
 
+def open_text(path: Path):
+    """A text file for reading, gzip-compressed or not: told by its first bytes, not its name."""
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class LMFusion:
     """An LM and its fusion weights, as the beam searches take them (``**fusion.kwargs()``)."""
@@ -475,6 +503,10 @@ class LMFusion:
     lm: NgramLM
     weight: float = 0.5
     bonus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and math.isfinite(self.bonus)):  # NaN or inf wipes every hypothesis out
+            raise ValueError(f"the LM weight and token bonus must be finite numbers, got {self.weight} and {self.bonus}")
 
     def kwargs(self) -> dict:
         return {"lm": self.lm, "lm_weight": self.weight, "token_bonus": self.bonus}

@@ -108,7 +108,7 @@ def paired_bootstrap(errors_a, errors_b, words, samples: int = 10000, seed: int 
     ``errors_a``, ``errors_b``: word errors per utterance; ``words``: reference words per
     utterance. Returns both WERs and their difference ``b - a`` in percent, its 95% interval
     over the resamples, and ``p_b_better`` / ``p_b_worse``, the share of resamples on which B
-    makes fewer / more errors than A (the probability of improvement). An interval that
+    makes fewer / more errors than A, a tie counting half (the probability of improvement). An interval that
     excludes 0 says the difference holds beyond which utterances happened to be tested; it
     says nothing of training-run variance (retrain with another seed for that).
     """
@@ -133,8 +133,9 @@ def paired_bootstrap(errors_a, errors_b, words, samples: int = 10000, seed: int 
         "wer_b": 100.0 * eb.sum() / n.sum(),
         "diff": 100.0 * delta.sum() / n.sum(),
         "ci95": (float(lo95), float(hi95)),
-        "p_b_better": float((diff < 0).mean()),
-        "p_b_worse": float((diff > 0).mean()),
+        # a tie counts half to each side (mid-p): two identical decodes read 0.5, not "B never better"
+        "p_b_better": float((diff < 0).mean() + 0.5 * (diff == 0).mean()),
+        "p_b_worse": float((diff > 0).mean() + 0.5 * (diff == 0).mean()),
         "utts": u,
         "utts_b_better": int((delta < 0).sum()),
         "utts_b_worse": int((delta > 0).sum()),
@@ -146,6 +147,9 @@ def compare_results(path_a, path_b, samples: int = 10000, seed: int = 0) -> dict
     """``paired_bootstrap`` of two ``results_<split>.txt`` files of the same cuts (A and B
     decoded the same manifest); their references must agree."""
     a, b = read_results(path_a), read_results(path_b)
+    if not a or not b:
+        raise ValueError(f"{path_a if not a else path_b} holds no results (an `asr decode` results_<split>.txt has "
+                         "REF and HYP lines per cut)")
     if a.keys() != b.keys():
         only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
         raise ValueError(f"{path_a} and {path_b} are not decodes of the same cuts: {len(only_a)} only in the first"

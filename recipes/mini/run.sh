@@ -102,8 +102,9 @@ if run 5; then
     else
         if [ "$kind" = transducer ]; then how=(--max-symbols 1); else how=(--use-ctc); fi
         asr decode --onnx "$EXP/onnx" --cuts "${tcuts[@]}" --tail-padding 0.5 "${how[@]}" --out "$EXP/decode/onnx_${kind}_tail" --no-progress
-        asr decode --onnx "$EXP/onnx" --runtime sherpa --cuts "${tcuts[@]}" --tail-padding 0.5 --out "$EXP/decode/sherpa_${kind}" --no-progress \
-            --compare-to "$EXP/decode/onnx_${kind}_tail"
+        if [ "$kind" = transducer ]; then sherpa_how=(); else sherpa_how=(--use-ctc); fi
+        asr decode --onnx "$EXP/onnx" --runtime sherpa --cuts "${tcuts[@]}" --tail-padding 0.5 ${sherpa_how[@]+"${sherpa_how[@]}"} \
+            --out "$EXP/decode/sherpa_${kind}" --no-progress --compare-to "$EXP/decode/onnx_${kind}_tail"
     fi
 fi
 

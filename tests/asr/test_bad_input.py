@@ -208,3 +208,52 @@ def test_prepare_refuses_what_it_cannot_read_before_writing(tiny_data, tmp_path)
         with pytest.raises(SystemExit, match="^error: .*" + msg):
             main(args)
         assert not (tmp_path / "out").exists(), extra
+
+
+def test_lm_files_and_weights_that_would_decode_wrongly_are_refused(trained_ctc, tmp_path):
+    """A truncated ARPA used to load and decode worse without a word; NaN or inf weights wiped
+    out every transcript; a plain ARPA named .gz was a BadGzipFile traceback."""
+    import gzip
+    import shutil
+
+    model, cuts = str(trained_ctc / "model.pt"), str(trained_ctc / "cuts_few.jsonl.gz")
+    lm = tmp_path / "tokens.arpa"
+    main(["lm", "--model", model, "--cuts", cuts, "--order", "3", "--out", str(lm)])
+    text = lm.read_text()
+    decode = ["decode", "--model", model, "--cuts", cuts, "--method", "beam", "--beam", "2", "--out", str(tmp_path / "d")]
+    shutil.copy(lm, tmp_path / "plain.arpa.gz")  # named .gz, plain text: read as what it is
+    (tmp_path / "packed.arpa").write_bytes(gzip.compress(lm.read_bytes()))  # gzip without the name
+    main([*decode, "--lm", str(lm)])
+    want = (tmp_path / "d" / "results_few.txt").read_text()
+    for same in ("plain.arpa.gz", "packed.arpa"):
+        main([*decode, "--lm", str(tmp_path / same)])
+        assert (tmp_path / "d" / "results_few.txt").read_text() == want, same
+    lines = text.splitlines()
+    k = next(i for i, line in enumerate(lines) if line.startswith("\\3-grams:"))
+    variants = {"cut.arpa": ("\n".join(lines[: k + 3]) + "\n", "no \\\\end\\\\ line: the file is truncated"),
+                "short.arpa": ("\n".join(lines[: k + 3] + ["", "\\end\\"]) + "\n", "declares .* 3-grams, the file holds 2"),
+                "nan.arpa": (text.replace(lines[k + 1].split()[0], "abc", 1), r"tokens?|:\d+: could not convert"),
+                "binary.arpa": (None, "not an ARPA text file")}
+    for name, (body, msg) in variants.items():
+        if body is None:
+            (tmp_path / name).write_bytes(b"\xff\xfe\x00garbage" * 10)
+        else:
+            (tmp_path / name).write_text(body)
+        with pytest.raises(SystemExit, match=msg):
+            main([*decode, "--lm", str(tmp_path / name)])
+    for extra, msg in [(["--lm", str(lm), "--lm-weight", "nan"], "must be finite"),
+                       (["--lm", str(lm), "--token-bonus", "inf"], "must be finite"),
+                       (["--token-bonus", "1.5"], "add --lm FILE"),
+                       (["--int8"], "--int8 apply to --onnx")]:
+        with pytest.raises(SystemExit, match=msg):
+            main([*decode, *extra])
+
+
+def test_bench_search_refuses_bad_requests(trained_ctc, capsys):
+    for args, msg in [(["--batch", "0"], "--batch must be >= 1"), (["--beam", "0"], "--beam must be >= 1"),
+                      (["--model", "/nope.pt", "--cuts", "x"], "/nope.pt: no such file"),
+                      (["--cuts", str(trained_ctc / "cuts_few.jsonl.gz")], "apply to a trained --model")]:
+        with pytest.raises(SystemExit):
+            main(["bench", "search", *args])
+        err = capsys.readouterr().err
+        assert "asr bench search: error: " in err and msg in err, err

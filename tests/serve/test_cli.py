@@ -254,3 +254,19 @@ def test_transcribe_onnx_with_the_ctc_guard(wavs, tmp_path, capsys):
     cuts = tmp_path / "none.jsonl.gz"
     with pytest.raises(SystemExit, match="--ctc-guard apply to our runtime"):
         main(["decode", "--onnx", str(out), "--cuts", str(cuts), "--runtime", "sherpa", "--ctc-guard", "0.5"])
+    # sherpa-onnx has no TDT search: the hybrid's CTC head only when asked for (it used to switch silently)
+    from lhotse import CutSet, Recording, SupervisionSegment
+
+    rec = Recording.from_file(synth)
+    cut = rec.to_cut()
+    cut.supervisions = [SupervisionSegment(id="s", recording_id=rec.id, start=0.0, duration=rec.duration, text="A")]
+    one = tmp_path / "cuts_one.jsonl.gz"
+    CutSet.from_cuts([cut]).to_file(one)
+    from exporters import export
+
+    sherpa = tmp_path / "with_sherpa"
+    export(model, sherpa, sherpa=True)
+    with pytest.raises(SystemExit, match="cannot run this model's pruned_tdt head.*add --use-ctc"):
+        main(["decode", "--onnx", str(sherpa), "--cuts", str(one), "--runtime", "sherpa", "--out", str(tmp_path / "sh")])
+    main(["decode", "--onnx", str(sherpa), "--cuts", str(one), "--runtime", "sherpa", "--use-ctc", "--out", str(tmp_path / "sh")])
+    assert "sherpa-onnx ctc" in capsys.readouterr().out
