@@ -56,41 +56,28 @@ def train_word_lm(texts: Sequence[str], order: int) -> tuple[NgramLM, list[str]]
     return NgramLM.train(seqs, order, len(symbols)), symbols
 
 
-def _named_lines(f, path):
-    """The lines of ``f``; a file that is not UTF-8 text (plain or gzip) is a ValueError naming it."""
-    try:
-        yield from f
-    except (UnicodeDecodeError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not an ARPA text file, plain or gzip ({type(e).__name__}: {e})") from None
-
-
 def arpa_words(path) -> list[str]:
     """The ARPA file's unigram words, ``<unk>`` first (added when absent), without ``<s>`` and
     ``</s>``: the symbol list to load it with (``NgramLM.load_arpa(path, arpa_words(path))``)."""
     from pathlib import Path
 
-    from .lm import open_text
+    from .lm import arpa_lines
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LM file {path} does not exist")
     words, inside = [], False
-    try:
-        f = open_text(path)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read it ({e})") from None
-    with f:
-        for line in _named_lines(f, path):
-            line = line.strip()
-            if line.startswith("\\"):
-                if inside:
-                    break
-                inside = line == "\\1-grams:"
-                continue
-            if inside and line:
-                parts = line.split()
-                if len(parts) >= 2 and parts[1] not in ("<s>", "</s>", UNK):
-                    words.append(parts[1])
+    for line in arpa_lines(path):
+        line = line.strip()
+        if line.startswith("\\"):
+            if inside:
+                break
+            inside = line == "\\1-grams:"
+            continue
+        if inside and line:
+            parts = line.split()
+            if len(parts) >= 2 and parts[1] not in ("<s>", "</s>", UNK):
+                words.append(parts[1])
     if not words:
         raise ValueError(f"{path} has no unigram words (not an ARPA word LM?)")
     pieces = [w for w in words if "\u2581" in w]  # sentencepiece's word-start mark: no word has it

@@ -354,53 +354,45 @@ class NgramLM(TokenLM):
         V = len(symbols)
         ids = {s: i for i, s in enumerate(symbols)}
         ids[_BOS], ids[_EOS] = V, V + 1
-        try:
-            return cls._read_arpa(path, open_text(path), ids, V, symbols)
-        except (UnicodeDecodeError, OSError, EOFError) as e:
-            raise ValueError(f"{path}: not an ARPA text file, plain or gzip ({type(e).__name__}: {e})") from None
-
-    @classmethod
-    def _read_arpa(cls, path: Path, f, ids: dict, V: int, symbols: Sequence[str]) -> "NgramLM":
         R = V + 2
         # per order: the n-grams' ids, flat, and their log10 probabilities and back-offs
         grams: list[array] = [array("q")]
         lps: list[array] = [array("d")]
         bows: list[array] = [array("d")]
         order, n, ended, declared = 0, 0, False, {}
-        with f:
-            for ln, line in enumerate(f, 1):
-                parts = line.split()
-                if n and (len(parts) == n + 1 or len(parts) == n + 2):  # the common case first
+        for ln, line in enumerate(arpa_lines(path), 1):
+            parts = line.split()
+            if n and (len(parts) == n + 1 or len(parts) == n + 2):  # the common case first
+                try:
+                    grams[n].extend([ids[w] for w in parts[1:n + 1]])
+                    lps[n].append(float(parts[0]))
+                    bows[n].append(float(parts[n + 1]) if len(parts) == n + 2 else math.nan)
+                except KeyError as e:
+                    raise ValueError(f"{path}:{ln}: word {e.args[0]!r} is not a token of this model's tokenizer") from None
+                except ValueError as e:
+                    raise ValueError(f"{path}:{ln}: {e}") from None
+                continue
+            line = line.strip()
+            if not line or line == "\\data\\" or line.startswith("ngram "):
+                if line.startswith("ngram "):
                     try:
-                        grams[n].extend([ids[w] for w in parts[1:n + 1]])
-                        lps[n].append(float(parts[0]))
-                        bows[n].append(float(parts[n + 1]) if len(parts) == n + 2 else math.nan)
-                    except KeyError as e:
-                        raise ValueError(f"{path}:{ln}: word {e.args[0]!r} is not a token of this model's tokenizer") from None
-                    except ValueError as e:
-                        raise ValueError(f"{path}:{ln}: {e}") from None
-                    continue
-                line = line.strip()
-                if not line or line == "\\data\\" or line.startswith("ngram "):
-                    if line.startswith("ngram "):
-                        try:
-                            k, count = (int(v) for v in line[6:].split("="))
-                        except ValueError:
-                            raise ValueError(f"{path}:{ln}: expected 'ngram N=COUNT', got {line!r}") from None
-                        declared[k] = count
-                        order = max(order, k)
-                    continue
-                if line == "\\end\\":
-                    ended = True
-                    break
-                if line.startswith("\\") and line.endswith("-grams:"):
-                    n = int(line[1:].split("-")[0])
-                    while len(grams) <= n:
-                        grams.append(array("q")), lps.append(array("d")), bows.append(array("d"))
-                    continue
-                if n == 0:
-                    raise ValueError(f"{path}:{ln}: n-gram line before any \\N-grams: section")
-                raise ValueError(f"{path}:{ln}: expected {n} words, a log-probability and an optional back-off")
+                        k, count = (int(v) for v in line[6:].split("="))
+                    except ValueError:
+                        raise ValueError(f"{path}:{ln}: expected 'ngram N=COUNT', got {line!r}") from None
+                    declared[k] = count
+                    order = max(order, k)
+                continue
+            if line == "\\end\\":
+                ended = True
+                break
+            if line.startswith("\\") and line.endswith("-grams:"):
+                n = int(line[1:].split("-")[0])
+                while len(grams) <= n:
+                    grams.append(array("q")), lps.append(array("d")), bows.append(array("d"))
+                continue
+            if n == 0:
+                raise ValueError(f"{path}:{ln}: n-gram line before any \\N-grams: section")
+            raise ValueError(f"{path}:{ln}: expected {n} words, a log-probability and an optional back-off")
         if order == 0 or len(grams) <= 1:
             raise ValueError(f"{path} is not an ARPA file (no \\data\\ counts or n-gram sections)")
         if not ended:
@@ -489,11 +481,16 @@ def _flatten(sequences: Iterable[Sequence[int]], vocab_size: int, check: bool) -
     return tok, pos
 
 
-def open_text(path: Path):
-    """A text file for reading, gzip-compressed or not: told by its first bytes, not its name."""
+def arpa_lines(path: Path):
+    """The lines of an ARPA file, gzip-compressed or not (told by its first bytes, not its
+    name); a file that is neither UTF-8 text nor gzip of it is a ValueError naming it."""
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8") as f:
+            yield from f
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not an ARPA text file, plain or gzip ({type(e).__name__}: {e})") from None
 
 
 @dataclass(frozen=True)
