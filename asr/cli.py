@@ -198,19 +198,13 @@ def _out_dir(path: Path) -> Path:
 
 
 def _read_cuts(path: str, hint: str = ""):
-    """The CutSet of a manifest, or SystemExit naming it: missing, unreadable, empty."""
-    from lhotse import CutSet
+    """``read_cut_manifest`` with its errors as the command's one-line error."""
+    from .data.manifests import read_cut_manifest
 
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"error: cut manifest not found: {p}{hint}")
     try:
-        cuts = CutSet.from_file(p)
-    except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault here
-        raise SystemExit(f"error: cannot read the cut manifest {p}: {type(e).__name__}: {e}") from None
-    if cuts is None or len(cuts) == 0:
-        raise SystemExit(f"error: the cut manifest {p} holds no cuts")
-    return cuts
+        return read_cut_manifest(path, hint)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def _decode_inputs(args: argparse.Namespace) -> dict:

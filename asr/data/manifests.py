@@ -34,6 +34,7 @@ __all__ = [
     "SourceKind",
     "detect_source",
     "load_cuts",
+    "read_cut_manifest",
     "prepare_cuts",
     "load_recording",
     "librispeech_split_dirs",
@@ -142,6 +143,21 @@ def detect_source(source: str | Path) -> SourceKind:
         f"{p}: unknown manifest format: expected JSONL lines with 'audio_filepath' and 'text', "
         "or a lhotse manifest"
     )
+
+
+def read_cut_manifest(path: str | Path, hint: str = "") -> CutSet:
+    """The cuts of a prepared manifest (``cuts_<split>.jsonl.gz``): FileNotFoundError when it is
+    missing (``hint`` appended), ValueError naming it when it does not parse or holds no cuts."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"cut manifest not found: {p}{hint}")
+    try:
+        cuts = CutSet.from_file(p)
+    except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault here
+        raise ValueError(f"cannot read the cut manifest {p}: {type(e).__name__}: {e}") from None
+    if cuts is None or len(cuts) == 0:  # lhotse reads an empty file as None
+        raise ValueError(f"the cut manifest {p} holds no cuts")
+    return cuts
 
 
 def load_cuts(

@@ -91,6 +91,7 @@ from tqdm import tqdm
 from ..config import ConfigError, load_yaml, save_yaml, to_dict
 from ..data.dataset import ASRDataset, AugmentConfig, SamplerConfig, SeededCuts, batch_seed, make_loader, make_sampler
 from ..data.features import FeatureConfig
+from ..data.manifests import read_cut_manifest
 from ..data.tokenizer import Tokenizer
 from ..decoding.wer import WER
 from ..models import ASRModel, ModelConfig, check_model_config, read_checkpoint, save_atomic
@@ -242,9 +243,7 @@ def _load_cuts(paths: list[str], max_duration: float | None = None) -> CutSet:
         raise ValueError("no cut manifests given")
     cuts = []
     for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"cut manifest not found: {p} (run `asr prepare` first)")
-        cuts.extend(c for c in CutSet.from_file(p) if max_duration is None or c.duration <= max_duration)
+        cuts.extend(c for c in read_cut_manifest(p, " (run `asr prepare` first)") if max_duration is None or c.duration <= max_duration)
     return CutSet.from_cuts(cuts)
 
 
