@@ -704,6 +704,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     try:
         serve(rec, config, ready=ready)
+    except ValueError as e:  # a TLS certificate or key it cannot use
+        raise SystemExit(f"error: {e}") from None
     except OSError as e:  # the port is taken, the address is not this machine's, ...
         raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {e}") from None
 

@@ -123,6 +123,9 @@ class ServerConfig:
             )
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("TLS needs both certfile and keyfile")
+        for what, path in (("certfile", self.certfile), ("keyfile", self.keyfile)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"TLS {what} {path}: no such file")
 
     def limits(self) -> dict:
         return {k: v for k, v in asdict(self).items()
@@ -248,7 +251,13 @@ class LiveServer:
             import ssl
 
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_ctx.load_cert_chain(cfg.certfile, cfg.keyfile)
+            try:
+                ssl_ctx.load_cert_chain(cfg.certfile, cfg.keyfile)
+            except OSError as e:  # ssl.SSLError is one: not PEM, or a key that is not the certificate's
+                raise ValueError(
+                    f"TLS: cannot use certificate {cfg.certfile} with key {cfg.keyfile} ({getattr(e, 'reason', None) or e}): "
+                    "both must be PEM files and the key the certificate's; a self-signed pair for testing: openssl req "
+                    "-x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 365 -subj /CN=localhost") from None
         self._wake = asyncio.Event()
         self._loop_task = asyncio.create_task(self._decode_loop(), name="decode-loop")
         self._server = await ws_serve(

@@ -9,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # System packages of the live tests (tests/serve), installed when we are root: PortAudio and a
 # PulseAudio server of their own for the microphone (test_mic.py), Chromium for the browser page.
-export ASR_APT_OPTIONAL="${ASR_APT_OPTIONAL:-} libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins chromium"
+export ASR_APT_OPTIONAL="${ASR_APT_OPTIONAL:-} libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins chromium openssl"
 source scripts/bootstrap.sh "dev,serve"
 
 marker="not slow and not gpu"

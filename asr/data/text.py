@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
+from typing import Iterable
 
-__all__ = ["normalize_librispeech", "is_librispeech_normalizable", "LIBRISPEECH_CHARS"]
+__all__ = ["normalize_librispeech", "is_librispeech_normalizable", "LIBRISPEECH_CHARS", "suspicious_chars"]
 
 LIBRISPEECH_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")
 
@@ -50,3 +52,14 @@ def is_librispeech_normalizable(text: str) -> bool:
     """True when ``normalize_librispeech(text)`` uses only LibriSpeech characters."""
     norm = normalize_librispeech(text)
     return bool(norm) and set(norm) <= LIBRISPEECH_CHARS
+
+
+def suspicious_chars(texts: Iterable[str], rare: int = 3) -> dict[str, int]:
+    """Characters of ``texts`` that a tokenizer trained on them would most likely not want as
+    pieces of their own, with their counts: anything that is not a letter, an apostrophe or a
+    space (digits and symbols, which need to be spelt out as words), and letters seen fewer
+    than ``rare`` times (a foreign name's accent, a stray letter of another script). A
+    language's own letters, frequent in its text, are not listed."""
+    counts = Counter(ch for t in texts for ch in t)
+    return {ch: n for ch, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            if ch not in " '" and (not unicodedata.category(ch).startswith("L") or n < rare)}

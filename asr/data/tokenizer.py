@@ -15,6 +15,8 @@ from typing import Iterable, Literal, Sequence
 
 import sentencepiece as spm
 
+from .text import suspicious_chars
+
 __all__ = ["Tokenizer"]
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,12 @@ class Tokenizer:
         texts = [t for t in texts if t.strip()]
         if not texts:
             raise ValueError("cannot train a tokenizer on no text")
+        odd = suspicious_chars(texts)
+        if odd:  # character coverage 1.0: each of them becomes a piece the model must learn
+            shown = ", ".join(f"{ch!r} x{n}" for ch, n in list(odd.items())[:12])
+            log.warning("the tokenizer's training text holds %d characters that are not letters or are rare "
+                        "(%s%s): each becomes a piece of its own; spell digits and symbols out as words, or drop "
+                        "those sentences, unless you mean to recognize them", len(odd), shown, " ..." if len(odd) > 12 else "")
         buf = io.BytesIO()
         kwargs = dict(
             sentence_iterator=iter(texts),

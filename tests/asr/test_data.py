@@ -149,6 +149,22 @@ def test_transcript_with_characters_the_tokenizer_lacks_is_skipped(corpus):
     assert skipped.counts["chars_not_in_tokenizer"] >= 1
 
 
+def test_tokenizer_training_names_digits_symbols_and_rare_letters(caplog):
+    from asr.data.text import suspicious_chars
+
+    text = ["THE CAT SAT ON THE MAT"] * 20 + ["THE CAT 42 É", "ЖУК & CO"]
+    odd = suspicious_chars(text)
+    assert set(odd) == {"4", "2", "&", "É", "Ж", "У", "К"} and odd["4"] == 1
+    assert suspicious_chars(["ЖУРНАЛ ЖУК"] * 5) == {}  # a script's letters, frequent, are its language's
+    with caplog.at_level("WARNING", logger="asr.data.tokenizer"):
+        Tokenizer.train(text, vocab_size=40)
+    assert "'4' x1" in caplog.text and "'&' x1" in caplog.text and "spell digits and symbols out" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="asr.data.tokenizer"):
+        Tokenizer.train(text[:20], vocab_size=30)
+    assert caplog.text == ""
+
+
 def test_batches_padding_and_unreadable_audio_at_load_time(corpus, tmp_path):
     cuts = prepare_cuts(load_cuts(corpus))
     # Truncate one good file after its header was read: loading must skip it, not crash.

@@ -119,8 +119,9 @@ class ServerThread:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.port}/"
+        """The page's address: https when the server has a certificate."""
+        return self.server.url
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.server.port}/ws"
+        return self.server.url.replace("http", "ws", 1) + "ws"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -76,11 +77,13 @@ async def _collect(ws, client: Client) -> None:
 
 
 async def stream(url: str, x: np.ndarray, rate: int = 16000, fmt: str = "float32", piece: float = 0.1,
-                 pace: float = 0.0, end: bool = True, start: dict | None = None, wait_close: float = 60) -> Client:
+                 pace: float = 0.0, end: bool = True, start: dict | None = None, wait_close: float = 60,
+                 ssl=None) -> Client:
     """Send ``x`` (float samples) as a client would: start, pieces of ``piece`` seconds with
-    ``pace`` seconds between them, end; collect every message until the server closes."""
+    ``pace`` seconds between them, end; collect every message until the server closes.
+    ``ssl``: the client's SSLContext for a wss:// url."""
     client = Client()
-    async with connect(url, max_size=None, open_timeout=30) as ws:
+    async with connect(url, max_size=None, open_timeout=30, ssl=ssl) as ws:
         await ws.send(json.dumps(start or {"type": "start", "sample_rate": rate, "format": fmt}))
         reader = asyncio.create_task(_collect(ws, client))
         step = int(round(piece * rate))
@@ -434,6 +437,47 @@ def test_max_connections(rec, audio):
         third, again = asyncio.run(main())
     assert third.code == 1013 and "max_connections" in third.error and "try again" in third.error
     check_protocol(again)
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate (apt-get install openssl)")
+    cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls(rec, audio, live_model, tmp_path):
+    """https/wss with a certificate: the page and a stream over TLS; a missing file, a file that
+    is not PEM and a key that is not the certificate's are errors that say so."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path, "a")
+    other_cert, other_key = _self_signed(tmp_path, "b")
+    x, _, offline = audio[0]
+    with ServerThread(rec, ServerConfig(port=0, certfile=str(cert), keyfile=str(key))) as srv:
+        assert srv.ws_url.startswith("wss://")
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        assert srv.http_url.startswith("https://")
+        page = urllib.request.urlopen(srv.http_url, context=client_ctx, timeout=30)
+        assert page.status == 200 and b"<html" in page.read().lower()
+        c = asyncio.run(stream(srv.ws_url, x, ssl=client_ctx))
+    check_protocol(c)
+    assert c.text == offline
+
+    with pytest.raises(ValueError, match="TLS keyfile .*nowhere.key: no such file"):
+        ServerConfig(certfile=str(cert), keyfile=str(tmp_path / "nowhere.key"))
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    for crt, k in ((not_pem, not_pem), (cert, other_key)):
+        with pytest.raises(ValueError, match=r"TLS: cannot use certificate .* both must be PEM files and the key the certificate's"):
+            with ServerThread(rec, ServerConfig(port=0, certfile=str(crt), keyfile=str(k))):
+                pass
+    r = subprocess.run([sys.executable, "-m", "asr.cli", "serve", "--onnx", str(live_model.onnx_dir), "--certfile", str(other_cert),
+                        "--keyfile", str(key)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "KEY_VALUES_MISMATCH" in r.stderr and "cannot listen" not in r.stderr, r.stderr
 
 
 def test_token(rec, audio):
