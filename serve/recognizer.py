@@ -160,7 +160,9 @@ class Stream:
 
     @property
     def seconds_decoded(self) -> float:
-        return self._frames_done * self._rec.frame_seconds
+        """Seconds of audio the decoded frames cover: never more than was received (the last
+        frame, padded at the input's end, may reach past it)."""
+        return round(min(self._frames_done * self._rec.frame_seconds, self.seconds_received), 3)
 
     @property
     def segments(self) -> list[Result]:
@@ -218,7 +220,7 @@ class Stream:
             timestamps=[round(f * fs, 3) for f in hyp.frames],
             frames=list(hyp.frames),
             start=round(self._seg_start * fs, 3),
-            end=round(self._frames_done * fs, 3),
+            end=self.seconds_decoded,
             segment=len(self._segments),
             is_final=is_final,
             endpoint=endpoint,

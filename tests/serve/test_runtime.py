@@ -244,7 +244,7 @@ def test_endpoints_close_segments_and_restart_the_decoder(tmp_path, decoding):
         return np.zeros(int(sec * 16000), np.float32)
 
     a = np.concatenate([synthetic_audio(1.4, seed=41), silence(1.5), synthetic_audio(1.2, seed=42), silence(0.3)])
-    b = np.concatenate([synthetic_audio(1.0, seed=43), silence(4.0), synthetic_audio(1.0, seed=44)])
+    b = np.concatenate([synthetic_audio(1.0, seed=43), silence(4.0), synthetic_audio(1.0, seed=44), silence(0.013)])
     # the emitting model fires on the top frames of the audio it is set on (these streams); a
     # high blank logit keeps beam search, which sums the many token paths, blank in silence
     model, out = build(tmp_path, family="conformer", head="rnnt", calib=np.concatenate([a, b]), beta=3.0, gain=12.0)
@@ -260,6 +260,9 @@ def test_endpoints_close_segments_and_restart_the_decoder(tmp_path, decoding):
         assert all(r.is_final for r in s.segments) and s.result().is_final
         assert [r.segment for r in s.segments] == list(range(len(s.segments)))
         assert s.segments[1].start == s.segments[0].end > 0
+        # the last frame, padded at the input's end, reaches past it; no segment's end does
+        assert len(audio) / 16000 - rec.frame_seconds < s.transcript().end <= len(audio) / 16000 == s.seconds_received
+        assert s.result().end <= s.seconds_received and all(r.end <= s.seconds_received for r in s.segments)
         assert s.transcript().token_ids == [t for w in want for t in w[0]]
         assert s.transcript().text == " ".join(r.text for r in s.segments if r.text)
         assert all(r.text == r.text.strip() for r in s.segments)  # a final word-start piece leaves no space
