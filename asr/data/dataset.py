@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from lhotse import CutSet
-from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler, SimpleCutSampler
 from lhotse.dataset.cut_transforms import CutMix, PerturbSpeed
 from lhotse.dataset.signal_transforms import SpecAugment
 
@@ -222,18 +222,14 @@ def make_sampler(cuts: CutSet, cfg: SamplerConfig, train: bool, seed: int = 0, w
     if train:
         import warnings
 
-        warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
-        return DynamicBucketingSampler(
-            cuts,
-            max_duration=cfg.max_duration,
-            num_buckets=max(1, min(cfg.num_buckets, len(cuts))),
-            shuffle=cfg.shuffle,
-            drop_last=cfg.drop_last,
-            seed=seed,
-            world_size=world_size,
-            rank=rank,
-            num_cuts_for_bins_estimate=min(len(cuts), 10000) if hasattr(cuts, "__len__") else 10000,
-        )
+        warnings.filterwarnings("ignore", message="You are using Dynamic(Bucketing|Cut)Sampler with an eagerly read CutSet")
+        common = dict(max_duration=cfg.max_duration, shuffle=cfg.shuffle, drop_last=cfg.drop_last, seed=seed,
+                      world_size=world_size, rank=rank)
+        buckets = min(cfg.num_buckets, len(cuts))
+        if buckets < 2:  # one bucket (asked for, or one cut): no bucketing, which lhotse's needs 2 for
+            return DynamicCutSampler(cuts, **common)
+        return DynamicBucketingSampler(cuts, num_buckets=buckets, **common,
+                                       num_cuts_for_bins_estimate=min(len(cuts), 10000))
     if by_duration:
         cuts = cuts.sort_by_duration(ascending=False)
     return SimpleCutSampler(cuts, max_duration=cfg.max_duration, shuffle=False, world_size=world_size, rank=rank)

@@ -42,6 +42,10 @@ class Dist:
         local = num("LOCAL_RANK", rank)
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"bad torchrun environment: WORLD_SIZE={world}, RANK={rank}")
+        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if world > 1 and not os.environ.get(v)]
+        if missing:
+            raise ValueError(f"WORLD_SIZE={world} without {', '.join(missing)}: start the processes with torchrun, "
+                             f"e.g. torchrun --standalone --nproc_per_node {world} -m asr.cli train ...")
         return cls(world, rank, local)
 
     @property
@@ -61,6 +65,9 @@ class Dist:
             raise ValueError(f"device {requested!r} names one GPU, but torchrun started {self.world_size} processes: use "
                              "device 'cuda' (or 'auto'), and each process takes cuda:LOCAL_RANK "
                              "(choose the GPUs with CUDA_VISIBLE_DEVICES)")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            why = "is built without CUDA" if torch.version.cuda is None else "sees no GPU"
+            raise ValueError(f"device {requested!r}: this torch ({torch.__version__}) {why}; use device 'cpu' or 'auto'")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
         if dev.type == "cuda":

@@ -23,7 +23,11 @@ Data augmentation draws from a seed per batch, ``(seed, epoch, batch index, rank
 ``asr.data.dataset``), so it does not depend on the data-loader workers or on what was
 resumed. The learning rate is a function of step and epoch. A resumed run therefore follows
 the uninterrupted run's loss trajectory (bit for bit on CPU), and ``metrics.jsonl`` is cut back
-to the records written before the checkpoint, so it stays one trajectory.
+to the records written before the checkpoint, so it stays one trajectory. A run that ended at
+its ``max_steps`` or ``max_minutes`` (time spent is checkpointed too) and is started again
+trains nothing and rewrites the same ``model.pt``; started with a larger limit it goes on from
+the batch where it stopped, inside the epoch (that epoch's record is logged twice, the first
+marked ``partial``).
 
 Distributed data parallel. Launch one process per GPU with torchrun:
 
@@ -734,8 +738,12 @@ class Trainer:
         bad_in_a_row = 0
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
         wall0 = time.perf_counter() - self.wall_seconds  # resumed runs keep their spent time
-        stop = bool(cfg.max_steps and self.step >= cfg.max_steps)  # a finished run started again
-        last_epoch = start_epoch - 1
+        # a finished run started again: its steps or its time are spent (raise them to go on)
+        stop = bool(cfg.max_steps and self.step >= cfg.max_steps) or (self.step > 0 and self.wall_seconds >= budget)
+        if stop and self.is_main:
+            log.info("step %d, %.1f min: this run's max_steps / max_minutes are spent; nothing to train (raise them to "
+                     "train on)", self.step, self.wall_seconds / 60)
+        last_epoch = start_epoch if skip_batches else start_epoch - 1  # the last epoch trained on, in part or whole
         for epoch in range(start_epoch, cfg.max_epochs + 1):
             if stop:
                 break
@@ -808,6 +816,9 @@ class Trainer:
             pbar.close()
             del it  # stops the data-loader workers
             last = stop or epoch == cfg.max_epochs
+            # stopped inside the epoch (max_steps or the time budget): a longer run goes on from here
+            partial = stop and not exhausted
+            position = (epoch, batch_idx, {"stats": dict(stats), "skipped": dict(skipped)}) if partial else (epoch + 1, 0, None)
             frames, padded = self.dist.sum([stats["frames"], stats["padded_frames"]], self.device)
             if self.dist.enabled:
                 skipped = sum((Counter(s) for s in self.dist.gather(dict(skipped))), Counter())
@@ -817,6 +828,8 @@ class Trainer:
             data_wait = min(1.0, stats["data_seconds"] / max(1e-9, epoch_seconds))  # this rank's (rank 0's in the log)
             rec = {"kind": "epoch", "epoch": epoch, "step": self.step, "train_loss": train_loss, "padding_fraction": pad,
                    "epoch_seconds": epoch_seconds, "data_wait_fraction": round(data_wait, 4), "skipped": dict(skipped)}
+            if partial:
+                rec["partial"] = True
             msg = f"epoch {epoch}: train loss {train_loss:.3f}, padding {100 * pad:.1f}%, waiting for data {100 * data_wait:.0f}%"
             if self.is_main and (last or epoch % cfg.valid_every_epochs == 0):
                 for name, cuts in dev_sets.items():
@@ -834,7 +847,7 @@ class Trainer:
             rec["wall_seconds"] = round(self.wall_seconds, 1)
             self._log_metrics(rec)
             if last or epoch % cfg.save_every_epochs == 0:
-                self._save(epoch + 1, 0, tag=f"epoch-{epoch}")
+                self._save(position[0], position[1], tag=f"epoch-{epoch}", progress=position[2])
             last_epoch = epoch
         if self.tb is not None:
             self.tb.close()

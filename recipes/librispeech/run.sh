@@ -32,12 +32,15 @@
 #   LIBRISPEECH=data/mini/corpus/LibriSpeech PARTS="train dev test-seen test-unseen" \
 #   TRAIN_PARTS=train DEV_SETS=dev TEST_SETS="test-seen test-unseen" DATA=data/mini_ls VOCAB=256 \
 #   TRAIN_ARGS="--set max_minutes=3 model.encoder_config.preset=small" bash recipes/librispeech/run.sh
+# Relative paths in LIBRISPEECH, DL_DIR, MUSAN, DATA, CONFIG and EXP are taken from the directory
+# the script is run from; the defaults are in the repository.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-
-source scripts/stages.sh "$@"
+LAST_STAGE=6
+source "$ROOT/scripts/stages.sh" "$@"
 set --  # the options are parsed; later `source`s must not see them
+from_caller LIBRISPEECH DL_DIR MUSAN DATA CONFIG EXP
+cd "$ROOT"
 
 DL_DIR="${DL_DIR:-download}"
 LIBRISPEECH="${LIBRISPEECH:-$DL_DIR/LibriSpeech}"
@@ -63,8 +66,19 @@ WORD_LM_WEIGHT="${WORD_LM_WEIGHT:-0.5}"
 WORD_TOKEN_BONUS="${WORD_TOKEN_BONUS:-0.5}"
 LANG_DIR="$DATA/lang_bpe$VOCAB"
 
-manifests() { local out=(); for p in $1; do out+=("$DATA/manifests/cuts_$p.jsonl.gz"); done; echo "${out[@]}"; }
-yaml_list() { local out=""; for f in $1; do out+="${out:+, }$f"; done; echo "[$out]"; }
+manifests() { local p; for p in $1; do printf '%s\n' "$DATA/manifests/cuts_$p.jsonl.gz"; done; }  # one a line
+yaml_list() { local f out=""; while IFS= read -r f; do out+="${out:+, }'${f//\'/\'\'}'"; done <<< "$1"; echo "[$out]"; }
+mapfile -t TRAIN_CUTS < <(manifests "$TRAIN_PARTS")
+mapfile -t TEST_CUTS < <(manifests "$TEST_SETS")
+
+# Settings that only a late stage would trip over, checked before any stage runs.
+[[ "$NGPU" =~ ^[1-9][0-9]*$ ]] || { echo "NGPU must be a number of processes (1, 2, ...), got '$NGPU'" >&2; exit 2; }
+if run 4 && [ ! -f "$CONFIG" ]; then echo "CONFIG $CONFIG: no such file (the configs: recipes/librispeech/conf/)" >&2; exit 2; fi
+if [ "$DOWNLOAD" = 1 ] && [ "$LIBRISPEECH" != "$DL_DIR/LibriSpeech" ]; then
+    echo "DOWNLOAD=1 fetches LibriSpeech into DL_DIR ($DL_DIR/LibriSpeech), not into LIBRISPEECH ($LIBRISPEECH):" \
+         "set DL_DIR to the directory to download into and leave LIBRISPEECH unset" >&2
+    exit 2
+fi
 
 source scripts/bootstrap.sh  # stage 0 always runs: a no-op when .venv is up to date
 
@@ -94,8 +108,7 @@ fi
 
 if run 3; then
     banner 3 "BPE tokenizer ($VOCAB tokens) on $TRAIN_PARTS -> $LANG_DIR"
-    # shellcheck disable=SC2046
-    asr tokenizer --cuts $(manifests "$TRAIN_PARTS") --vocab-size "$VOCAB" --out "$LANG_DIR"
+    asr tokenizer --cuts "${TRAIN_CUTS[@]}" --vocab-size "$VOCAB" --out "$LANG_DIR"
 fi
 
 if run 4; then
@@ -107,7 +120,8 @@ if run 4; then
         overrides+=("data.augment.noise_manifest=$DATA/musan/recordings.jsonl.gz" "data.augment.noise_prob=$NOISE_PROB")
     fi
     launch=(asr)
-    if [ "$NGPU" -gt 1 ]; then launch=(torchrun --nproc_per_node "$NGPU" -m asr.cli); fi
+    # one machine (--standalone: a free port of its own); for several, call torchrun with --nnodes yourself
+    if [ "$NGPU" -gt 1 ]; then launch=(torchrun --standalone --nproc_per_node "$NGPU" -m asr.cli); fi
     # shellcheck disable=SC2086
     "${launch[@]}" train --config "$CONFIG" "${overrides[@]}" $TRAIN_ARGS
 fi
@@ -115,19 +129,16 @@ fi
 if run 5; then
     banner 5 "decode $TEST_SETS: greedy, beam, streaming"
     model="$EXP/model.pt"
-    # shellcheck disable=SC2046
-    cuts=($(manifests "$TEST_SETS"))
+    cuts=("${TEST_CUTS[@]}")
     asr decode --model "$model" --cuts "${cuts[@]}" --method greedy --out "$EXP/decode/greedy"
     asr decode --model "$model" --cuts "${cuts[@]}" --method beam --beam 4 --out "$EXP/decode/beam4"
     if [ -n "$LM_ORDER" ]; then  # a BPE-piece n-gram LM of the training transcripts, fused into beam search
-        # shellcheck disable=SC2046
-        asr lm --model "$model" --cuts $(manifests "$TRAIN_PARTS") --order "$LM_ORDER" --out "$EXP/lm/bpe_${LM_ORDER}gram.arpa.gz"
+        asr lm --model "$model" --cuts "${TRAIN_CUTS[@]}" --order "$LM_ORDER" --out "$EXP/lm/bpe_${LM_ORDER}gram.arpa.gz"
         asr decode --model "$model" --cuts "${cuts[@]}" --method beam --beam 8 --lm "$EXP/lm/bpe_${LM_ORDER}gram.arpa.gz" \
             --lm-weight "$LM_WEIGHT" --token-bonus "$TOKEN_BONUS" --out "$EXP/decode/beam8_lm${LM_ORDER}"
     fi
     if [ -n "$WORD_LM_ORDER" ]; then  # a word n-gram of the training transcripts: its vocabulary is the lexicon
-        # shellcheck disable=SC2046
-        asr lm --unit word --cuts $(manifests "$TRAIN_PARTS") --order "$WORD_LM_ORDER" --out "$EXP/lm/words_${WORD_LM_ORDER}gram.arpa.gz"
+        asr lm --unit word --cuts "${TRAIN_CUTS[@]}" --order "$WORD_LM_ORDER" --out "$EXP/lm/words_${WORD_LM_ORDER}gram.arpa.gz"
         asr decode --model "$model" --cuts "${cuts[@]}" --method beam --beam 8 --lm "$EXP/lm/words_${WORD_LM_ORDER}gram.arpa.gz" \
             --lm-unit word --lm-weight "$WORD_LM_WEIGHT" --token-bonus "$WORD_TOKEN_BONUS" --out "$EXP/decode/beam8_wordlm${WORD_LM_ORDER}"
     fi

@@ -14,12 +14,15 @@
 #         the test sets: our runtime fp32 (transcripts vs torch's) and int8 (WER vs fp32), and
 #         sherpa-onnx (transcripts vs ours) | 6 stream a test file through the ONNX runtime
 #         (partial results as they arrive)
+#
+# Relative paths in DATA, CONFIG and EXP are taken from the directory the script is run from.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-
-source scripts/stages.sh "$@"
+LAST_STAGE=6
+source "$ROOT/scripts/stages.sh" "$@"
 set --  # the options are parsed; later `source`s must not see them
+from_caller DATA CONFIG EXP
+cd "$ROOT"
 
 DATA="${DATA:-data/mini}"
 CONFIG="${CONFIG:-recipes/mini/conf/conformer.yaml}"

@@ -218,6 +218,10 @@ def test_bucketing_sampler_and_augmentation(tmp_path, corpus, caplog):
         assert b["features"].ndim == 3 and torch.isfinite(b["features"]).all()
         seen += b["cut_ids"]
     assert len(seen) == len(cuts)
+    # one bucket (asked for, or one cut to train on) samples without bucketing, all of the cuts
+    for n, some in ((1, cuts), (4, cuts.subset(first=1))):
+        once = make_sampler(some, SamplerConfig(max_duration=6.0, num_buckets=n), train=True, seed=0)
+        assert sorted(c.id for b in once for c in b) == sorted(some.ids), n
     one = cuts.subset(cut_ids=["11-22-0000"])
     a, p = ds[one], plain[one]
     # speed perturbation changes the length; noise changes the values

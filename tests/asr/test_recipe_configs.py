@@ -37,3 +37,81 @@ def test_shipped_config_loads_checks_and_builds(path):
         model = ASRModel(dataclasses.replace(cfg.model, vocab_size=vocab), cfg.features)
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     assert millions == pytest.approx(SIZES[f"{path.parent.parent.name}/{path.name}"], rel=0.01), millions
+
+
+# ---------------------------------------------------------------------- the recipes' run.sh
+RUN_SCRIPTS = [RECIPES / "mini" / "run.sh", RECIPES / "librispeech" / "run.sh"]
+
+
+@pytest.mark.parametrize("script", RUN_SCRIPTS, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("args, message", [
+    (["--stage"], "--stage needs a stage number"),
+    (["--stage", "abc"], "--stage needs a stage number, got 'abc'"),
+    (["--stop-stage", "x"], "--stop-stage needs a stage number, got 'x'"),
+    (["--stage", "9"], "there is no stage 9 (the stages are 0-6)"),
+    (["--stage", "5", "--stop-stage", "2"], "--stage 5 is after --stop-stage 2: no stage would run"),
+    (["--stage=1"], "unknown option --stage=1"),
+])
+def test_run_sh_refuses_bad_stage_options(script, args, message, tmp_path):
+    """Before any stage runs (no set-up either), from any directory: exit 2 and the reason."""
+    import subprocess
+
+    r = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and message in r.stderr and "bootstrap" not in r.stderr, (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("script", RUN_SCRIPTS, ids=lambda p: p.parent.name)
+def test_run_sh_help_from_any_directory(script, tmp_path):
+    import subprocess
+
+    r = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("# ") and "Stages:" in r.stdout and "set -euo" not in r.stdout, r
+
+
+def test_librispeech_run_sh_checks_late_settings_first(tmp_path):
+    """NGPU, CONFIG and DOWNLOAD with another LIBRISPEECH are refused before stage 0."""
+    import os
+    import subprocess
+
+    def run(**env):
+        return subprocess.run(["bash", str(RECIPES / "librispeech" / "run.sh"), "--stage", "4"], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=60, env={**os.environ, **env})
+
+    r = run(NGPU="two")
+    assert r.returncode == 2 and "NGPU must be a number of processes" in r.stderr, r.stderr
+    r = run(CONFIG="nope.yaml")  # relative to where it was run
+    assert r.returncode == 2 and f"CONFIG {tmp_path}/nope.yaml: no such file" in r.stderr, r.stderr
+    r = run(DOWNLOAD="1", LIBRISPEECH="corpus/LS")
+    assert r.returncode == 2 and "DOWNLOAD=1 fetches LibriSpeech into DL_DIR" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_librispeech_run_sh_every_stage_on_the_tiny_corpus(tiny_data, tmp_path):
+    """recipes/librispeech/run.sh, stages 0-6, on the tiny TTS corpus in LibriSpeech layout, with
+    its data and experiment under a directory whose name has a space, given relative to where
+    the script runs: manifests, tokenizer, 2 training steps of the small FastConformer, every
+    decode of stage 5 (the n-gram LMs included) and the ONNX export."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    work = tmp_path / "a dir"
+    work.mkdir()
+    env = {**os.environ, "LIBRISPEECH": str(tiny_data / "corpus" / "LibriSpeech"), "PARTS": "train dev test-seen",
+           "TRAIN_PARTS": "train", "DEV_SETS": "dev", "TEST_SETS": "test-seen", "DATA": "data", "EXP": "exp", "VOCAB": "40",
+           "TRAIN_ARGS": "--set max_steps=2 model.encoder_config.preset=small data.sampler.num_workers=0",
+           "LM_ORDER": "3", "WORD_LM_ORDER": "2"}
+    r = subprocess.run(["bash", str(RECIPES / "librispeech" / "run.sh")], capture_output=True, text=True, cwd=work,
+                       env=env, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (work / "data" / "lang_bpe40" / "tokens.txt").is_file() and (work / "exp" / "model.pt").is_file()
+    decodes = sorted(p.parent.name for p in (work / "exp" / "decode").glob("*/wer.json"))
+    contexts = subprocess.run([sys.executable, "-m", "asr.cli", "info", str(work / "exp" / "model.pt"), "--contexts"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert decodes == sorted(["greedy", "beam4", "beam8_lm3", "beam8_wordlm2"] + [f"{k}_{c}" for c in contexts
+                                                                                   for k in ("simulated", "chunkwise")]), decodes
+    for d in decodes:
+        splits = json.loads((work / "exp" / "decode" / d / "wer.json").read_text())["splits"]
+        assert set(splits) == {"test-seen"}, (d, splits)
+    assert (work / "exp" / "onnx" / "model.json").is_file()

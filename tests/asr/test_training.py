@@ -119,6 +119,21 @@ def test_torchrun_processes_do_not_share_one_named_gpu():
     with pytest.raises(ValueError, match="cuda:LOCAL_RANK"):
         Dist(world_size=2, rank=1, local_rank=1).device("cuda:0")
     assert Dist().device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():  # a clear error, not torch's assertion from deep inside
+        with pytest.raises(ValueError, match="device 'cuda': this torch .* use device 'cpu' or 'auto'"):
+            Dist().device("cuda")
+
+
+def test_world_size_without_torchrun_is_refused(monkeypatch):
+    from asr.training.distributed import Dist
+
+    for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 without RANK, MASTER_ADDR, MASTER_PORT: start the processes with torchrun"):
+        Dist.from_env()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert Dist.from_env().world_size == 1
 
 def test_cpu_bf16_needs_the_instructions(tmp_path):
     from asr.training.trainer import cpu_has_bf16
@@ -305,6 +320,35 @@ def test_resume_after_kill_9_follows_the_uninterrupted_trajectory(tiny_data, tmp
     _assert_same_weights(_ckpt_state(exp / "model.pt")["state_dict"], _ckpt_state(ref / "model.pt")["state_dict"], 1e-5, 1e-7)
     for name in ("curves.png", "valid_wer.md"):
         assert (exp / name).is_file()
+
+
+def test_a_finished_run_started_again_trains_nothing_and_a_longer_one_goes_on_inside_the_epoch(tiny_data, tmp_path):
+    """A run that stopped inside an epoch (max_steps=10; a spent max_minutes likewise) and is
+    started again with the same limits trains no step and leaves model.pt as it was; started
+    with more steps it goes on from the batch where it stopped, onto the trajectory of one run
+    of all the steps."""
+    from asr.cli import main
+
+    cfg = _resume_config(tiny_data, tmp_path)
+    threads = torch.get_num_threads()
+    ref, exp = tmp_path / "one_run", tmp_path / "stopped"
+    try:
+        main(["train", "--config", str(cfg), "--exp-dir", str(ref), "--no-progress"])
+        main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", "max_steps=10"])
+        end = _ckpt_state(_newest_ckpt(exp))
+        assert end["step"] == 10 and end["batch_in_epoch"] > 0, (end["step"], end["batch_in_epoch"])  # inside an epoch
+        model = (exp / "model.pt").read_bytes()
+        for again in (["max_steps=10"], ["max_steps=0", "max_minutes=0.00001"]):
+            main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *again])
+            assert max(r["step"] for r in _records(exp)) == 10 and (exp / "model.pt").read_bytes() == model, again
+        main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress"])  # on to RESUME_STEPS
+    finally:
+        torch.set_num_threads(threads)
+    train, ref_train = ([r for r in _records(d) if r["kind"] == "train"] for d in (exp, ref))
+    assert [r["step"] for r in train] == list(range(1, RESUME_STEPS + 1))
+    np.testing.assert_allclose([r["loss"] for r in train], [r["loss"] for r in ref_train], rtol=1e-5)
+    epochs, ref_epochs = ([(r["step"], r.get("partial", False)) for r in _records(d) if r["kind"] == "epoch"] for d in (exp, ref))
+    assert epochs == sorted(ref_epochs + [(10, True)]), (epochs, ref_epochs)  # the stop at 10 logged as part of its epoch
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 instructions: bf16 falls back to fp32")
