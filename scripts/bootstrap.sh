@@ -13,11 +13,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRAS="${1:-}"
 TORCH_VERSION="2.13.0"
 
-# Debian packages: TTS engines and text for the embedded corpus, libsndfile for soundfile.
+# Debian packages: TTS engines and text for the embedded corpus (ASR_NEEDS_TTS=0 leaves them
+# out: the LibriSpeech recipe reads recorded speech), libsndfile for soundfile.
 # Extra names can be passed through ASR_APT_PACKAGES (needed: the script stops when they are
 # missing and it cannot install them) and ASR_APT_OPTIONAL (installed when we are root, otherwise
 # only named; tests/run.sh passes what the live tests need: PortAudio, PulseAudio, Chromium).
-APT_PACKAGES="espeak-ng flite festival festvox-kallpc16k wordnet-base libsndfile1 ${ASR_APT_PACKAGES:-}"
+APT_TTS="espeak-ng flite festival festvox-kallpc16k wordnet-base"
+[ "${ASR_NEEDS_TTS:-1}" = 0 ] && APT_TTS=""
+APT_PACKAGES="$APT_TTS libsndfile1 ${ASR_APT_PACKAGES:-}"
 APT_OPTIONAL="${ASR_APT_OPTIONAL:-}"
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }

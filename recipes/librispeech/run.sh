@@ -80,7 +80,8 @@ if [ "$DOWNLOAD" = 1 ] && [ "$LIBRISPEECH" != "$DL_DIR/LibriSpeech" ]; then
     exit 2
 fi
 
-source scripts/bootstrap.sh  # stage 0 always runs: a no-op when .venv is up to date
+# stage 0 always runs: a no-op when .venv is up to date; recorded speech needs no TTS engines
+ASR_NEEDS_TTS=0 source scripts/bootstrap.sh
 
 if run 1; then
     banner 1 "manifests: $LIBRISPEECH -> $DATA/manifests"
