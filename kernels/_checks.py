@@ -18,6 +18,9 @@ def check_reduction(reduction: str) -> None:
 
 
 def check_same_device(**tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{name} on {dev}" for name, dev in devices.items())
@@ -67,6 +70,8 @@ def check_targets_and_lengths(
     for name, x in ((lengths_name, logit_lengths), ("target_lengths", target_lengths)):
         if x.shape[0] != B:
             raise ValueError(f"{name}.shape = {tuple(x.shape)} does not match the batch size {B}")
+    if isinstance(blank, bool) or not hasattr(type(blank), "__index__"):  # ints, numpy ints, not 1.5
+        raise ValueError(f"blank must be an int token id, got {blank!r}")
     if not 0 <= blank < V:
         raise ValueError(f"blank = {blank} is out of range [0, {V}) for a vocabulary of {V} tokens")
     ll = logit_lengths.detach().cpu().long()
@@ -127,3 +132,9 @@ def check_finite_number(name: str, value: float) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name} = {value} must be a finite number")
     return value
+
+
+def check_s_begin(s_begin: Tensor) -> None:
+    """Pruned losses' window starts: label positions, so >= 0."""
+    if s_begin.numel() and int(s_begin.min()) < 0:
+        raise ValueError(f"s_begin holds {int(s_begin.min())}: window starts are label positions >= 0")

@@ -91,7 +91,7 @@ def rows_backward(x, labels, blank, V, D, stats, w, g):
 
     g[k] = softmax_k * w_tot - w_blank [k = blank] - w_label [k = label]   (k < V)
     g[V+j] = softmax_dur_j * w_tot - w_dur_j                              (j < D)
-    Entries below TINY in magnitude are written as 0 (see TINY).
+    Entries below TINY in magnitude are written as 0 (see TINY); NaN stays NaN.
     w: (N, 3+D) arc weights already multiplied by the upstream gradient.
     """
     N = x.shape[0]
@@ -107,17 +107,17 @@ def rows_backward(x, labels, blank, V, D, stats, w, g):
         xl = np.float64(x[n, lab]) if lab >= 0 else 0.0
         for k in range(V):
             v = math.exp(np.float64(x[n, k]) - lse) * wt
-            g[n, k] = v if v >= TINY else 0.0
+            g[n, k] = 0.0 if v < TINY else v  # NaN (a NaN loss's weights) stays NaN
         v = math.exp(xb - lse) * wt - w[n, W_BLANK]
-        g[n, blank] = v if abs(v) >= TINY else 0.0
+        g[n, blank] = 0.0 if abs(v) < TINY else v
         if lab >= 0:
             v = math.exp(xl - lse) * wt - w[n, W_LABEL]
-            g[n, lab] = v if abs(v) >= TINY else 0.0
+            g[n, lab] = 0.0 if abs(v) < TINY else v
         if D > 0:
             lsed = stats[n, S_LSE_DUR]
             for j in range(D):
                 v = math.exp(np.float64(x[n, V + j]) - lsed) * wt - w[n, W_DUR0 + j]
-                g[n, V + j] = v if abs(v) >= TINY else 0.0
+                g[n, V + j] = 0.0 if abs(v) < TINY else v
 
 
 @njit(parallel=True, cache=True)

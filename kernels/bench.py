@@ -197,10 +197,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, help="OMP/numba threads per case (default: all cores)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    if args.device == "cuda" and not args.worker and not torch.cuda.is_available():
+        ap.error(f"--device cuda: this torch ({torch.__version__}) sees no CUDA GPU")
     if args.shape:
-        shapes = [tuple(int(x) for x in args.shape.split(","))]
-        if len(shapes[0]) != 5:
-            ap.error(f"--shape {args.shape!r} must be B,T,U,V,H")
+        try:
+            shapes = [tuple(int(x) for x in args.shape.split(","))]
+        except ValueError:
+            shapes = [()]
+        if len(shapes[0]) != 5 or min(shapes[0]) < 1:
+            ap.error(f"--shape {args.shape!r} must be B,T,U,V,H: five positive integers")
+        if shapes[0][3] < 2:
+            ap.error(f"--shape {args.shape!r}: V = {shapes[0][3]} leaves no token besides the blank")
     else:
         shapes = GPU_SHAPES if args.device == "cuda" else CPU_SHAPES
     if args.worker:

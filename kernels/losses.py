@@ -76,11 +76,18 @@ def lattice_forward(be, stats: Tensor, shape: tuple[int, int, int], D: int, dura
 
 def lattice_weights(be, lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, scale: Tensor,
                     fastemit_lambda: float) -> Tensor:
-    """Arc weights (B, T, U1, 3 + D) float64 for rows_backward."""
+    """Arc weights (B, T, U1, 3 + D) float64 for rows_backward. An utterance whose loss is NaN
+    (NaN in its logits) gets NaN weights, so its gradient is NaN too: a check of the gradients
+    (GradScaler's, a trainer's guard) sees it, where zeros would pass for a clean step."""
     scale = scale.to(torch.float64).contiguous()
     if lpd is None:
-        return be.rnnt_weights(lpb, lpl, T_lens, U_lens, alpha, beta, ll, scale, 1.0 + fastemit_lambda)
-    return be.tdt_weights(lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, scale)
+        w = be.rnnt_weights(lpb, lpl, T_lens, U_lens, alpha, beta, ll, scale, 1.0 + fastemit_lambda)
+    else:
+        w = be.tdt_weights(lpb, lpl, lpd, durations, sigma, stops, T_lens, U_lens, alpha, beta, ll, scale)
+    nan = torch.isnan(ll)
+    if bool(nan.any()):
+        w[nan] = float("nan")
+    return w
 
 
 class _MaterializedLoss(torch.autograd.Function):

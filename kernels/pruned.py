@@ -111,7 +111,12 @@ def rnnt_loss_simple(
     am_max = am.detach().amax(-1, keepdim=True)  # (B, T, 1)
     lm_max = lm.detach().amax(-1, keepdim=True)  # (B, U1, 1)
     with torch.autocast(am.device.type, enabled=False):  # autocast would round (or, in fp16, underflow) the sums
-        norm = torch.log(torch.bmm((am - am_max).exp(), (lm - lm_max).exp().transpose(1, 2)))  # (B, T, U1)
+        sums = torch.bmm((am - am_max).exp(), (lm - lm_max).exp().transpose(1, 2))  # (B, T, U1)
+        if sums.dtype != torch.float64 and sums.numel() and float(sums.detach().min()) < 1e-30:
+            # acoustic and label sides that peak on different tokens, far apart: float32 sums
+            # near its smallest normal lose their digits, then underflow to 0 (log: -inf, NaN)
+            sums = torch.bmm((am.double() - am_max).exp(), (lm.double() - lm_max).exp().transpose(1, 2))
+        norm = torch.log(sums.clamp_min(torch.finfo(sums.dtype).tiny)).to(am.dtype)
     norm = norm + am_max + lm_max.transpose(1, 2)
     lpb = am[:, :, blank, None] + lm[:, None, :, blank] - norm
     y = targets.long().clamp(0, V - 1)
@@ -165,6 +170,7 @@ def get_prune_ranges(occupation: Tensor, logit_lengths: Tensor, target_lengths: 
 def prune_pred(pred: Tensor, s_begin: Tensor, s_range: int) -> Tensor:
     """pred (B, U+1, H) -> (B, T, s_range, H): pred[b, s_begin[b, t] + r] (clamped to U)."""
     B, U1, H = pred.shape
+    _checks.check_s_begin(s_begin)
     idx = (s_begin[:, :, None] + torch.arange(s_range, device=pred.device)).clamp(max=U1 - 1)  # (B, T, R)
     return pred[torch.arange(B, device=pred.device)[:, None, None], idx]
 
@@ -199,7 +205,9 @@ class _PrunedLoss(torch.autograd.Function):
         stats = be.rows_forward(x, lab, blank, V, D)
         # states outside the windows get -inf blank and label arcs: a path may enter one but
         # never leaves it, so only the paths that stay inside the windows are summed
-        W = int(s.max()) + 1 if s.numel() else 1
+        # wide enough for every utterance's U even where its windows cannot reach it (too many
+        # labels for its frames: no path, the loss is inf): the lattice kernels index up to U
+        W = max(int(s.max()) if s.numel() else 0, int(U_lens.max()) if U_lens.numel() else 0) + 1
         lpb = torch.full((B, T, W), float("-inf"), dtype=torch.float64, device=logits.device)
         lpl = torch.full_like(lpb, float("-inf"))
         lpb.scatter_(2, s, stats[:, 1].view(B, T, R))
@@ -243,6 +251,7 @@ def _pruned_inputs(logits, targets, s_begin, logit_lengths, target_lengths, blan
     _checks.check_int("s_begin", s_begin, 2)
     if tuple(s_begin.shape) != (B, T):
         raise ValueError(f"s_begin.shape = {tuple(s_begin.shape)}; expected ({B}, {T}) to match logits")
+    _checks.check_s_begin(s_begin)
     T_lens, U_lens = _check_lengths(targets, logit_lengths, target_lengths, B, T, targets.shape[1], C - D, blank)
     fastemit_lambda = _checks.check_finite_number("fastemit_lambda", fastemit_lambda)
     labels, s = _pruned_row_labels(targets, s_begin.long(), T_lens, U_lens, R)
@@ -361,6 +370,11 @@ def pruned_rnnt_loss(
     _checks.check_float("pred", pred, 3)
     if pred.shape[0] != enc.shape[0] or pred.shape[2] != enc.shape[2]:
         raise ValueError(f"pred.shape = {tuple(pred.shape)} does not match enc.shape = {tuple(enc.shape)}")
+    for name, x in (("am_logits", am_logits), ("lm_logits", lm_logits), ("targets", targets)):
+        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] != enc.shape[0]:
+            raise ValueError(f"{name}.shape = {tuple(x.shape)} does not match enc's batch size {enc.shape[0]}")
+    if isinstance(s_range, bool) or not hasattr(type(s_range), "__index__"):
+        raise ValueError(f"s_range must be an int (label positions kept per frame), got {s_range!r}")
     if am_logits.dim() == 3 and am_logits.shape[1] != enc.shape[1]:
         raise ValueError(f"am_logits.shape = {tuple(am_logits.shape)} does not match enc's T = {enc.shape[1]}")
     if lm_logits.dim() == 3 and lm_logits.shape[1] != pred.shape[1]:

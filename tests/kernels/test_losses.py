@@ -214,3 +214,24 @@ def test_validation_errors() -> None:
         kernels.tdt_loss(logits, y, tl, ul, [0, -1])
     with pytest.raises(ValueError, match="at least one value > 0"):
         kernels.tdt_loss(logits, y, tl, ul, [0])
+    with pytest.raises(ValueError, match="logit_lengths must be a torch.Tensor, got list"):
+        kernels.rnnt_loss(logits, y, [4, 4], ul)
+    with pytest.raises(ValueError, match="blank must be an int token id, got 1.5"):
+        kernels.rnnt_loss(logits, y, tl, ul, blank=1.5)
+
+
+def test_nan_logits_give_a_nan_loss_and_a_nan_gradient() -> None:
+    """NaN in an utterance's logits: its loss and its gradient are NaN (zeros would pass a
+    gradient check as a clean step), the others' are untouched, zero_infinity or not."""
+    logits, y, tl, ul = make_batch(2, 4, 3, 5 + 2, V=5, seed=16)
+    clean = {"rnnt": lambda x: kernels.rnnt_loss(x[..., :5], y, tl, ul, reduction="none"),
+             "tdt": lambda x: kernels.tdt_loss(x, y, tl, ul, [0, 1], reduction="none", zero_infinity=True)}
+    for name, loss in clean.items():
+        ref = _grad(loss(logits), logits)
+        x = logits.detach().clone()
+        x[0, 1, 1, 2] = float("nan")
+        x.requires_grad_()
+        out = loss(x)
+        g = _grad(out, x)
+        assert math.isnan(float(out[0])) and math.isfinite(float(out[1])), name
+        assert torch.isnan(g[0]).any() and torch.equal(g[1], ref[1]), name

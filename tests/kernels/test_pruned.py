@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -160,3 +162,53 @@ def test_simple_loss_ignores_autocast() -> None:
         out, occ = kernels.rnnt_loss_simple(am, lm, y, tl, ul, reduction="none")
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(occ, occ_ref)
+
+
+def test_windows_that_cannot_reach_u_give_inf_not_memory_errors() -> None:
+    """Too many labels for the frames at this window width (T = 2, U = 6, s_range = 3: the
+    windows reach label 4 at most): no path, so inf (0 with zero_infinity) and a zero gradient;
+    the lattice is as wide as U, not as the windows (it was written past its end)."""
+    g = torch.Generator().manual_seed(3)
+    B, T, U, V, H = 2, 2, 6, 5, 4
+    enc, pred = torch.randn(B, T, H, generator=g), torch.randn(B, U + 1, H, generator=g)
+    am, lm = torch.randn(B, T, V, generator=g), torch.randn(B, U + 1, V, generator=g)
+    w = torch.randn(V, H, generator=g, requires_grad=True)
+    y = torch.tensor([[1, 2, 3, 4, 1, 2], [1, 2, 0, 0, 0, 0]])
+    for _ in range(3):  # memory errors showed on some runs only
+        out = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, torch.tensor([2, 2]), torch.tensor([6, 2]), (w, None),
+                                       s_range=3, reduction="none")
+        assert math.isinf(float(out.pruned_loss[0])) and math.isfinite(float(out.pruned_loss[1]))
+        z = kernels.pruned_rnnt_loss(enc, pred, am, lm, y, torch.tensor([2, 2]), torch.tensor([6, 2]), (w, None),
+                                     s_range=3, zero_infinity=True)
+        (gw,) = torch.autograd.grad(z.pruned_loss, w)
+        assert torch.isfinite(gw).all()
+        logits = torch.randn(B, T, 3, V, generator=g)
+        lab = kernels.rnnt_loss_pruned(logits, y, torch.zeros(B, T, dtype=torch.long), torch.tensor([2, 2]),
+                                       torch.tensor([6, 2]), reduction="none")
+        assert math.isinf(float(lab[0]))
+
+
+def test_pruned_inputs_are_checked() -> None:
+    enc, pred, w, b, am, lm, y, tl, ul = _inputs(B=2)
+    with pytest.raises(ValueError, match=r"am_logits.shape = \(3, 7, 9\) does not match enc's batch size 2"):
+        kernels.pruned_rnnt_loss(enc, pred, torch.cat([am, am[:1]]), lm, y, tl, ul, (w, b))
+    with pytest.raises(ValueError, match="s_range must be an int"):
+        kernels.pruned_rnnt_loss(enc, pred, am, lm, y, tl, ul, (w, b), s_range=4.0)
+    logits = torch.randn(2, 7, 3, 9, dtype=torch.float64)
+    with pytest.raises(ValueError, match="s_begin holds -1"):
+        kernels.rnnt_loss_pruned(logits, y, torch.full((2, 7), -1), tl, ul)
+    with pytest.raises(ValueError, match="s_begin holds -1"):
+        kernels.prune_pred(pred, torch.full((2, 7), -1), 3)
+
+
+@pytest.mark.parametrize("scale", [30.0, 60.0, 100.0])
+def test_simple_loss_of_far_apart_float32_logits(scale: float) -> None:
+    """Acoustic and label sides peaking on different tokens, far apart: the float32 simple
+    loss equals the float64 reference (its normalizer's sums underflowed: NaN at 60)."""
+    am = torch.tensor([[[scale, -scale, 0.0]] * 2])
+    lm = torch.tensor([[[-scale, scale, 0.0]] * 2])
+    y, tl, ul = torch.tensor([[1]]), torch.tensor([2]), torch.tensor([1])
+    simple, occ = kernels.rnnt_loss_simple(am, lm, y, tl, ul, reduction="none")
+    ref = kernels.rnnt_loss((am[:, :, None] + lm[:, None]).double(), y, tl, ul, reduction="none")
+    assert torch.isfinite(occ).all()
+    torch.testing.assert_close(simple.double(), ref, rtol=1e-5, atol=1e-5)
