@@ -716,7 +716,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     ``python -m serve.loadtest ...``; ``asr bench search ...`` = ``python -m asr.decoding.bench
     ...`` (the options are passed on)."""
     if args.what == "runtime":
-        from serve.bench import main as bench_main
+        from serve.bench import main as runtime_main
+
+        return runtime_main(args.rest, prog="asr bench runtime")
     elif args.what == "search":
         from asr.decoding.bench import main as search_main
 
@@ -794,8 +796,9 @@ def cmd_lm(args: argparse.Namespace) -> None:
         if args.dev:
             dev = list(_cut_texts(args.dev))
             oov = sum(w not in ids for t in dev for w in t.split())
-            closed = [t for t in dev if all(w in ids for w in t.split())]  # perplexity excluding OOV sentences
-            msg += (f"; perplexity per word: train {lm.perplexity(words(texts)):.2f}, dev {lm.perplexity(words(closed)):.2f} "
+            closed = [t for t in dev if t.split() and all(w in ids for w in t.split())]  # perplexity excluding OOV sentences
+            dev_ppl = f"{lm.perplexity(words(closed)):.2f}" if closed else "- (no dev sentence is all in the vocabulary)"
+            msg += (f"; perplexity per word: train {lm.perplexity(words(texts)):.2f}, dev {dev_ppl} "
                     f"({len(closed)} of {len(dev)} sentences; {oov} of {sum(len(t.split()) for t in dev)} dev words are "
                     "out of the vocabulary, which the lexicon cannot output)")
         print(msg)
@@ -810,7 +813,7 @@ def cmd_lm(args: argparse.Namespace) -> None:
            f"{' / '.join(map(str, lm.num_ngrams()))}) -> {args.out}")
     if args.dev:
         dev = [s for s in tok.encode_batch(list(_cut_texts(args.dev))) if s]
-        msg += f"; perplexity per token: train {lm.perplexity(seqs):.3f}, dev {lm.perplexity(dev):.3f}"
+        msg += f"; perplexity per token: train {lm.perplexity(seqs):.3f}, dev {f'{lm.perplexity(dev):.3f}' if dev else '- (no dev text)'}"
     print(msg)
 
 
@@ -881,6 +884,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     if args.samples < 100:
         raise SystemExit(f"error: --samples must be >= 100 for a 95% interval, got {args.samples}")
+    if args.json and Path(args.json).is_dir():
+        raise SystemExit(f"error: --json {args.json} is a directory; give a file")
     a, b = _results_files(Path(args.a)), _results_files(Path(args.b))
     if Path(args.a).is_file() and Path(args.b).is_file():
         pairs = {next(iter(a)) if next(iter(a)) == next(iter(b)) else "results": (next(iter(a.values())), next(iter(b.values())))}

@@ -360,10 +360,11 @@ def run_long(model_dir: Path, minutes: float, int8: bool = True, threads: int = 
             "tokens": len(s.transcript().token_ids)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m serve.bench") -> dict:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", help=f"comma-separated, from {', '.join(MODELS)} (tiny: {', '.join(TINY_MODELS)})")
-    p.add_argument("--tiny", action="store_true", help="tiny models, short audio, 1 thread: a quick check that it runs")
+    p.add_argument("--tiny", action="store_true", help="tiny models, short audio (--seconds capped at 4, --long-minutes at "
+                   "0.5), 1 thread (--threads ignored): a quick check that it runs")
     p.add_argument("--seconds", type=float, default=60.0, help="audio per run (default 60)")
     p.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
     p.add_argument("--long-minutes", type=float, default=10.0, help="the long stream (0: skip)")
@@ -373,12 +374,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--export-one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     specs = {**MODELS, **TINY_MODELS}
-    if args.tiny:
+    if not args.seconds > 0 or not args.long_minutes >= 0:
+        p.error(f"--seconds must be > 0 and --long-minutes >= 0, got {args.seconds:g} and {args.long_minutes:g}")
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        threads = [0]
+    if min(threads) < 1:
+        p.error(f"--threads expects comma-separated thread counts >= 1, got {args.threads!r}")
+    if args.out and Path(args.out).is_dir():
+        p.error(f"--out {args.out} is a directory; give a file for the JSON")
+    if args.tiny:  # a quick check: at most 4 s of audio, a 30 s long stream, 1 thread
         names = list(TINY_MODELS)
         seconds, threads, long_minutes = min(args.seconds, 4.0), [1], min(args.long_minutes, 0.5)
     else:
         names = list(MODELS)
-        seconds, threads, long_minutes = args.seconds, [int(t) for t in args.threads.split(",")], args.long_minutes
+        seconds, long_minutes = args.seconds, args.long_minutes
     if args.models:
         names = args.models.split(",")
         unknown = [n for n in names if n not in specs]

@@ -322,6 +322,10 @@ def main(argv: list[str] | None = None) -> dict:
         for n in levels:
             rows.append(run_level(url, n, audio, args.piece_ms / 1000, stats_url, pid))
             print_table(rows[-1:], header=len(rows) == 1)
+            for e in rows[-1]["error_examples"]:
+                print(f"  error: {e}", flush=True)
+            if rows[-1]["errors"] == n:
+                break  # every client failed: the next levels would too
     finally:
         if server is not None:
             server.close()
@@ -330,13 +334,31 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "processor": platform.processor()},
-        "settings": {k: v for k, v in vars(args).items() if k != "url"} | {"server": server.banner if server else args.url},
+        "settings": {k: v for k, v in vars(args).items() if k != "url"} | {"server": server.banner if server else _without_token(args.url)},
         "rows": rows,
     }
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(_nan_to_none(result), indent=2, allow_nan=False) + "\n")
         print(f"-> {args.out}")
+    if rows and rows[-1]["errors"] == rows[-1]["streams"]:
+        raise SystemExit(f"error: all {rows[-1]['streams']} client(s) failed (above); is the server at {_without_token(url)} running?")
     return result
+
+
+def _without_token(url: str) -> str:
+    """``url`` with the value of its ``token=`` (a secret) replaced by ``***``, for reports."""
+    return re.sub(r"(token=)[^&#]*", r"\1***", url)
+
+
+def _nan_to_none(x):
+    """JSON has no NaN: a statistic of nothing (no tokens at a level) is written as null."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ def count_model_steps(model_path: Path, manifests: list[Path], max_cuts: int | N
 
     from asr.cli import _set_context
     from asr.data.dataset import ASRDataset, SamplerConfig, make_sampler
+    from asr.data.manifests import read_cut_manifest
     from asr.models import load
 
     model = load(model_path).to(device)
@@ -104,7 +105,7 @@ def count_model_steps(model_path: Path, manifests: list[Path], max_cuts: int | N
     print(f"{model_path}: {model.config.encoder} {model.config.head}{setting}; greedy search, one utterance at a time")
     out = {}
     for manifest in manifests:
-        cuts = CutSet.from_file(manifest)
+        cuts = read_cut_manifest(manifest)
         if max_cuts:
             cuts = cuts.subset(first=max_cuts)
         total = {"utterances": 0, "frames": 0, "joint_calls": 0}
@@ -153,6 +154,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not (args.seconds > 0 and args.frame_shift > 0):
         ap.error(f"--seconds and --frame-shift must be > 0, got {args.seconds} and {args.frame_shift}")
+    if round(args.seconds / args.frame_shift) < 1:
+        ap.error(f"--seconds {args.seconds:g} is less than one frame of {args.frame_shift:g} s")
+    if args.max_cuts is not None and args.max_cuts < 1:
+        ap.error(f"--max-cuts must be >= 1, got {args.max_cuts}")
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1 ...)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU")
     if args.model is not None:
         if not args.cuts:
             ap.error("--model needs --cuts")
@@ -183,6 +194,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             r = time_decoder(fn, head, enc, lens, args.frame_shift, args.repeats, **kw)
             print(f"{kind:5s} {name:8s} {r['seconds'] * 1e3:9.1f} ms  RTFx {r['rtfx']:9.1f}  "
                   f"labels/frame {r['labels_per_frame']:.2f}")
+            if name == "greedy" and not 0.1 <= r["labels_per_frame"] <= 1.0:
+                print(f"      (random heads emit {r['labels_per_frame']:.2f} labels per frame here, unlike a trained model's "
+                      "0.2-0.5: the timings say little about a real search; try another --blank-bias, or time a "
+                      "trained --model)")
 
 
 if __name__ == "__main__":

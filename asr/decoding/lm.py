@@ -188,7 +188,7 @@ class NgramLM(TokenLM):
         """Per-token perplexity (``</s>`` counted as a token), every position at once."""
         tok, pos = _flatten(sequences, self.vocab_size, check=False)
         if not len(tok):
-            return 1.0
+            raise ValueError("perplexity of no sequences")
         R, N = self.num_ids, self.order
         target = pos > 0
         # per order n: the row of the n-gram ending at each position (-1: not in the table), and
@@ -475,6 +475,8 @@ def _flatten(sequences: Iterable[Sequence[int]], vocab_size: int, check: bool) -
         flat.extend(s)
         flat.append(eos)
         lens.append(len(s) + 2)
+    if not lens:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     tok = np.asarray(flat, dtype=np.int64)
     starts = np.cumsum([0] + lens[:-1])
     pos = np.arange(len(tok), dtype=np.int64) - np.repeat(np.asarray(starts, np.int64), lens)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -62,12 +63,18 @@ SPLITS = ["test-seen", "test-unseen"]
 
 
 def sh(cmd: list[str], log: Path | None = None) -> None:
+    """Run ``cmd`` (its output appended to ``log`` when given); a failure stops the grid with the
+    command's last lines (results.json keeps every cell finished before it)."""
     print("+", " ".join(cmd), flush=True)
     if log is None:
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        if subprocess.run(cmd, cwd=ROOT).returncode:
+            raise SystemExit(f"error: this command failed (its output is above): {' '.join(cmd[:5])} ...")
         return
     with open(log, "a") as f:
-        subprocess.run(cmd, check=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-12:])
+        raise SystemExit(f"{tail}\nerror: {' '.join(cmd[2:5])} ... failed (exit {rc}); the lines above end {log}")
 
 
 def decode(model: Path, data: Path, out: Path, *extra: str) -> dict:
@@ -93,14 +100,18 @@ def run_cell(family: str, head: str, args) -> dict:
 
         shutil.rmtree(exp)
     exp.mkdir(parents=True, exist_ok=True)
-    overrides_file = exp / "overrides.json"  # the --set a cell was trained with
-    if model.is_file():
+    overrides_file = exp / "overrides.json"  # what a cell was trained with: --set, --minutes, --data
+    wanted = {"set": args.set, "minutes": args.minutes, "data": str(args.data)}
+    started = model.is_file() or any((exp / "checkpoints").glob("*.pt"))  # finished, or crashed (its rerun resumes)
+    if started or overrides_file.is_file():
         trained_with = json.loads(overrides_file.read_text()) if overrides_file.is_file() else []
-        if trained_with != args.set:
-            raise SystemExit(f"{exp} was trained with --set {trained_with or '(none)'}, not {args.set or '(none)'}: "
-                             "give this variant its own --out, or --force to retrain")
-    else:
-        overrides_file.write_text(json.dumps(args.set))
+        if isinstance(trained_with, list):  # cells from before --minutes and --data were recorded: --set only
+            trained_with = {**wanted, "set": trained_with}
+        if trained_with != wanted:
+            diff = ", ".join(f"--{k} {trained_with.get(k)!r} (now {v!r})" for k, v in wanted.items() if trained_with.get(k) != v)
+            raise SystemExit(f"{exp} was trained with {diff}: give this variant its own --out, or --force to retrain")
+    if not model.is_file():
+        overrides_file.write_text(json.dumps(wanted))
         t0 = time.time()
         sh([sys.executable, "-m", "asr.cli", "train", "--config", str(ROOT / "recipes/mini/conf" / f"{family}.yaml"),
             "--exp-dir", str(exp), "--no-progress", "--set", f"max_minutes={args.minutes}",
@@ -353,8 +364,8 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
     ap.add_argument("--heads", nargs="+", default=DEFAULT_HEADS, choices=list(HEADS))
     ap.add_argument("--minutes", type=float, default=15.0)
-    ap.add_argument("--data", type=Path, default=Path("data/mini"))
-    ap.add_argument("--out", type=Path, default=Path("exp/mini/results"))
+    ap.add_argument("--data", type=Path, help="the mini corpus (default: data/mini in the repo)")
+    ap.add_argument("--out", type=Path, help="results directory (default: exp/mini/results in the repo)")
     ap.add_argument("--force", action="store_true", help="retrain cells that exist")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="config overrides for every trained cell, after the head's (e.g. model.encoder_config.subsampling=2); "
@@ -368,6 +379,22 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="only rewrite results.md")
     ap.add_argument("--lm", action="store_true", help="also decode the cells by beam search with and without an n-gram LM")
     args = ap.parse_args()
+    if not args.minutes > 0:
+        ap.error(f"--minutes must be > 0 (the training budget of each cell), got {args.minutes:g}")
+    if args.search_context and not re.fullmatch(r"\d+,\d+", args.search_context):
+        ap.error(f"--search-context expects LEFT,RIGHT frame counts (e.g. 128,12), got {args.search_context!r}")
+    for name in ("out", "data", "rnnt_from"):  # relative to where the script runs (it then works in the repo)
+        path = getattr(args, name)
+        if path is not None:
+            setattr(args, name, path.resolve())
+    args.out = args.out or ROOT / "exp/mini/results"
+    args.data = args.data or ROOT / "data/mini"
+    if args.rnnt_from is not None and not args.rnnt_from.is_dir():
+        ap.error(f"--rnnt-from {args.rnnt_from}: no such results directory")
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} is a file; give a directory")
+    if args.table and not (args.out / "results.json").is_file():
+        ap.error(f"--table: {args.out / 'results.json'} does not exist (nothing to tabulate)")
     os.chdir(ROOT)
     args.out.mkdir(parents=True, exist_ok=True)
     res_path = args.out / "results.json"
@@ -376,17 +403,22 @@ def main() -> None:
         for family in args.families:
             for head in args.heads:
                 cell = run_cell(family, head, args)
+                old = results["cells"].get(f"{family}_{head}", {})
                 if args.lm:
                     cell["beam_lm"] = lm_cell(family, head, args)
-                elif "beam_lm" in results["cells"].get(f"{family}_{head}", {}):
-                    cell["beam_lm"] = results["cells"][f"{family}_{head}"]["beam_lm"]
+                elif "beam_lm" in old and old.get("meta") == cell["meta"]:  # the same model: its LM decodes stand
+                    cell["beam_lm"] = old["beam_lm"]
                 results["cells"][f"{family}_{head}"] = cell
                 res_path.write_text(json.dumps(results, indent=2))  # nothing lost on a crash
             if args.search_context and family != "conformer":
                 continue  # only the Conformer has a look-ahead to choose
             for rnnt_cell, tdt_cell, suffix in SPEED_PAIRS:
                 key = family + suffix + (f"@{args.search_context}" if args.search_context else "")
-                if args.force or not results["tdt_vs_rnnt"].get(key):
+                stored = results["tdt_vs_rnnt"].get(key)
+                want_rnnt = (args.rnnt_from / f"{family}_{rnnt_cell}" / "model.pt").resolve() if args.rnnt_from else None
+                had_rnnt = Path(stored["rnnt_model"]).resolve() if stored and stored.get("rnnt_model") else None
+                other_rnnt = bool(stored) and had_rnnt != want_rnnt  # timed against another RNN-T: again
+                if args.force or not stored or other_rnnt:
                     results["tdt_vs_rnnt"][key] = tdt_vs_rnnt(family, args, rnnt_cell, tdt_cell)
                     res_path.write_text(json.dumps(results, indent=2))
                 r = results["tdt_vs_rnnt"][key]

@@ -252,7 +252,9 @@ def test_lm_files_and_weights_that_would_decode_wrongly_are_refused(trained_ctc,
 def test_bench_search_refuses_bad_requests(trained_ctc, capsys):
     for args, msg in [(["--batch", "0"], "--batch must be >= 1"), (["--beam", "0"], "--beam must be >= 1"),
                       (["--model", "/nope.pt", "--cuts", "x"], "/nope.pt: no such file"),
-                      (["--cuts", str(trained_ctc / "cuts_few.jsonl.gz")], "apply to a trained --model")]:
+                      (["--cuts", str(trained_ctc / "cuts_few.jsonl.gz")], "apply to a trained --model"),
+                      (["--device", "foo"], "is not a torch device"), (["--seconds", "0.01"], "less than one frame"),
+                      (["--model", str(trained_ctc / "model.pt"), "--cuts", "x", "--max-cuts", "0"], "--max-cuts must be >= 1")]:
         with pytest.raises(SystemExit):
             main(["bench", "search", *args])
         err = capsys.readouterr().err

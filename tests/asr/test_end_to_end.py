@@ -163,6 +163,15 @@ def test_word_lm_restricts_beam_search_to_its_vocabulary(trained_tdt, trained, c
     lm = trained_tdt / "lm" / "words.arpa.gz"
     main(["lm", "--unit", "word", "--cuts", cuts, "--dev", cuts, "--order", "2", "--out", str(lm)])
     assert "perplexity per word: train" in capsys.readouterr().out
+    from lhotse import CutSet
+
+    oov = list(CutSet.from_file(cuts))
+    for c in oov:
+        c.supervisions[0].text = "QUUX ZORBLE"
+    CutSet.from_cuts(oov).to_file(trained_tdt / "cuts_oov.jsonl.gz")  # no dev sentence in the vocabulary: said, not a crash
+    main(["lm", "--unit", "word", "--cuts", cuts, "--dev", str(trained_tdt / "cuts_oov.jsonl.gz"), "--order", "2",
+          "--out", str(trained_tdt / "lm" / "words_oov.arpa.gz")])
+    assert "dev - (no dev sentence is all in the vocabulary)" in capsys.readouterr().out
     vocab = {w for line in gzip.open(cuts, "rt") for w in json.loads(line)["supervisions"][0]["text"].split()}
     hyps = {}
     for name, extra in [("whole", []), ("chunkwise", ["--chunkwise"]), ("ctc", ["--use-ctc"])]:

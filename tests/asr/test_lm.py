@@ -88,6 +88,8 @@ def test_perplexity_at_once_equals_the_token_by_token_score(order):
     for s in (seqs, held_out):
         assert math.isclose(lm.perplexity(s), _loop_perplexity(lm, s), rel_tol=1e-12)
     assert lm.num_ngrams()[0] == 11  # ids 1..9, </s> and <s>: every id has a row
+    with pytest.raises(ValueError, match="perplexity of no sequences"):
+        lm.perplexity([])
 
 
 def test_arpa_whose_prefixes_are_missing(tmp_path):

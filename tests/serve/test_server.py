@@ -566,3 +566,23 @@ def test_bench_runtime_is_serve_bench(capsys):
         main(["bench", "runtime", "--help"])
     assert e.value.code == 0
     assert "python -m serve.bench" in capsys.readouterr().out
+    for args, msg in [(["--seconds", "0"], "--seconds must be > 0"), (["--threads", "1,x"], "--threads expects"),
+                      (["--out", str(ROOT)], "is a directory")]:
+        with pytest.raises(SystemExit):
+            main(["bench", "runtime", *args])
+        err = capsys.readouterr().err
+        assert "asr bench runtime: error: " in err and msg in err, err
+
+
+def test_load_tool_names_a_server_it_cannot_reach_and_keeps_the_token_secret(tmp_path, capsys):
+    from asr.cli import main
+
+    out = tmp_path / "load.json"
+    with pytest.raises(SystemExit, match=r"all 1 client\(s\) failed .* ws://127.0.0.1:9/ws\?token=\*\*\* running"):
+        main(["bench", "serve", "--url", "ws://127.0.0.1:9/ws?token=s3cret", "--streams", "1,2", "--seconds", "1",
+              "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "error: " in printed  # the reason, under its level
+    text = out.read_text()
+    result = json.loads(text)  # valid JSON: no NaN
+    assert "s3cret" not in text and "NaN" not in text and [r["streams"] for r in result["rows"]] == [1]
