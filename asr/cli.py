@@ -932,7 +932,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"model:       {args.model}")
     print(f"encoder:     {cfg.encoder} ({enc.subsampling}x, {enc.output_dim} dims)")
     head = cfg.head + (f" + CTC (weight {cfg.ctc_weight})" if cfg.head != "ctc" and cfg.ctc_weight > 0 else "")
-    if cfg.ctc_warmup_steps:
+    if cfg.ctc_warmup_steps and cfg.head != "ctc":  # the transducer joins after it; a CTC model has none
         head += f", CTC warm-up {cfg.ctc_warmup_steps} steps"
     print(f"head:        {head}")
     if model.transducer is not None and model.transducer.durations is not None:  # tdt, pruned_tdt
