@@ -332,6 +332,30 @@ def quantize(path: Path, conv: bool = False) -> Path:
     return out
 
 
+def _remove_previous_export(out: Path) -> None:
+    """An export into a directory that holds one already: the files its model.json lists (its
+    int8 copies included) go first, so none of them outlives the new export (a stale
+    ``encoder.int8.onnx`` of another look-ahead, say). Other files are left alone."""
+    card_path = out / "model.json"
+    if not card_path.is_file():
+        return
+    try:
+        listed = json.loads(card_path.read_text()).get("files", {})
+    except (json.JSONDecodeError, AttributeError):
+        return
+    gone = 0
+    for entry in listed.values() if isinstance(listed, dict) else []:
+        for key in ("path", "int8"):
+            rel = entry.get(key) if isinstance(entry, dict) else None
+            path = (out / rel).resolve() if isinstance(rel, str) else None
+            if path is not None and path.is_relative_to(out.resolve()) and path.is_file():
+                path.unlink()
+                gone += 1
+    card_path.unlink()
+    if gone:
+        log.info("%s held an export: its %d files removed first", out, gone)
+
+
 def export(model, out_dir: str | Path, int8: bool = False, lookahead_ms: int | None = None, sherpa: bool = True) -> dict:
     """Export ``model`` (an ``asr.models.ASRModel``) to ``out_dir``; returns the card that is
     also written to ``out_dir/model.json``. ``lookahead_ms`` picks one of a Conformer's trained
@@ -346,7 +370,10 @@ def export(model, out_dir: str | Path, int8: bool = False, lookahead_ms: int | N
     model = copy.deepcopy(model).cpu().float().eval()
     select_context(model.encoder, lookahead_ms)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the export is a directory")
     out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_export(out)
     features = dataclasses.asdict(model.features)
     facts = _facts(model, features)
     common = _flat_metadata({"framework": "streaming-asr", "format_version": CARD_VERSION, **facts})

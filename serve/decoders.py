@@ -520,7 +520,7 @@ def make_decoder(model: OnnxModel, decoding: str = "greedy", beam: int = 4, max_
         raise ValueError("the CTC guard applies to the transducer's greedy search (decoding 'greedy', not use_ctc)")
     if model.use_ctc:
         if decoding == "beam":
-            raise ValueError("streaming CTC decoding is greedy (prefix beam search needs the whole utterance); use decoding='greedy'")
+            raise ValueError("streaming CTC decoding is greedy (prefix beam search needs the whole utterance); decode greedily (decoding='greedy'; on the command line --method greedy)")
         return CtcGreedy(model)
     if decoding == "greedy":
         return TransducerGreedy(model, max_symbols, ctc_guard)

@@ -188,7 +188,7 @@ class OnnxModel:
         sess = _session(path, self.num_threads)
         self.files[key] = path
         meta = sess.get_modelmeta().custom_metadata_map
-        for k in ("window", "shift", "vocab_size", "subsampling", "head", "durations", "context_size", "encoder_states"):
+        for k in sorted(set(meta) & set(self.card)):  # every setting both state (ids, features, encoder ...) must agree
             if k in meta and k in self.card:
                 try:
                     value = json.loads(meta[k])

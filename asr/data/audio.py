@@ -35,7 +35,7 @@ def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 
     """(N,) float32 mono samples in [-1, 1] at ``sample_rate``.
 
     Raises FileNotFoundError or ValueError naming ``path`` for a missing, unreadable, empty or
-    too short file, or one with NaN/inf samples.
+    too short file, or one with NaN/inf samples or samples beyond +-2 (``SAMPLE_LIMIT``).
     """
     import soundfile as sf
 
@@ -48,7 +48,7 @@ def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
         raise ValueError(
-            f"cannot read audio file {path}: {str(e).rstrip('.')}. Expected a WAV, FLAC or OGG file; convert other formats first"
+            f"cannot read audio file {path}: {str(e).rstrip('.')}. Expected a format soundfile reads (WAV, FLAC, OGG, MP3); convert others first"
         ) from None
     if data.shape[0] == 0:
         raise ValueError(f"audio file {path} contains no samples")
@@ -60,6 +60,12 @@ def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 
     if sr != sample_rate:
         log.info("%s: resampling %d Hz -> %d Hz", path, sr, sample_rate)
         samples = resample(samples, sr, sample_rate)
+    from serve.features import SAMPLE_LIMIT
+
+    peak = float(np.abs(samples).max())
+    if peak > SAMPLE_LIMIT:  # what the runtime and the API refuse in arrays: refused here with the file's name
+        raise ValueError(f"audio file {path} has samples up to {peak:.3g}, beyond +-{SAMPLE_LIMIT:g} (float audio is in "
+                         "[-1, 1]: an unnormalized float WAV? scale it first)")
     if samples.shape[0] < min_seconds * sample_rate:
         raise ValueError(
             f"audio file {path} is too short: {samples.shape[0] / sample_rate * 1000:.1f} ms (need at least {min_seconds * 1000:g} ms)"

@@ -4,6 +4,7 @@ int8 files run, and bad requests fail clearly."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -193,6 +194,22 @@ def test_int8_files_load_and_run(family, head, ctc_weight, tmp_path):
                 assert np.isfinite(v).all()
                 cos = float((u * v).sum() / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12))
                 assert cos > 0.9, f"{key}: int8 output drifts (cosine {cos:.3f})"
+
+
+def test_export_again_into_the_same_directory_leaves_no_stale_file(tmp_path):
+    """A second export (no int8 this time) first removes what the first one's model.json
+    listed: no int8 copy of the old graphs stays; a file of the user's stays; --out a file is
+    refused."""
+    model = tiny_model("citrinet", head="ctc")
+    export(model, tmp_path, int8=True)
+    assert list(tmp_path.glob("*.int8.onnx"))
+    (tmp_path / "notes.txt").write_text("mine")
+    card = export(model, tmp_path, sherpa=False)
+    assert not list(tmp_path.rglob("*.int8.onnx")) and not (tmp_path / "sherpa-onnx").exists()
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == sorted(Path(f["path"]).name for f in card["files"].values())
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="is a file; the export is a directory"):
+        export(model, tmp_path / "notes.txt")
 
 
 # ---------------------------------------------------------------------- metadata

@@ -87,11 +87,16 @@ def test_transcribe_onnx_several_files_and_errors(model_dir, wavs, tmp_path, cap
     model, out = model_dir
     speech, synth = wavs
     missing = tmp_path / "missing.wav"
+    loud = tmp_path / "loud.wav"  # an unnormalized float WAV: refused by name, the other files still transcribed
+    import soundfile as sf
+
+    sf.write(loud, 3.0 * read_audio(speech, 16000), 16000, subtype="FLOAT")
     with pytest.raises(SystemExit) as e:
-        main(["transcribe", "--onnx", str(out), str(synth), str(missing), str(speech)])
+        main(["transcribe", "--onnx", str(out), str(synth), str(missing), str(loud), str(speech)])
     assert e.value.code == 1
     cap = capsys.readouterr()
     assert f"audio file not found: {missing}" in cap.err
+    assert f"audio file {loud} has samples up to" in cap.err and "beyond +-2" in cap.err
     got = dict(line.split("\t") for line in cap.out.splitlines())
     for path in (synth, speech):
         ref = torch_stream(model, read_audio(path, 16000))

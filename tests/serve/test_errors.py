@@ -81,6 +81,11 @@ def test_metadata_that_contradicts_the_files(copy):
     _edit_card(d, window=card["window"] + 4)
     with pytest.raises(ValueError, match=r"window=.*model\.json says window="):
         Recognizer(d)
+    for edit in ({"blank_id": 3}, {"features": {**card["features"], "sample_rate": 8000}}, {"encoder": "ssm"}):
+        d = copy()  # any setting the files state too (they decoded to garbage before)
+        _edit_card(d, **edit)
+        with pytest.raises(ValueError, match=rf"metadata says {next(iter(edit))}=.*model\.json says {next(iter(edit))}="):
+            Recognizer(d)
     # model.json against the graphs' shapes (the files' metadata removed)
     d = copy()
     for name in ("encoder.onnx", "joiner.onnx", "decoder.onnx"):
