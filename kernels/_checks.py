@@ -27,6 +27,12 @@ def check_same_device(**tensors: Tensor) -> None:
         raise ValueError(f"all tensors must be on one device, got {listing}")
 
 
+def check_index(name: str, value, what: str) -> None:
+    """A Python or numpy integer (not a bool, not 1.5); ``what`` says what it counts."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
 def check_float(name: str, x: Tensor, ndim: int) -> None:
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -70,8 +76,7 @@ def check_targets_and_lengths(
     for name, x in ((lengths_name, logit_lengths), ("target_lengths", target_lengths)):
         if x.shape[0] != B:
             raise ValueError(f"{name}.shape = {tuple(x.shape)} does not match the batch size {B}")
-    if isinstance(blank, bool) or not hasattr(type(blank), "__index__"):  # ints, numpy ints, not 1.5
-        raise ValueError(f"blank must be an int token id, got {blank!r}")
+    check_index("blank", blank, "an int token id")
     if not 0 <= blank < V:
         raise ValueError(f"blank = {blank} is out of range [0, {V}) for a vocabulary of {V} tokens")
     ll = logit_lengths.detach().cpu().long()

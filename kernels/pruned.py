@@ -373,8 +373,7 @@ def pruned_rnnt_loss(
     for name, x in (("am_logits", am_logits), ("lm_logits", lm_logits), ("targets", targets)):
         if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] != enc.shape[0]:
             raise ValueError(f"{name}.shape = {tuple(x.shape)} does not match enc's batch size {enc.shape[0]}")
-    if isinstance(s_range, bool) or not hasattr(type(s_range), "__index__"):
-        raise ValueError(f"s_range must be an int (label positions kept per frame), got {s_range!r}")
+    _checks.check_index("s_range", s_range, "an int (label positions kept per frame)")
     if am_logits.dim() == 3 and am_logits.shape[1] != enc.shape[1]:
         raise ValueError(f"am_logits.shape = {tuple(am_logits.shape)} does not match enc's T = {enc.shape[1]}")
     if lm_logits.dim() == 3 and lm_logits.shape[1] != pred.shape[1]:

@@ -189,13 +189,12 @@ class OnnxModel:
         self.files[key] = path
         meta = sess.get_modelmeta().custom_metadata_map
         for k in sorted(set(meta) & set(self.card)):  # every setting both state (ids, features, encoder ...) must agree
-            if k in meta and k in self.card:
-                try:
-                    value = json.loads(meta[k])
-                except json.JSONDecodeError:
-                    value = meta[k]
-                if value != self.card[k]:
-                    raise ValueError(f"{path.name}'s metadata says {k}={meta[k]} but {self.dir / 'model.json'} says {k}={json.dumps(self.card[k])}")
+            try:
+                value = json.loads(meta[k])
+            except json.JSONDecodeError:
+                value = meta[k]
+            if value != self.card[k]:
+                raise ValueError(f"{path.name}'s metadata says {k}={meta[k]} but {self.dir / 'model.json'} says {k}={json.dumps(self.card[k])}")
         return sess
 
     def _check_encoder(self, key: str) -> None:

@@ -818,7 +818,8 @@ class Trainer:
             last = stop or epoch == cfg.max_epochs
             # stopped inside the epoch (max_steps or the time budget): a longer run goes on from here
             partial = stop and not exhausted
-            position = (epoch, batch_idx, {"stats": dict(stats), "skipped": dict(skipped)}) if partial else (epoch + 1, 0, None)
+            resume_at, resume_batch, epoch_progress = ((epoch, batch_idx, {"stats": dict(stats), "skipped": dict(skipped)}) if partial
+                                                       else (epoch + 1, 0, None))
             frames, padded = self.dist.sum([stats["frames"], stats["padded_frames"]], self.device)
             if self.dist.enabled:
                 skipped = sum((Counter(s) for s in self.dist.gather(dict(skipped))), Counter())
@@ -847,7 +848,7 @@ class Trainer:
             rec["wall_seconds"] = round(self.wall_seconds, 1)
             self._log_metrics(rec)
             if last or epoch % cfg.save_every_epochs == 0:
-                self._save(position[0], position[1], tag=f"epoch-{epoch}", progress=position[2])
+                self._save(resume_at, resume_batch, tag=f"epoch-{epoch}", progress=epoch_progress)
             last_epoch = epoch
         if self.tb is not None:
             self.tb.close()
