@@ -45,7 +45,8 @@ NEG_INF = np.float32(-np.inf)
 @dataclass
 class Hyp:
     """A decoded hypothesis: token ids, the global encoder frame of each, score, and the last
-    encoder frame that was not silence (the last label; for CTC the last non-blank argmax)."""
+    encoder frame that was not silence: the last label that writes something (not a lone word
+    boundary or <unk>: ``OnnxModel.silent_ids``); for CTC the last such argmax."""
 
     tokens: list[int] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
@@ -77,6 +78,7 @@ class CtcState:
 class CtcGreedy:
     def __init__(self, model: OnnxModel):
         self.blank = model.blank
+        self.silent = np.array(sorted(model.silent_ids | {model.blank}), np.int64)
 
     def new_state(self, start_frame: int = 0) -> CtcState:
         return CtcState(start_frame, self.blank, Hyp())
@@ -95,7 +97,7 @@ class CtcGreedy:
             h.tokens.extend(ids[emit].tolist())
             h.frames.extend((emit + st.frames_done).tolist())
             h.score += float(best[b, :n].sum())
-            speech = np.nonzero(ids != self.blank)[0]
+            speech = np.nonzero(~np.isin(ids, self.silent))[0]
             if len(speech):
                 h.last_speech_frame = st.frames_done + int(speech[-1])
             st.prev = int(ids[-1])
@@ -191,6 +193,7 @@ class TransducerGreedy:
         self.model = model
         self.pred = Predictor(model)
         self.blank, self.V = model.blank, model.vocab_size
+        self.silent = model.silent_ids
         self.durations = np.array(model.durations, dtype=np.int64) if model.durations else None
         self.max_symbols = max_symbols
         self.log_guard = None
@@ -266,7 +269,8 @@ class TransducerGreedy:
                 frame = st.frames_done + t[b]
                 st.hyp.tokens.append(tok)
                 st.hyp.frames.append(frame)
-                st.hyp.last_speech_frame = frame
+                if tok not in self.silent:
+                    st.hyp.last_speech_frame = frame
                 if tdt:
                     t[b] += d
                     guarded[b] = False
@@ -337,6 +341,7 @@ class TransducerBeam:
         self.model = model
         self.pred = Predictor(model)
         self.K, self.blank, self.V = beam, model.blank, model.vocab_size
+        self.silent = model.silent_ids
         self.max_symbols = max_symbols
         durations = model.durations
         self.tdt = durations is not None
@@ -504,12 +509,17 @@ class TransducerBeam:
     def best(self, state: BeamState) -> Hyp:
         slot, score = self._best_slot(state)
         toks, frames = _history(slot.hist)
-        return Hyp(toks, frames, score, frames[-1] if frames else None)
+        return Hyp(toks, frames, score, self._last_speech(slot.hist))
+
+    def _last_speech(self, cell) -> int | None:
+        while cell is not None and cell[0] in self.silent:  # past trailing lone word boundaries
+            cell = cell[2]
+        return None if cell is None else cell[1]
 
     def last_speech(self, state: BeamState) -> int | None:
-        """The frame of the best hypothesis' last token, without walking its history."""
-        slot, _ = self._best_slot(state)
-        return slot.hist[1] if slot.hist is not None else None
+        """The frame of the best hypothesis' last token that writes something, walking back
+        from its end only over tokens that do not."""
+        return self._last_speech(self._best_slot(state)[0].hist)
 
 
 def make_decoder(model: OnnxModel, decoding: str = "greedy", beam: int = 4, max_symbols: int = 10,

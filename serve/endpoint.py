@@ -6,8 +6,9 @@ fires when all of its conditions hold:
 - ``must_contain_nonsilence``: the segment has decoded something (sherpa: utterance length >
   trailing silence);
 - trailing silence >= ``min_trailing_silence`` seconds, where trailing silence is the time
-  since the last decoded token (transducer: the frame of the last label; CTC: the last frame
-  whose argmax is not blank), or since the segment start when nothing was decoded;
+  since the last decoded token that writes something (transducer: the frame of the last such
+  label; CTC: the last frame whose argmax is one; a lone word boundary or ``<unk>`` is not
+  speech: ``OnnxModel.silent_ids``), or since the segment start when nothing was decoded;
 - segment length >= ``min_utterance_length`` seconds.
 
 Defaults (sherpa-onnx's): rule1 = 2.4 s of silence with nothing decoded, rule2 = 1.2 s of

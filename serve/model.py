@@ -137,6 +137,8 @@ class OnnxModel:
         self.symbols = load_tokens(tok_path)
         if len(self.symbols) != self.vocab_size:
             raise ValueError(f"{tok_path} has {len(self.symbols)} symbols but {card_path} says vocab_size={self.vocab_size}")
+        # tokens that write nothing (blank, <unk>, a lone word boundary): not speech to the endpointer
+        self.silent_ids = frozenset(i for i in range(self.vocab_size) if not self.text([i]))
 
         transducer = self.head != "ctc"
         has_ctc = self.head == "ctc" or bool(card.get("hybrid_ctc"))

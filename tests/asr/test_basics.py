@@ -132,3 +132,13 @@ def test_train_set_options_accumulate():
     args = build_parser().parse_args(["train", "--config", "c.yaml", "--set", "exp_dir=a", "max_epochs=2",
                                       "--set", "max_minutes=3", "exp_dir=b"])
     assert _parse_overrides(args.set) == {"exp_dir": "b", "max_epochs": 2, "max_minutes": 3}
+
+
+def test_python_m_asr_runs_the_cli():
+    """``python -m asr`` is the ``asr`` command (for an environment whose scripts are not on PATH)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "asr", "decode", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: asr decode")

@@ -202,10 +202,12 @@ def test_last_word_is_not_dropped(built):
     assert r.frames[-1] >= full_windows * p["shift"] // model.encoder.subsampling, "the last token lies past the full windows"
 
 
-def _torch_segments(model, audio: np.ndarray, config: EndpointConfig, frame_seconds: float, decoding: str) -> list[tuple]:
+def _torch_segments(model, audio: np.ndarray, config: EndpointConfig, frame_seconds: float, decoding: str,
+                    silent: frozenset = frozenset({0, 1})) -> list[tuple]:
     """The documented endpoint policy, in torch: windows through forward_chunk (encoder state
     never reset), the decoder (greedy or beam search) continued window by window; after every
-    window the rules on the current segment; at an endpoint the segment closes and the decoder
+    window the rules on the current segment, speech ending at its last token that writes
+    something (not in ``silent``); at an endpoint the segment closes and the decoder
     restarts."""
     x = model.normalize(torch.from_numpy(knf_features(audio, model.features)))
     p = model.encoder.streaming_params()
@@ -222,7 +224,8 @@ def _torch_segments(model, audio: np.ndarray, config: EndpointConfig, frame_seco
                 hyps, dec = modified_beam_search(model.transducer, y, yl, beam=4, state=dec)
             done += int(yl[0])
             frames = [f + seg_start for f in hyps[0].frames]
-            last = frames[-1] - seg_start if frames else None
+            spoken = [f for f, tok in zip(hyps[0].frames, hyps[0].tokens) if tok not in silent]
+            last = spoken[-1] if spoken else None
             rule = config.detect(done - seg_start, last, frame_seconds)
             if rule is not None:
                 segments.append((hyps[0].tokens, frames, rule))
@@ -269,6 +272,43 @@ def test_endpoints_close_segments_and_restart_the_decoder(tmp_path, decoding):
     # b's long silence ends an empty segment by rule1 (beam search may first close one or two
     # rule2 segments there, each holding a token its restarted search emits at once)
     assert any(r.text == "" and r.endpoint == "rule1" for r in streams[1].segments[1:])
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "beam"])
+def test_tokens_that_write_nothing_are_not_speech(tmp_path, decoding):
+    """A pause where the model decodes only word boundaries (or <unk>) is silence to the
+    endpointer: rule2 does not close a segment that wrote nothing (``asr stream`` on noise
+    printed a run of empty rule2 finals, a lone word boundary counting as speech). The same
+    model decoded twice, the second time with the tokens of its second burst renamed to the
+    word boundary in tokens.txt: the same tokens, the segments of the policy in torch with
+    those tokens silent."""
+    a = np.concatenate([synthetic_audio(1.4, seed=41), np.zeros(24000, np.float32), synthetic_audio(1.2, seed=42),
+                        np.zeros(4800, np.float32)])
+    model, out = build(tmp_path, family="conformer", head="rnnt", calib=a, beta=3.0, gain=12.0)
+    a = np.concatenate([a, np.zeros(48000, np.float32)])  # 3 s more of silence after the second burst
+    config = EndpointConfig(rule2=EndpointRule(True, 0.8, 0.0))
+
+    def decode():
+        rec = Recognizer(out, decoding=decoding, endpoint=config)
+        s = rec.create_stream()
+        feed(rec, [s], [a], seed=3)
+        return rec, s
+
+    rec, s = decode()
+    first = s.segments
+    assert [r.endpoint for r in first[:2]] == ["rule2", "rule2"] and first[0].text and first[1].text, first
+    quiet = set(first[1].token_ids)
+    assert set(first[0].token_ids) - quiet, "the first burst must keep a token that writes"
+    lines = (out / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    (out / "tokens.txt").write_text("".join(f"\u2581 {i}\n" if i in quiet else line + "\n" for i, line in enumerate(lines)),
+                                    encoding="utf-8")
+    rec, s = decode()
+    assert rec.model.silent_ids == quiet | {0, 1, 2}
+    assert s.transcript().token_ids == [t for r in first for t in r.token_ids]
+    want = _torch_segments(model, a, config, rec.frame_seconds, decoding, silent=frozenset(rec.model.silent_ids))
+    assert [(r.token_ids, r.frames, r.endpoint) for r in s.segments] == want
+    assert not any(r.endpoint == "rule2" and not r.text for r in s.segments), [(r.text, r.endpoint) for r in s.segments]
+    assert s.segments[1].endpoint == "rule1", [(r.text, r.endpoint) for r in s.segments]
 
 
 def test_endpoint_rules():
