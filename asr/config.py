@@ -15,13 +15,22 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml", "save_yaml", "set_path"]
+__all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml", "save_yaml", "set_path", "check_dropout"]
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config key is unknown, missing or of the wrong type."""
+
+
+def check_dropout(obj: Any, *names: str) -> None:
+    """A ValueError naming the first of ``obj``'s dropout probabilities ``names`` outside [0, 1)
+    (1 drops everything; NaN too)."""
+    for name in names:
+        p = getattr(obj, name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{type(obj).__name__}.{name} is a dropout probability in [0, 1), got {p}")
 
 
 def _type_name(tp: Any) -> str:

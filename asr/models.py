@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import from_dict, to_dict
+from .config import check_dropout, from_dict, to_dict
 from .data.features import FeatureConfig
 from .data.tokenizer import Tokenizer
 from .decoding.ctc import Hypothesis, ctc_greedy
@@ -102,6 +102,9 @@ def check_model_config(config: ModelConfig) -> None:
         raise ValueError(f"ModelConfig.head must be one of ctc, {', '.join(TRANSDUCER_KINDS)}, got {config.head!r}")
     if not 0.0 <= config.ctc_weight < 1.0:
         raise ValueError(f"ModelConfig.ctc_weight must be in [0, 1), got {config.ctc_weight}")
+    check_dropout(config, "dropout")
+    if "input_dim" in config.encoder_config:
+        raise ValueError("ModelConfig.encoder_config.input_dim is the feature dimension: set features.num_mel_bins instead")
     if config.ctc_warmup_steps < 0:
         raise ValueError(f"ModelConfig.ctc_warmup_steps must be >= 0, got {config.ctc_warmup_steps}")
     if config.train_ctc_guard:

@@ -163,6 +163,9 @@ class StreamingEncoder(nn.Module):
             raise ValueError(f"{where}: x must be a (B, T, {self.input_dim}) float tensor, got {shape}")
         if not x.is_floating_point():
             raise ValueError(f"{where}: x must be a float tensor, got dtype {x.dtype}")
+        if x.dtype != self._dtype() and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"{where}: x is {x.dtype} but the encoder's weights are {self._dtype()}: "
+                             f"convert one of them (x.to({self._dtype()}))")
         if x.size(2) != self.input_dim:
             raise ValueError(
                 f"{where}: expected {self.input_dim} features per frame (x of shape (B, T, "
@@ -202,6 +205,8 @@ class StreamingEncoder(nn.Module):
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Whole utterances. x (B, T, F), x_lens (B,) -> y (B, ceil(T/s), D), y_lens (B,)."""
         self.check_input(x, x_lens, "forward")
+        if x.size(1) == 0:  # no frames: no outputs (the convolutions cannot run on nothing)
+            return x.new_zeros(x.size(0), 0, self.output_dim), torch.zeros_like(x_lens, dtype=torch.int64)
         return self._forward(x, x_lens.to(torch.int64))
 
     def forward_chunk(

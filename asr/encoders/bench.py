@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from asr.encoders.presets import FAMILIES, build_encoder, count_parameters, parameter_table
+from asr.encoders.presets import FAMILIES, PRESETS, build_encoder, count_parameters, parameter_table
 
 __all__ = ["bench_encoder", "main"]
 
@@ -123,7 +123,8 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m asr.encoders.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     ap.add_argument("--presets", nargs="+", default=["small", "medium"])
     ap.add_argument("--device", default="cpu")
@@ -138,11 +139,30 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = ap.parse_args(argv)
     if args.table:
         return parameter_table(args.families)
+    for name in ("threads", "batch", "latency_windows"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("utt_seconds", "long_minutes"):
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    for fam in args.families:
+        unknown = [p for p in args.presets if p not in PRESETS.get(fam, {})]
+        if unknown:
+            ap.error(f"no preset {', '.join(unknown)} for {fam} (its presets: {', '.join(PRESETS.get(fam, {}))}); "
+                     "pick --families and --presets that go together")
     if args.threads:
         torch.set_num_threads(args.threads)
-    context = tuple(int(v) for v in args.context.split(",")) if args.context else None
-    if context is not None and len(context) != 2:
-        raise SystemExit(f"--context must be left,right, got {args.context!r}")
+    context = None
+    if args.context:
+        if args.families != ["conformer"]:
+            ap.error("--context sets the Conformer's attention context: use it with --families conformer")
+        try:
+            left, right = (int(v) for v in args.context.split(","))
+        except ValueError:
+            ap.error(f"--context must be LEFT,RIGHT encoder frames (e.g. 70,6), got {args.context!r}")
+        if left < 0 or right < 0:
+            ap.error(f"--context must be non-negative, got {args.context!r}")
+        context = (left, right)
     print(f"# machine: {machine()}")
     rows = []
     cols = ["family", "preset", "params_M", "window_ms", "throughput", "p50_ms", "p95_ms", "at_10s_ms", "at_long_ms"]

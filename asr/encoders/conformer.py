@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.config import check_dropout
 from asr.encoders.base import StreamingEncoder, last_frames, mask_frames
 from asr.encoders.subsampling import ConvSubsampling
 
@@ -92,13 +93,14 @@ class ConformerConfig:
             raise ValueError(f"ConformerConfig.d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         if self.conv_kernel < 1:
             raise ValueError(f"ConformerConfig.conv_kernel must be >= 1, got {self.conv_kernel}")
+        check_dropout(self, "dropout", "att_dropout")
         if not self.att_contexts:
             raise ValueError("ConformerConfig.att_contexts must list at least one [left, right] pair")
-        for c in self.att_contexts + ([self.inference_context] if self.inference_context else []):
+        for c in list(self.att_contexts) + ([] if self.inference_context is None else [self.inference_context]):
             _check_context(c)
         if self.att_context_probs is not None:
             p = self.att_context_probs
-            if len(p) != len(self.att_contexts) or any(v < 0 for v in p) or sum(p) <= 0:
+            if len(p) != len(self.att_contexts) or not all(math.isfinite(v) and v >= 0 for v in p) or sum(p) <= 0:
                 raise ValueError(
                     "ConformerConfig.att_context_probs must give one non-negative probability per "
                     f"att_contexts entry ({len(self.att_contexts)}), got {p}"
@@ -315,7 +317,7 @@ class ConformerEncoder(StreamingEncoder):
         self.contexts = [_check_context(c) for c in cfg.att_contexts]
         probs = cfg.att_context_probs or [1.0] * len(self.contexts)
         self.register_buffer("context_probs", torch.tensor(probs, dtype=torch.float64) / sum(probs), persistent=False)
-        self.context = _check_context(cfg.inference_context or cfg.att_contexts[0])
+        self.context = _check_context(cfg.att_contexts[0] if cfg.inference_context is None else cfg.inference_context)
 
     # ---- context selection ------------------------------------------------------------
     def set_context(self, left: int, right: int) -> None:
@@ -331,10 +333,13 @@ class ConformerEncoder(StreamingEncoder):
         )
 
     def _active_context(self) -> tuple[int, int]:
-        if self.training and len(self.contexts) > 1:
-            i = int(torch.multinomial(self.context_probs, 1))
-            return self.contexts[i]
-        return self.context
+        """Training: one of ``att_contexts`` (drawn per step when there are several); otherwise
+        the inference context (``inference_context``, ``set_context``)."""
+        if not self.training:
+            return self.context
+        if len(self.contexts) == 1:  # not self.context: a single-context model trained at its inference context
+            return self.contexts[0]
+        return self.contexts[int(torch.multinomial(self.context_probs, 1))]
 
     def streaming_params(self) -> dict[str, Any]:
         left, right = self.context

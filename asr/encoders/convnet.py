@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asr.encoders.base import StreamingEncoder, ceil_div, make_pad_mask
+from asr.config import check_dropout
+from asr.encoders.base import StreamingEncoder, ceil_div, make_pad_mask, mask_frames
 
 __all__ = [
     "BlockSpec",
@@ -86,6 +87,7 @@ class QuartzNetConfig:
             raise ValueError("QuartzNetConfig.epilogue_channels/kernels/dilations must have equal lengths")
         _check_positive(self, ["input_dim", "repeat", "prologue_channels", "prologue_kernel", "chunk_size"])
         _check_positive(self, ["channels", "kernels", "epilogue_channels", "epilogue_kernels", "epilogue_dilations"])
+        check_dropout(self, "dropout")
 
     def blocks(self) -> list[BlockSpec]:
         per = self.num_blocks // len(self.channels)
@@ -128,6 +130,7 @@ class CitrinetConfig:
             ["input_dim", "channels", "repeat", "prologue_kernel", "epilogue_channels", "epilogue_kernel"],
         )
         _check_positive(self, ["se_reduction", "se_window", "chunk_size"])
+        check_dropout(self, "dropout")
         if any(k < 1 for ks in self.kernels for k in ks):
             raise ValueError(f"CitrinetConfig.kernels must be positive, got {self.kernels}")
 
@@ -292,6 +295,7 @@ class ConvEncoder(StreamingEncoder):
 
     def _run(self, x: Tensor, x_lens: Tensor, state: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
         extra = -x.size(1) % self.subsampling
+        x = mask_frames(x, x_lens)  # padding is zero, NaN there too (the blocks mask by multiplying)
         h = F.pad(x, (0, 0, 0, extra)).transpose(1, 2)  # (B, F, T)
         lens = x_lens
         new: list[Tensor] = []

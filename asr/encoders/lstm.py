@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asr.config import check_dropout
 from asr.encoders.base import StreamingEncoder, mask_frames, run_lstm
 from asr.encoders.subsampling import stack_frames
 
@@ -53,6 +54,7 @@ class LSTMConfig:
             raise ValueError(f"LSTMConfig.proj_size must be in [0, hidden_size), got {self.proj_size}")
         if self.projection not in ("linear", "recurrent"):
             raise ValueError(f"LSTMConfig.projection must be 'linear' or 'recurrent', got {self.projection!r}")
+        check_dropout(self, "dropout")
 
 
 class LSTMEncoder(StreamingEncoder):

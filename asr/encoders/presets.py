@@ -129,7 +129,7 @@ def build_encoder(name: str, preset: str | None = None, **config: Any) -> Stream
     ``preset`` one of ``PRESETS[name]`` (``small``, ``medium``, ``large``, and published sizes
     for QuartzNet/Citrinet) or None for the dataclass defaults; ``config`` overrides single
     fields of the family's config dataclass. A config dataclass instance may be passed as
-    ``config=...`` instead.
+    ``config=...`` instead (without ``preset``: it holds every field).
     """
     if name not in FAMILIES:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(FAMILIES)}")
@@ -138,8 +138,11 @@ def build_encoder(name: str, preset: str | None = None, **config: Any) -> Stream
         cfg = config.pop("config")
         if not isinstance(cfg, config_cls):
             raise ValueError(f"config= must be a {config_cls.__name__}, got {type(cfg).__name__}")
-        if preset is not None or config:
-            cfg = encoder_config(name, preset, **{**dataclasses.asdict(cfg), **config})
+        if preset is not None:  # every field of cfg would override the preset's
+            raise ValueError(f"give preset= or config=, not both (preset {preset!r} with a {config_cls.__name__}): "
+                             f"build the config from the preset with encoder_config({name!r}, {preset!r}, ...)")
+        if config:
+            cfg = encoder_config(name, None, **{**dataclasses.asdict(cfg), **config})
     else:
         cfg = encoder_config(name, preset, **config)
     return encoder_cls(cfg)

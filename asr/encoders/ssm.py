@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.config import check_dropout
 from asr.encoders.base import StreamingEncoder, mask_frames
 from asr.encoders.subsampling import ConvSubsampling
 
@@ -67,6 +68,7 @@ class SSMConfig:
                 raise ValueError(f"SSMConfig.{k} must be >= 1, got {getattr(self, k)}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"SSMConfig needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        check_dropout(self, "dropout")
 
 
 class S4D(nn.Module):

@@ -28,6 +28,7 @@ icefall).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import kernels
+from asr.config import check_dropout
 from asr.encoders.base import run_lstm
 
 __all__ = ["KINDS", "TransducerConfig", "TransducerHead", "LSTMPredictor", "StatelessPredictor", "Joint"]
@@ -68,6 +70,19 @@ class TransducerConfig:
     prune_range: int = 5
     simple_loss_scale: float = 0.5
     dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for k in ("pred_dim", "pred_layers", "context_size", "joint_dim"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"TransducerConfig.{k} must be >= 1, got {getattr(self, k)}")
+        if self.prune_range < 2:
+            raise ValueError(f"TransducerConfig.prune_range must be >= 2 (no path survives a window of 1), got {self.prune_range}")
+        for k in ("sigma", "fastemit_lambda", "simple_loss_scale"):
+            if not 0.0 <= getattr(self, k) < math.inf:  # NaN too
+                raise ValueError(f"TransducerConfig.{k} must be >= 0, got {getattr(self, k)}")
+        if not 0.0 <= self.omega <= 1.0:
+            raise ValueError(f"TransducerConfig.omega is a probability in [0, 1], got {self.omega}")
+        check_dropout(self, "dropout")
 
 
 class LSTMPredictor(nn.Module):
@@ -240,7 +255,7 @@ class TransducerHead(nn.Module):
         self.vocab_size = vocab_size
         if kind in ("tdt", "pruned_tdt"):
             d = list(cfg.durations)
-            if len(set(d)) != len(d) or min(d) < 0 or max(d) < 1:
+            if not d or len(set(d)) != len(d) or min(d) < 0 or max(d) < 1:
                 raise ValueError(f"TDT durations must be distinct ints >= 0 with one > 0, got {d}")
             self.durations: list[int] | None = d
         else:

@@ -200,6 +200,14 @@ def check_config(cfg: TrainConfig) -> None:
         if not get(key) > 0:
             raise ValueError(f"{key} must be > 0, got {get(key)}")
     check_model_config(cfg.model)
+    # the encoder's and heads' own checks (e.g. subsampling 3, 5 attention heads for d_model
+    # 144), on the meta device: no weights allocated, before any data is read or file written
+    vocab = cfg.model.vocab_size if cfg.model.vocab_size > 0 else 32  # the tokenizer's, later
+    try:
+        with torch.device("meta"):
+            ASRModel(replace(cfg.model, vocab_size=vocab), cfg.features)
+    except TypeError as e:  # an encoder_config key the family does not take
+        raise ValueError(f"model.encoder_config for {cfg.model.encoder!r}: {e}") from None
 
 
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:

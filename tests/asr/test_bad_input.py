@@ -67,6 +67,15 @@ def test_train_refuses_a_config_that_cannot_run_before_it_starts(tiny_data, tmp_
                       (["optim.lr=.nan"], "optim.lr must be > 0"),
                       (["model.ctc_weight=2"], r"ctc_weight must be in \[0, 1\)"),
                       (["bogus=1"], "bogus"),
+                      # the encoder's and heads' own checks, which used to run only once the data was read
+                      (["model.encoder_config.subsampling=3"], "subsampling factor must be 2, 4 or 8"),
+                      (["model.encoder_config.num_heads=5"], "divisible by num_heads=5"),
+                      (["model.encoder_config.d_modle=128"], "d_modle"),
+                      (["model.encoder_config.input_dim=40"], "set features.num_mel_bins"),
+                      (["model.encoder=transformer"], "unknown encoder 'transformer'"),
+                      (["model.head=tdt", "model.transducer.durations=[]"], "TDT durations must be"),
+                      (["model.head=tdt", "model.transducer.omega=2"], r"omega is a probability in \[0, 1\]"),
+                      (["model.dropout=1"], r"ModelConfig.dropout is a dropout probability in \[0, 1\)"),
                       (["optim.lr=abc"], "optim.lr")]:
         with pytest.raises(SystemExit, match=f"^error: .*{msg}"):
             main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *sets])

@@ -8,6 +8,7 @@ import torch
 
 from asr.encoders import build_encoder, stream
 from asr.encoders.base import make_pad_mask
+from asr.encoders.conformer import ConformerConfig
 
 ATOL = 1e-4
 
@@ -527,6 +528,61 @@ def test_wrong_config_type_is_named():
         build_encoder("conformer", att_contexts=[[4, 0], [4, 1]], att_context_probs=[1.0])
     with pytest.raises(ValueError, match="subsampling"):
         build_encoder("conformer", subsampling=3)
+
+
+def test_config_values_no_model_can_mean_are_refused():
+    from asr.heads.transducer import TransducerConfig
+
+    for fam in FAMS:
+        with pytest.raises(ValueError, match=r"dropout is a dropout probability in \[0, 1\), got 1.0"):
+            build_encoder(fam, dropout=1.0)
+    with pytest.raises(ValueError, match="att_context_probs"):
+        build_encoder("conformer", att_contexts=[[4, 0], [4, 1]], att_context_probs=[float("nan"), 1.0])
+    with pytest.raises(ValueError, match="attention context"):
+        build_encoder("conformer", inference_context=[])  # used to mean "the first trained context"
+    with pytest.raises(ValueError, match="preset= or config=, not both"):  # the config's fields hid the preset
+        build_encoder("conformer", preset="large", config=ConformerConfig())
+    from asr.encoders.conformer import ConformerEncoder
+
+    assert ConformerEncoder(ConformerConfig(att_contexts=((4, 0), (4, 1)))).contexts == [(4, 0), (4, 1)]  # tuples
+    for bad, msg in [(dict(omega=2.0), "omega"), (dict(sigma=-0.1), "sigma"), (dict(fastemit_lambda=-1.0), "fastemit"),
+                     (dict(pred_dim=0), "pred_dim"), (dict(joint_dim=0), "joint_dim"), (dict(prune_range=1), "prune_range"),
+                     (dict(dropout=1.0), "dropout")]:
+        with pytest.raises(ValueError, match=msg):
+            TransducerConfig(**bad)
+
+
+def test_single_context_conformer_trains_at_its_context():
+    """With one trained context, training used the inference context instead (set by
+    ``inference_context`` or ``set_context``): a model trained at (8, 0) while meant for (8, 2)."""
+    enc = build_encoder("conformer", input_dim=20, d_model=32, num_layers=1, subsampling_channels=8,
+                        att_contexts=[[8, 2]], inference_context=[8, 0])
+    enc.train()
+    assert enc._active_context() == (8, 2)
+    enc.set_context(4, 0)
+    assert enc._active_context() == (8, 2)
+    enc.eval()
+    assert enc._active_context() == (4, 0)
+
+
+@pytest.mark.parametrize("name", FAMS)
+def test_no_frames_wrong_dtype_and_nan_padding(name):
+    """No frames give no outputs (the convolutions used to fail); float64 features for float32
+    weights are a clear error; NaN in the padding stays out of the outputs (the convolutional
+    encoders masked by multiplying, and NaN * 0 is NaN)."""
+    enc = _tiny(name).eval()
+    F_ = enc.input_dim
+    with torch.no_grad():
+        y, yl = enc(torch.zeros(2, 0, F_), torch.tensor([0, 0]))
+        assert y.shape == (2, 0, enc.output_dim) and yl.tolist() == [0, 0]
+        with pytest.raises(ValueError, match="x is torch.float64 but the encoder's weights are torch.float32"):
+            enc(torch.zeros(1, 9, F_, dtype=torch.float64), torch.tensor([9]))
+        x = torch.randn(2, 37, F_)
+        y0, yl0 = enc(x, torch.tensor([37, 21]))
+        x[1, 21:] = float("nan")
+        y1, yl1 = enc(x, torch.tensor([37, 21]))
+    assert torch.isfinite(y1).all()
+    _assert_valid_close(y0, y1, yl0, atol=0)
 
 
 def test_conformer_attention_matches_dense_reference():
