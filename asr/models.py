@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,9 @@ class ASRModel(nn.Module):
         self.feat_std.copy_(std.clamp_min(1e-3))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.feat_mean) / self.feat_std
+        """Global mean and variance normalization, in the model's dtype (float32 features for a
+        ``model.half()`` come out float16)."""
+        return ((x - self.feat_mean) / self.feat_std).to(self.feat_mean.dtype)
 
     def encode(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, F), (B,) -> encoder output (B, T', D), (B,)."""
@@ -208,6 +211,7 @@ class ASRModel(nn.Module):
         ``fusion``: an n-gram LM for the beam search (:mod:`asr.decoding.lm`); ``ctc_guard``: a
         hybrid TDT+CTC's greedy search lets a blank jump pass only over frames whose CTC blank
         probability exceeds this (:meth:`jump_guard`)."""
+        self._check_decoding(method, beam, use_ctc, fusion, ctc_guard)  # before the encoder runs
         enc, enc_lens = self.encode(x, x_lens)
         return self.decode_encoded(enc, enc_lens, method, beam, use_ctc, fusion, ctc_guard)
 
@@ -221,6 +225,19 @@ class ASRModel(nn.Module):
         it would mark in decoding."""
         self.check_ctc_guard(threshold)
         return self.ctc.proj(enc).log_softmax(-1)[..., self.transducer.blank] > math.log(threshold)
+
+    def _check_decoding(self, method: str, beam: int, use_ctc: bool, fusion, ctc_guard: float | None) -> None:
+        """A ValueError for decoding settings this model cannot decode with."""
+        if method not in ("greedy", "beam"):
+            raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
+        if method == "beam" and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
+            raise ValueError(f"beam must be an int >= 1, got {beam!r}")
+        if fusion is not None and method != "beam":
+            raise ValueError("LM fusion needs beam search (method 'beam')")
+        if (use_ctc or self.transducer is None) and self.ctc is None:
+            raise ValueError("this model has no CTC head (train a hybrid with ctc_weight > 0)")
+        if ctc_guard is not None:
+            self.check_ctc_guard(ctc_guard, method, use_ctc)
 
     def check_ctc_guard(self, threshold: float, method: str = "greedy", use_ctc: bool = False) -> None:
         """A ValueError unless this model, decoded by ``method`` (and ``use_ctc``), can guard TDT
@@ -236,16 +253,9 @@ class ASRModel(nn.Module):
 
     def decode_encoded(self, enc: torch.Tensor, enc_lens: torch.Tensor, method: str = "greedy", beam: int = 4, use_ctc: bool = False,
                        fusion: "LMFusion | None" = None, ctc_guard: float | None = None) -> list[Hypothesis]:
-        if method not in ("greedy", "beam"):
-            raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
-        if fusion is not None and method != "beam":
-            raise ValueError("LM fusion needs beam search (method 'beam')")
-        if ctc_guard is not None:
-            self.check_ctc_guard(ctc_guard, method, use_ctc)
+        self._check_decoding(method, beam, use_ctc, fusion, ctc_guard)
         lm = fusion.kwargs() if fusion is not None else {}
         if use_ctc or self.transducer is None:
-            if self.ctc is None:
-                raise ValueError("this model has no CTC head (train a hybrid with ctc_weight > 0)")
             log_probs = self.ctc(enc)
             if method == "greedy":
                 return ctc_greedy(log_probs, enc_lens)
@@ -276,33 +286,43 @@ class ASRModel(nn.Module):
         )
 
     @torch.no_grad()
-    def transcribe(self, audio: Sequence[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray, sample_rate: int | None = None,
-                   ctc_guard: float | None = None, method: str = "greedy", beam: int = 4, use_ctc: bool = False) -> list[Transcript]:
-        """Transcribe files (any rate, resampled; multi-channel downmixed) or arrays: mono (N,)
-        float samples in [-1, 1] at ``sample_rate`` (default the model's). Arrays get the checks
-        files get: integer PCM, more than one channel, NaN or inf, samples beyond +-2 and less
-        than 50 ms are ValueErrors. ``ctc_guard``: a hybrid TDT's blank jumps checked by its CTC
-        head (:meth:`jump_guard`). ``method``, ``beam``, ``use_ctc``: as in :meth:`decode`."""
-        if ctc_guard is not None:
-            self.check_ctc_guard(ctc_guard, method, use_ctc)
-        from serve.features import check_sample_rate, check_samples
+    def transcribe(self, audio: "Sequence[str | os.PathLike | np.ndarray | torch.Tensor] | str | os.PathLike | np.ndarray | torch.Tensor",
+                   sample_rate: int | None = None, ctc_guard: float | None = None, method: str = "greedy", beam: int = 4,
+                   use_ctc: bool = False, fusion: "LMFusion | None" = None, batch_seconds: float = 120.0) -> list[Transcript]:
+        """Transcribe files (any rate, resampled; multi-channel downmixed) or arrays/tensors: mono
+        (N,) float samples in [-1, 1] at ``sample_rate`` (default the model's; files keep their
+        own). One file, array or tensor, or a sequence of them: one :class:`Transcript` each, in
+        order. Arrays get the checks files get: integer PCM, more than one channel, NaN or inf,
+        samples beyond +-2 and less than 50 ms are ValueErrors. ``ctc_guard``: a hybrid TDT's
+        blank jumps checked by its CTC head (:meth:`jump_guard`). ``method``, ``beam``,
+        ``use_ctc``, ``fusion`` (an LM, ``method="beam"``): as in :meth:`decode`. The audio is
+        decoded in batches of similar length holding up to ``batch_seconds`` of padded audio
+        (the results do not depend on the batching)."""
+        self._check_decoding(method, beam, use_ctc, fusion, ctc_guard)
+        if not batch_seconds > 0:
+            raise ValueError(f"batch_seconds must be > 0, got {batch_seconds}")
+        from serve.features import check_input_rate, check_samples
 
         from .data.audio import MIN_SECONDS, read_audio, resample
 
-        if isinstance(audio, (str, os.PathLike, np.ndarray)):
+        if isinstance(audio, (str, bytes, os.PathLike, np.ndarray, torch.Tensor)):
             audio = [audio]
+        elif not isinstance(audio, Sequence):
+            audio = list(audio)  # a generator, a set ...
         if len(audio) == 0:
             raise ValueError("no audio given")
+        if all(isinstance(a, numbers.Real) for a in audio):
+            raise ValueError("audio is a list of numbers: pass one recording as an array (np.asarray(samples, np.float32))")
         rate = self.features.sample_rate
+        from_rate = rate if sample_rate is None else check_input_rate(sample_rate, rate)
         feats = []
         for i, a in enumerate(audio):
-            if isinstance(a, (str, os.PathLike)):
-                samples = read_audio(a, rate)
+            if isinstance(a, (str, bytes, os.PathLike)):
+                samples = read_audio(os.fsdecode(a), rate)
             else:
                 try:
-                    x = check_samples(a)
-                    from_rate = rate if sample_rate is None else check_sample_rate(sample_rate)
-                except ValueError as e:
+                    x = check_samples(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a)
+                except (ValueError, TypeError) as e:
                     raise ValueError(f"audio {i}: {e}") from None
                 if len(x) < MIN_SECONDS * from_rate:
                     raise ValueError(f"audio {i} is too short: {len(x)} samples at {from_rate} Hz (need at least "
@@ -311,11 +331,22 @@ class ASRModel(nn.Module):
             feats.append(torch.from_numpy(self.features.compute(samples)))
         was_training = self.training
         self.eval()
-        lens = torch.tensor([f.shape[0] for f in feats])
-        x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
         device = self.feat_mean.device
-        hyps = self.decode(x.to(device), lens.to(device), method=method, beam=beam, use_ctc=use_ctc, ctc_guard=ctc_guard)
-        self.train(was_training)
+        hyps: list[Hypothesis | None] = [None] * len(feats)
+        order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0], reverse=True)
+        max_frames = batch_seconds / self.features.frame_shift
+        try:
+            while order:  # longest first: each batch pads to its first utterance
+                n = max(1, min(len(order), int(max_frames // feats[order[0]].shape[0])))
+                batch, order = order[:n], order[n:]
+                lens = torch.tensor([feats[i].shape[0] for i in batch])
+                x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in batch], batch_first=True)
+                out = self.decode(x.to(device), lens.to(device), method=method, beam=beam, use_ctc=use_ctc,
+                                  fusion=fusion, ctc_guard=ctc_guard)
+                for i, h in zip(batch, out):
+                    hyps[i] = h
+        finally:
+            self.train(was_training)
         return [self.hyp_to_transcript(h) for h in hyps]
 
     def _require_tokenizer(self) -> Tokenizer:

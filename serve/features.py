@@ -33,10 +33,25 @@ def check_sample_rate(sample_rate) -> int:
     except OverflowError:  # an int beyond any float
         finite = False
     if not finite or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        shown = str(sample_rate)
+        raise ValueError(f"sample_rate must be positive, got {shown if len(shown) <= 20 else shown[:17] + '...'}")
     if float(sample_rate) != int(sample_rate):
         raise ValueError(f"sample_rate must be a whole number of Hz, got {sample_rate}")
     return int(sample_rate)
+
+
+MIN_RATE, MAX_RATE = 8000, 192000  # rates of audio given as samples (the server's start, ASRModel.transcribe's arrays)
+
+
+def check_input_rate(sample_rate, to_rate: int) -> int:
+    """``sample_rate`` of audio given as samples: a whole number of Hz in MIN_RATE..MAX_RATE
+    (16 is kHz given as Hz, and would resample 6 s into hours) that converts to ``to_rate``
+    (:func:`resampling_ratio`); a ValueError otherwise."""
+    rate = check_sample_rate(sample_rate)
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(f"sample_rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz")
+    resampling_ratio(rate, to_rate)
+    return rate
 
 
 SAMPLE_LIMIT = 2.0  # |sample| above this is not float audio in [-1, 1] (integer PCM as floats?)

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import SAMPLE_LIMIT, check_sample_rate, check_samples, resampling_ratio
+from .features import SAMPLE_LIMIT, check_input_rate, check_samples
 
 __all__ = ["ServerConfig", "LiveServer", "serve", "CLOSE_CODES", "WEB_DIR"]
 
@@ -75,8 +75,9 @@ CLOSE_CODES = {
     TRY_AGAIN: "max_connections reached: try again later",
 }
 FORMATS = {"float32": ("<f4", 1.0), "int16": ("<i2", 32768.0)}
-MIN_RATE, MAX_RATE = 8000, 192000
-_LIBRARY_SIZE_FACTOR = 4  # the websockets library drops messages above this many max_message_bytes unread
+_LIBRARY_SIZE_FACTOR = 2  # the websockets library drops messages above this many max_message_bytes unread
+_LIBRARY_QUEUE = 4  # frames the library reads ahead of us (while backpressure pauses our reader): with the factor,
+#                     what one connection can make the server hold is about 10 max_message_bytes
 _LOOPBACK_NAMES = ("localhost",)
 
 
@@ -109,6 +110,9 @@ class ServerConfig:
             if f.name in ("max_connections", "max_message_bytes"):
                 if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                     raise ValueError(f"ServerConfig.{f.name} must be a positive integer, got {v!r}")
+                if f.name == "max_message_bytes" and v < 1024:  # the start message alone is ~50 bytes
+                    raise ValueError(f"ServerConfig.max_message_bytes must be >= 1024 (a start message and 30 ms "
+                                     f"of 8 kHz audio), got {v}")
             elif f.name in ("max_buffered_seconds", "idle_timeout", "max_stream_seconds", "send_timeout"):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                     raise ValueError(f"ServerConfig.{f.name} must be a positive number of seconds, got {v!r}")
@@ -262,8 +266,8 @@ class LiveServer:
         self._loop_task = asyncio.create_task(self._decode_loop(), name="decode-loop")
         self._server = await ws_serve(
             self._handle, cfg.host, cfg.port, process_request=self._process_request,
-            max_size=cfg.max_message_bytes * _LIBRARY_SIZE_FACTOR, max_queue=16, ssl=ssl_ctx,
-            compression=None, close_timeout=5, server_header=None,
+            max_size=cfg.max_message_bytes * _LIBRARY_SIZE_FACTOR, max_queue=_LIBRARY_QUEUE, ssl=ssl_ctx,
+            compression=None, close_timeout=2, server_header=None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("serving %s on %s (%d connections max)", self.recognizer, self.url, cfg.max_connections)
@@ -319,11 +323,12 @@ class LiveServer:
             return True
         from urllib.parse import parse_qs
 
-        given = parse_qs(query).get("token", [""])[-1]
+        given = [parse_qs(query).get("token", [""])[-1]]
         auth = request.headers.get("Authorization", "")
         if auth.lower().startswith("bearer "):
-            given = given or auth[7:].strip()
-        return hmac.compare_digest(given.encode(), token.encode())
+            given.append(auth[7:].strip())
+        # either may carry it (a page's query string and a client's header can both be present)
+        return any([hmac.compare_digest(g.encode(), token.encode()) for g in given if g])
 
     def _process_request(self, ws, request):
         from websockets.datastructures import Headers
@@ -391,12 +396,13 @@ class LiveServer:
         try:
             msg = await asyncio.wait_for(conn.ws.recv(), timeout)
         except asyncio.TimeoutError:
-            raise _Fail(POLICY, f"no message for {timeout:g} s (idle_timeout): send audio continuously, "
-                                f"or {{\"type\": \"end\"}} to finish") from None
+            todo = ("send audio continuously, or {\"type\": \"end\"} to finish" if conn.rate
+                    else "send {\"type\": \"start\", \"sample_rate\": ...} first")
+            raise _Fail(POLICY, f"no message for {timeout:g} s (idle_timeout): {todo}") from None
         size = len(msg) if isinstance(msg, bytes) else len(msg.encode())
         if size > self.config.max_message_bytes:
-            raise _Fail(TOO_BIG, f"message of {size} bytes exceeds max_message_bytes = "
-                                 f"{self.config.max_message_bytes}: send smaller pieces (100 ms is typical)")
+            hint = "send smaller pieces (100 ms is typical)" if isinstance(msg, bytes) else "control messages are small JSON objects"
+            raise _Fail(TOO_BIG, f"message of {size} bytes exceeds max_message_bytes = {self.config.max_message_bytes}: {hint}")
         return msg
 
     @staticmethod
@@ -450,14 +456,10 @@ class LiveServer:
             raise _Fail(INVALID, f"unknown start field(s) {sorted(unknown)}: expected sample_rate and format")
         if "sample_rate" not in msg:
             raise _Fail(INVALID, "start needs sample_rate (Hz of the audio you send, e.g. 16000 or 48000)")
-        try:
-            rate = check_sample_rate(msg["sample_rate"])
-            if MIN_RATE <= rate <= MAX_RATE:
-                resampling_ratio(rate, self.recognizer.sample_rate)  # here, not in the decode worker that builds the filter
+        try:  # the ratio here, not in the decode worker that builds the filter
+            rate = check_input_rate(msg["sample_rate"], self.recognizer.sample_rate)
         except ValueError as e:
             raise _Fail(INVALID, f"bad start: {e}") from None
-        if not MIN_RATE <= rate <= MAX_RATE:
-            raise _Fail(INVALID, f"bad start: sample_rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz")
         fmt = msg.get("format", "float32")
         if not isinstance(fmt, str) or fmt not in FORMATS:
             raise _Fail(INVALID, f"bad start: format {fmt!r} is not supported: use 'float32' or 'int16' (little-endian)")

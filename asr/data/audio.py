@@ -7,7 +7,6 @@ OGG, ...), any rate (resampled to 16 kHz), any channel count (downmixed to mono)
 from __future__ import annotations
 
 import logging
-from math import gcd
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,10 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
         return samples
     from scipy.signal import resample_poly
 
-    g = gcd(int(from_rate), int(to_rate))
-    return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)
+    from serve.features import resampling_ratio
+
+    up, down = resampling_ratio(int(from_rate), int(to_rate))  # refuses ratios too fine to filter, as the runtime does
+    return resample_poly(samples, up, down).astype(np.float32)
 
 
 def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = MIN_SECONDS) -> np.ndarray:

@@ -66,7 +66,8 @@ def ctc_greedy_chunk(log_probs: Tensor, lens: Tensor, state: CTCStreamState | No
     new_prev = torch.where(lens > 0, idx.gather(1, last[:, None])[:, 0] if T else state.prev, state.prev)
     state.prev = new_prev
     state.frames_done = state.frames_done + lens
-    return state.hyps, state
+    # snapshots, as the transducer searches return: a partial result handed out must not change
+    return [Hypothesis(list(h.tokens), list(h.frames), h.score) for h in state.hyps], state
 
 
 class _ChunkDecoder:
@@ -74,16 +75,9 @@ class _ChunkDecoder:
 
     def __init__(self, model, method: str = "greedy", beam: int = 4, use_ctc: bool = False, fusion: "LMFusion | None" = None,
                  ctc_guard: float | None = None):
-        if method not in ("greedy", "beam"):
-            raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
-        if fusion is not None and method != "beam":
-            raise ValueError("LM fusion needs beam search (method 'beam')")
-        if ctc_guard is not None:
-            model.check_ctc_guard(ctc_guard, method, use_ctc)
+        model._check_decoding(method, beam, use_ctc, fusion, ctc_guard)
         self.model, self.method, self.beam, self.fusion, self.ctc_guard = model, method, beam, fusion, ctc_guard
         self.use_ctc = use_ctc or model.transducer is None
-        if self.use_ctc and model.ctc is None:
-            raise ValueError("this model has no CTC head (train a hybrid with ctc_weight > 0)")
         if self.use_ctc and method == "beam":
             raise ValueError("streaming CTC decoding is greedy (prefix beam search needs the whole utterance)")
         self.state = None
@@ -141,13 +135,19 @@ class StreamingRecognizer:
         self.reset()
 
     def reset(self) -> None:
-        p = self.model.encoder.streaming_params()
+        self.params = p = self.model.encoder.streaming_params()
         self.window, self.shift = p["window"], p["shift"]
         self.enc_state = self.model.encoder.init_state(1)
         self.decoder = _ChunkDecoder(self.model, self.method, self.beam, self.use_ctc, self.fusion, self.ctc_guard)
-        self.buffer = torch.zeros(0, self.model.features.num_mel_bins, device=self.model.feat_mean.device)
+        mean = self.model.feat_mean
+        self.buffer = torch.zeros(0, self.model.features.num_mel_bins, device=mean.device, dtype=mean.dtype)
         self.hyp = Hypothesis()
         self.finished = False
+
+    def _check_context(self) -> None:
+        if self.model.encoder.streaming_params() != self.params:
+            raise ValueError("the encoder's streaming settings changed since this stream started (set_context?): "
+                             "call reset() to start a new stream with them")
 
     @property
     def frames_pending(self) -> int:
@@ -163,9 +163,13 @@ class StreamingRecognizer:
         """Append raw feature frames (n, F); run every complete window; the partial result."""
         if self.finished:
             raise ValueError("this stream has finished; call reset() to start a new one")
-        feats = torch.as_tensor(feats, dtype=self.buffer.dtype, device=self.buffer.device)
-        if feats.dim() != 2 or feats.shape[1] != self.buffer.shape[1]:
-            raise ValueError(f"expected features of shape (n, {self.buffer.shape[1]}), got {tuple(feats.shape)}")
+        self._check_context()
+        feats = torch.as_tensor(feats, device=self.buffer.device)
+        if feats.dim() != 2 or feats.shape[1] != self.buffer.shape[1] or not feats.is_floating_point():
+            raise ValueError(f"expected float features of shape (n, {self.buffer.shape[1]}), got {tuple(feats.shape)} {feats.dtype}")
+        feats = feats.float()
+        if not torch.isfinite(feats).all():
+            raise ValueError(f"features hold NaN or inf (first at frame {int((~torch.isfinite(feats)).any(1).nonzero()[0])} of this piece)")
         self.buffer = torch.cat([self.buffer, self.model.normalize(feats)])
         while self.buffer.shape[0] >= self.window:
             self._run(self.buffer[: self.window], self.window)
@@ -176,6 +180,7 @@ class StreamingRecognizer:
     def finish(self) -> Hypothesis:
         """End of stream: the remaining frames are decoded in zero-padded windows."""
         if not self.finished:
+            self._check_context()
             # as in asr.encoders.stream: every window that starts before the end runs, padded
             while self.buffer.shape[0] > 0:
                 valid = min(self.buffer.shape[0], self.window)

@@ -3,6 +3,7 @@ names the problem, before any work is lost or any output is written; never a sil
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,77 @@ def test_transcribe_checks_arrays_as_it_checks_files(model):
             model.transcribe(bad, **kw)
     with pytest.raises(ValueError, match="no audio given"):
         model.transcribe([])
+    # a rate in kHz used to resample 1 s into 1000 s (gigabytes); an odd one into a 3.8M-tap filter
+    for rate, msg in [(16, "outside 8000..192000 Hz"), (16001, "ratio of 16000/16001")]:
+        with pytest.raises(ValueError, match=msg):
+            model.transcribe(x, sample_rate=rate)
+    with pytest.raises(ValueError, match="a list of numbers"):  # used to read as N scalar recordings
+        model.transcribe(x.tolist())
+    with pytest.raises(ValueError, match="beam must be an int >= 1, got 2.5"):  # a TypeError deep in the search
+        model.transcribe(x, method="beam", beam=2.5)
+
+
+def test_transcribe_takes_tensors_paths_generators_and_batches_by_length(model, trained_ctc):
+    """A 1-D tensor used to read as a list of scalar recordings ("shape ()"); one call padded
+    every recording to the longest in one batch (a 3-minute recording and 40 short files took
+    9.9 GB); a float16 model failed on float32 features."""
+    import soundfile as sf
+
+    from asr.data.manifests import read_cut_manifest
+
+    cuts = list(read_cut_manifest(trained_ctc / "cuts_few.jsonl.gz"))
+    paths = [Path(c.recording.sources[0].source) for c in cuts]
+    arrays = [sf.read(p, dtype="float32")[0] for p in paths]
+    want = [t.text for t in model.transcribe(arrays)]
+    assert [t.text for t in model.transcribe(torch.from_numpy(arrays[0]))] == want[:1]
+    assert [t.text for t in model.transcribe(str(p) for p in paths)] == want  # a generator
+    assert [t.text for t in model.transcribe(os.fsencode(paths[1]))] == want[1:2]  # a bytes path
+    seen = []
+    original = asr.models.ASRModel.decode
+
+    def spy(self, x, lens, **kw):
+        seen.append(lens.tolist())
+        return original(self, x, lens, **kw)
+
+    asr.models.ASRModel.decode = spy
+    try:
+        longest = max(len(a) for a in arrays) / 16000
+        got = model.transcribe(arrays, batch_seconds=2.5 * longest)
+    finally:
+        asr.models.ASRModel.decode = original
+    assert [t.text for t in got] == want and len(seen) > 1 and sum(map(len, seen)) == len(arrays)
+    frames = 2.5 * longest * 100
+    assert all(b == sorted(b, reverse=True) and len(b) * b[0] <= frames for b in seen), seen  # longest first, padded <= 2.5 x
+    half = asr.models.load(trained_ctc / "model.pt").to(torch.bfloat16)
+    assert len(half.transcribe(arrays[:2])) == 2
+
+
+def test_streaming_partials_are_snapshots_and_bad_features_are_named(model):
+    """CTC partial results were one object edited in place (every saved partial ended up equal
+    to the final result); NaN features decoded as tokens; a stream whose encoder context changed
+    failed with a wrong hint about padding."""
+    from asr.decoding.streaming import StreamingRecognizer
+
+    feats = torch.from_numpy(model.features.compute((0.1 * np.random.default_rng(1).standard_normal(32000)).astype(np.float32)))
+    rec = StreamingRecognizer(model.eval())
+    first = rec.accept_features(feats[:60])
+    saved = (list(first.tokens), list(first.frames), first.score)
+    final = rec.finish()
+    assert (first.tokens, first.frames, first.score) == saved and final is not first
+    rec.reset()
+    bad = feats[:30].clone()
+    bad[7, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf .*frame 7"):
+        rec.accept_features(bad)
+    chunk = model.encoder.streaming_params()["chunk_size"]
+    model.encoder.set_chunk_size(chunk + 1)
+    try:
+        with pytest.raises(ValueError, match="streaming settings changed since this stream started.*reset"):
+            rec.accept_features(feats[:30])
+        rec.reset()
+        rec.accept_features(feats[:30])
+    finally:
+        model.encoder.set_chunk_size(chunk)
 
 
 def test_a_training_checkpoint_loads_and_a_damaged_model_file_is_named(trained_ctc, tmp_path):

@@ -507,11 +507,15 @@ def test_token(rec, audio):
                             x.tobytes(), json.dumps({"type": "end"}), additional_headers={"Authorization": "Bearer s3cret"}))
         check_protocol(c)
         assert c.text == offline
+        # either carries the token: a stale one in the query string used to shadow a good header
+        c = asyncio.run(raw(srv.ws_url + "?token=old", json.dumps({"type": "start", "sample_rate": 16000}),
+                            x.tobytes(), json.dumps({"type": "end"}), additional_headers={"Authorization": "Bearer s3cret"}))
+        assert c.text == offline
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(srv.http_url + "stats")
         assert e.value.code == 401
         e.value.close()
-        assert json.loads(urllib.request.urlopen(srv.http_url + "stats?token=s3cret").read())["completed"] == 2
+        assert json.loads(urllib.request.urlopen(srv.http_url + "stats?token=s3cret").read())["completed"] == 3
 
 
 def test_http_page_and_stats(rec):
