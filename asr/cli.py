@@ -113,32 +113,50 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         log.warning("no --train-parts given: no tokenizer is trained (name the training parts, or give --tokenizer, "
                     "or --no-tokenizer to silence this)")
     man_dir.mkdir(parents=True, exist_ok=True)
-    # Training parts first: the tokenizer is trained on them before the other parts are checked.
-    names = sorted(names, key=lambda n: n not in train_parts)
-    summary = {}
-    for name in names:
+
+    def load(name: str, tok) -> tuple:
         skipped = SkipCounter()
         try:
             cuts = load_cuts(source, parts=[name] if kind == "librispeech" else None, skipped=skipped, num_jobs=args.jobs)
         except (OSError, ValueError) as e:  # a transcript that is not UTF-8, a manifest that does not parse ...
             raise SystemExit(f"error: {name}: {e}") from None
-        is_train = name in train_parts
-        if is_train and tokenizer is None and not args.no_tokenizer:
-            cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration)
-            tok_dir = out / ("lang_char" if args.model_type == "char" else f"lang_{args.model_type}{args.vocab_size}")
-            # Trained on exactly these texts (character coverage 1.0): every cut is spellable.
-            tokenizer = Tokenizer.train((c.supervisions[0].text for c in cuts), args.vocab_size, args.model_type, tok_dir)
-            log.info("trained a %s tokenizer with %d tokens on %s -> %s", args.model_type, len(tokenizer), name, tok_dir)
-        else:
-            # Training cuts must be spellable; evaluation cuts keep their text as the reference.
-            cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration, tokenizer=tokenizer if is_train else None)
+        # Training cuts must be spellable; evaluation cuts keep their text as the reference. A
+        # lhotse manifest's files have not been opened yet: their headers are read here.
+        cuts = prepare_cuts(cuts, skipped=skipped, min_duration=args.min_duration,
+                            tokenizer=tok if name in train_parts else None, check_audio=kind == "lhotse")
+        return cuts, skipped
+
+    prepared = {}
+    if tokenizer is None and not args.no_tokenizer and train_parts:
+        for name in train_parts:
+            prepared[name] = load(name, None)
+        if not any(len(prepared[n][0]) for n in train_parts):
+            raise SystemExit(f"error: no usable cuts in {', '.join(train_parts)} to train a tokenizer on: "
+                             + "; ".join(f"{n}: {prepared[n][1].summary()}" for n in train_parts))
+        tok_dir = out / ("lang_char" if args.model_type == "char" else f"lang_{args.model_type}{args.vocab_size}")
+        # Trained on exactly the training parts' texts (character coverage 1.0): every cut is spellable.
+        tokenizer = Tokenizer.train((c.supervisions[0].text for n in train_parts for c in prepared[n][0]), args.vocab_size,
+                                    args.model_type, tok_dir)
+        log.info("trained a %s tokenizer with %d tokens on %s -> %s", args.model_type, len(tokenizer),
+                 " + ".join(train_parts), tok_dir)
+    summary, empty = {}, []
+    for name in names:
+        cuts, skipped = prepared.pop(name) if name in prepared else load(name, tokenizer)
         path = man_dir / f"cuts_{name}.jsonl.gz"
-        cuts.to_file(path)
+        if len(cuts) == 0:
+            empty.append(name)
+            path.unlink(missing_ok=True)  # an earlier run's
+        else:
+            cuts.to_file(path)
         hours = sum(c.duration for c in cuts) / 3600
         summary[name] = {"cuts": len(cuts), "hours": round(hours, 3), "skipped": dict(skipped.counts)}
-        log.info("%s: %d cuts, %.2f h -> %s (%s)", name, len(cuts), hours, path, skipped.summary())
+        log.info("%s: %d cuts, %.2f h -> %s (%s)", name, len(cuts), hours, path if len(cuts) else "nothing written",
+                 skipped.summary())
     (out / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    if empty:
+        raise SystemExit(f"error: no usable cuts in {', '.join(empty)}: every utterance was skipped (the counts above say why; "
+                         "run with -v to see each)")
 
 
 # ---------------------------------------------------------------------- train

@@ -9,9 +9,16 @@ Sources (``load_cuts`` detects the kind):
 - a JSONL manifest, one ``{"audio_filepath", "text", "duration"?, "offset"?}`` object a line.
 
 Every recording is opened once to read its header. A file that is missing, unreadable or
-empty is skipped and counted in a ``SkipCounter`` (never fatal, never silent). ``prepare_cuts``
-then normalizes text, drops cuts that are too short or whose text the tokenizer cannot
-represent, resamples to the feature rate and downmixes multi-channel audio to mono.
+empty is skipped and counted in a ``SkipCounter`` (never fatal, never silent), and so is an
+utterance whose id repeats (``duplicate_id``: the first is kept), whose segment has no length
+or starts before 0 (``bad_segment``; Kaldi's end -1 is the end of the file), or ends more
+than 50 ms past its audio (``segment_outside_audio``), and a JSONL line without a string
+``text`` and ``audio_filepath`` or with non-numeric times (``bad_manifest_line``). Files read
+in segments are recordings named by their ``wav.scp`` key (JSONL: the file's stem, made
+unique). Kaldi files split on any whitespace, as Kaldi does. ``prepare_cuts`` then
+normalizes text, drops cuts that are too short or whose text the tokenizer cannot represent,
+resamples to the feature rate and downmixes multi-channel audio to mono (the channels'
+average, a lazy mix that a manifest stores).
 """
 
 from __future__ import annotations
@@ -276,22 +283,41 @@ def _librispeech_cuts_robust(split_dir: Path, skipped: SkipCounter) -> CutSet:
 
 
 def _cuts_from_entries(entries: Iterable[tuple], skipped: SkipCounter) -> CutSet:
-    """entries: (utt_id, audio_path, text, speaker, offset or None, duration or None)."""
+    """entries: (utt_id, audio_path, text, speaker, offset or None, duration or None, recording
+    id or None). A file read in segments gets the given recording id (Kaldi's wav.scp key) or
+    its file name's stem, made unique (two sessions' mix.wav are two recordings)."""
     recordings: dict[str, Recording] = {}
+    seen, used_ids = set(), set()
     sups = []
-    for uid, path, text, speaker, offset, duration in entries:
+    for uid, path, text, speaker, offset, duration, *given in entries:
+        if uid in seen:
+            skipped.add("duplicate_id", str(uid))
+            continue
+        seen.add(uid)
+        start = float(offset or 0.0)
+        if start < 0 or (duration is not None and not float(duration) > 0):
+            skipped.add("bad_segment", f"{uid} (start {start:.3f} s, duration {float(duration):.3f} s)")
+            continue
         path = Path(path)
-        rid = str(path)
-        if rid not in recordings:
-            rec = _try_recording(path, uid if offset is None else path.stem, skipped)
+        key = str(path)
+        if key not in recordings:
+            name = uid if offset is None else (given[0] if given and given[0] else path.stem)
+            base, k = name, 1
+            while name in used_ids:
+                k += 1
+                name = f"{base}-{k}"
+            rec = _try_recording(path, name, skipped)
             if rec is None:
                 continue
-            recordings[rid] = rec
-        rec = recordings[rid]
-        start = float(offset or 0.0)
+            recordings[key] = rec
+            used_ids.add(name)
+        rec = recordings[key]
         dur = rec.duration - start if duration is None else float(duration)
         if start >= rec.duration:
             skipped.add("segment_outside_audio", uid)
+            continue
+        if start + dur > rec.duration + 0.05:  # its text speaks past the audio's end
+            skipped.add("segment_outside_audio", f"{uid} (ends at {start + dur:.2f} s, the audio at {rec.duration:.2f} s)")
             continue
         dur = min(dur, rec.duration - start)
         sups.append(
@@ -324,12 +350,19 @@ def _kaldi_cuts(d: Path, skipped: SkipCounter) -> CutSet:
         if not p.is_file():
             return {}
         out = {}
-        for n, line in enumerate(open(p), 1):
+        try:
+            lines = p.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not part of the first id
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p}: not UTF-8 ({e}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            key, _, value = line.strip().partition(" ")
+            key, value = (line.split(maxsplit=1) + [""])[:2]  # any whitespace, as Kaldi splits
             if not value and name != "text":
                 raise ValueError(f"{p}:{n}: expected '<id> <value>', got {line.strip()!r}")
+            if key in out:
+                skipped.add("duplicate_id", f"{p}:{n}: {key}")
+                continue
             out[key] = value.strip()
         return out
 
@@ -352,20 +385,28 @@ def _kaldi_cuts(d: Path, skipped: SkipCounter) -> CutSet:
             fields = line.split()
             if len(fields) != 4:
                 raise ValueError(f"{segments}:{n}: expected '<utt> <reco> <start> <end>', got {line.strip()!r}")
-            uid, rid, start, end = fields[0], fields[1], float(fields[2]), float(fields[3])
+            try:
+                uid, rid, start, end = fields[0], fields[1], float(fields[2]), float(fields[3])
+            except ValueError:
+                raise ValueError(f"{segments}:{n}: start and end must be seconds, got {line.strip()!r}") from None
             if rid not in wav:
                 skipped.add("missing_file", f"{rid} (not in wav.scp)")
                 continue
             if uid not in text:
                 skipped.add("missing_text", uid)
                 continue
-            entries.append((uid, wav[rid], text[uid], utt2spk.get(uid, rid), start, end - start))
+            # Kaldi: an end of -1 is the end of the file
+            entries.append((uid, wav[rid], text[uid], utt2spk.get(uid, rid), start, None if end == -1 else end - start, rid))
+        listed = {line.split()[0] for line in open(segments, encoding="utf-8-sig") if line.strip()}
     else:
         for uid, path in wav.items():
             if uid not in text:
                 skipped.add("missing_text", uid)
                 continue
             entries.append((uid, path, text[uid], utt2spk.get(uid, uid), None, None))
+        listed = set(wav)
+    for uid in sorted(set(text) - listed):
+        skipped.add("missing_file", f"{uid} (in text, not in {'segments' if segments.is_file() else 'wav.scp'})")
     return _cuts_from_entries(entries, skipped)
 
 
@@ -382,14 +423,21 @@ def _jsonl_cuts(p: Path, skipped: SkipCounter) -> CutSet:
                 skipped.add("bad_manifest_line", f"{p}:{n}")
                 log.debug("%s:%d: %s", p, n, e)
                 continue
-            if "audio_filepath" not in obj or "text" not in obj:
+            if not isinstance(obj, dict) or "audio_filepath" not in obj or "text" not in obj:
                 skipped.add("bad_manifest_line", f"{p}:{n} (needs audio_filepath and text)")
+                continue
+            if not isinstance(obj["text"], str) or not isinstance(obj["audio_filepath"], str):
+                skipped.add("bad_manifest_line", f"{p}:{n} (text and audio_filepath must be strings)")  # null used to train as "NONE"
+                continue
+            numbers = {k: obj.get(k) for k in ("offset", "duration")}
+            if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in numbers.values()):
+                skipped.add("bad_manifest_line", f"{p}:{n} (offset and duration must be numbers of seconds)")
                 continue
             audio = Path(obj["audio_filepath"])
             if not audio.is_absolute():
                 audio = p.parent / audio
-            uid = obj.get("id") or f"{audio.stem}-{n:07d}"
-            entries.append((uid, audio, str(obj["text"]), obj.get("speaker", audio.stem), obj.get("offset"), obj.get("duration")))
+            uid = str(obj["id"]) if obj.get("id") is not None else f"{audio.stem}-{n:07d}"
+            entries.append((uid, audio, obj["text"], str(obj.get("speaker", audio.stem)), numbers["offset"], numbers["duration"]))
     return _cuts_from_entries(entries, skipped)
 
 
@@ -440,8 +488,6 @@ def prepare_cuts(
     skipped = skipped if skipped is not None else SkipCounter()
     out = []
     for cut in cuts.trim_to_supervisions(keep_overlapping=False) if _needs_trim(cuts) else cuts:
-        if isinstance(cut, MultiCut):
-            cut = cut.to_mono(mono_downmix=True)
         if not cut.supervisions:
             skipped.add("no_transcript", cut.id)
             continue
@@ -469,9 +515,27 @@ def prepare_cuts(
                 continue
         if cut.sampling_rate != sample_rate:
             cut = cut.resample(sample_rate)
-        sup.text = text
-        out.append(cut)
+        cut.supervisions[0].text = text
+        out.append(_downmix(cut) if isinstance(cut, MultiCut) else cut)
     return CutSet.from_cuts(out).to_eager()
+
+
+def _downmix(cut: MultiCut):
+    """A multi-channel cut as the average of its channels: a lazy MixedCut of one mono cut per
+    channel at gain 1/n, the supervision on the first (lhotse's ``to_mono(mono_downmix=True)``
+    sums the channels, repeats the supervision per channel, and renders the mix into memory,
+    which a manifest cannot store)."""
+    from lhotse.cut import MixedCut, MixTrack, MonoCut
+    from lhotse.utils import fastcopy
+
+    channels = list(cut.channel) if isinstance(cut.channel, (list, tuple)) else [cut.channel]
+    tracks = []
+    for i, ch in enumerate(channels):
+        sups = [fastcopy(s, channel=ch) for s in cut.supervisions[:1]] if i == 0 else []
+        mono = MonoCut(id=f"{cut.id}-ch{ch}", recording=cut.recording, start=cut.start, duration=cut.duration,
+                       channel=ch, supervisions=sups, custom=cut.custom)
+        tracks.append(MixTrack(cut=mono.perturb_volume(1.0 / len(channels), affix_id=False)))
+    return MixedCut(id=cut.id, tracks=tracks)
 
 
 def _needs_trim(cuts: CutSet) -> bool:

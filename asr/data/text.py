@@ -21,7 +21,11 @@ LIBRISPEECH_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")
 _SEPARATORS = re.compile(r"[-\u2010-\u2015/_]+")
 # Punctuation removed outright.
 _PUNCT = re.compile(r"[.,;:!?\"()\[\]{}\u201c\u201d\u00ab\u00bb`*]+")
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'"})
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u00b4": "'", "`": "'"})
+# Non-speech markers of transcribed corpora (Kaldi's [noise], [laughter], <unk>, <sil>): dropped,
+# not read as words. Zero-width characters: dropped.
+_MARKERS = re.compile(r"\[[^\[\]]*\]|<[^<>]*>")
+_ZERO_WIDTH = re.compile("[\u200b-\u200d\u2060\ufeff]")
 _SPACES = re.compile(r"\s+")
 
 
@@ -31,13 +35,15 @@ def _strip_accents(text: str) -> str:
 
 
 def normalize_librispeech(text: str) -> str:
-    """Upper-case, accents folded, punctuation dropped, hyphens split, spaces collapsed.
+    """Upper-case, accents folded, punctuation dropped, hyphens split, spaces collapsed;
+    non-speech markers (``[noise]``, ``<unk>``) and zero-width characters dropped.
 
     Apostrophes inside words are kept (``DON'T``); quote marks at word edges are removed.
     Characters outside ``LIBRISPEECH_CHARS`` that survive (digits, ``&``, ``%`` ...) are kept
     as they are, so the caller can see them; use ``is_librispeech_normalizable`` to filter.
     """
-    text = _strip_accents(text.translate(_QUOTES))
+    text = _strip_accents(_ZERO_WIDTH.sub("", text).translate(_QUOTES))
+    text = _MARKERS.sub(" ", text)
     text = _SEPARATORS.sub(" ", text)
     text = _PUNCT.sub(" ", text)
     words = []

@@ -54,6 +54,9 @@ def test_librispeech_normalization():
     assert is_librispeech_normalizable("a well-known fact")
     assert not is_librispeech_normalizable("it costs $5")
     assert not is_librispeech_normalizable("...")
+    # Kaldi-style markers used to become the words NOISE and <UNK>; other apostrophes split words
+    assert normalize_librispeech("[noise] hello <unk> world [laughter]") == "HELLO WORLD"
+    assert normalize_librispeech("don\u00b4t won`t it\u2019s wor\u200bd") == "DON'T WON'T IT'S WORD"
 
 
 def test_tokenizer_blank_zero_roundtrip_and_tokens_txt(tmp_path):

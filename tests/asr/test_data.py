@@ -99,6 +99,58 @@ def test_resampled_and_downmixed_audio_loads_as_16k_mono(corpus):
     assert stereo.shape[0] == 1  # downmixed
 
 
+def test_multichannel_cuts_are_the_channels_average_and_can_be_written(corpus, tmp_path):
+    """lhotse's downmix summed the channels, repeated the supervision per channel and rendered
+    the mix into memory, which made `asr prepare` crash writing the manifest (bytes are not JSON)."""
+    from lhotse import CutSet
+
+    cuts = prepare_cuts(load_cuts(corpus))
+    path = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(path)
+    cut = {c.id: c for c in CutSet.from_file(path)}["11-22-0007"]
+    assert len(cut.supervisions) == 1 and cut.supervisions[0].text == "STEREO FILE"
+    audio = ASRDataset(None, FeatureConfig(), None).load_features  # loads and downmixes like training does
+    assert audio(cut).shape[1] == 80
+    x, _ = sf.read(corpus / "train" / "11" / "22" / "11-22-0007.flac", dtype="float32")
+    np.testing.assert_allclose(cut.load_audio()[0], x.mean(axis=1), atol=1e-4)
+
+
+def test_kaldi_and_jsonl_defects_are_counted_not_merged(tmp_path):
+    """Two sessions' mix.wav read in segments were one recording (a transcript paired with the
+    other session's audio); duplicate ids were merged; bad segment times were an AssertionError;
+    tab-separated lines lost every transcript; a byte-order mark joined the first id; a null text
+    trained as "NONE"; a non-numeric duration stopped the whole run."""
+    a, b = tmp_path / "s1" / "mix.wav", tmp_path / "s2" / "mix.wav"
+    write_audio(a, tone(1.5), 16000)
+    write_audio(b, tone(2.5, seed=1), 16000)
+    d = tmp_path / "kaldi"
+    d.mkdir()
+    (d / "wav.scp").write_text(f"\ufeffsess1\t{a}\nsess2 {b}\nsess2 {a}\n", encoding="utf-8")
+    (d / "segments").write_text("s1u sess1 0.0 1.2\ns2u sess2 0.5 -1\nbad sess1 1.0 0.8\nlong sess1 0.5 3.0\n")
+    (d / "text").write_text("\ufeffs1u one\ts1\ns2u two\nbad x\nlong y\nnoaudio z\n", encoding="utf-8")
+    skipped = SkipCounter()
+    cuts = {c.id: c for c in prepare_cuts(load_cuts(d, skipped=skipped))}
+    assert sorted(cuts) == ["s1u", "s2u"]
+    assert cuts["s1u"].supervisions[0].text == "ONE S1" and cuts["s2u"].supervisions[0].text == "TWO"
+    assert cuts["s1u"].recording.sources[0].source == str(a) and cuts["s2u"].recording.sources[0].source == str(b)
+    assert cuts["s1u"].recording.id != cuts["s2u"].recording.id
+    assert abs(cuts["s2u"].duration - 2.0) < 1e-3  # end -1: to the end of the file
+    assert dict(skipped.counts) == {"duplicate_id": 1, "bad_segment": 1, "segment_outside_audio": 1, "missing_file": 1}
+    m = tmp_path / "m.jsonl"
+    rows = [{"audio_filepath": str(a), "text": "first", "id": "dup", "offset": 0, "duration": 1.0},
+            {"audio_filepath": str(b), "text": "second", "id": "dup", "offset": 0, "duration": 1.0},
+            {"audio_filepath": str(b), "text": "third", "id": 7, "offset": 0, "duration": 1.0},
+            {"audio_filepath": str(a), "text": None},
+            {"audio_filepath": str(a), "text": "x", "duration": "n/a"},
+            {"audio_filepath": str(a), "text": "x", "offset": -1.0, "duration": 1.0}]
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    skipped = SkipCounter()
+    cuts = {c.id: c for c in prepare_cuts(load_cuts(m, skipped=skipped))}
+    assert sorted(cuts) == ["7", "dup"] and cuts["dup"].supervisions[0].text == "FIRST"
+    assert cuts["dup"].recording.sources[0].source == str(a) and cuts["7"].recording.sources[0].source == str(b)
+    assert dict(skipped.counts) == {"duplicate_id": 1, "bad_manifest_line": 2, "bad_segment": 1}
+
+
 def test_kaldi_dir_with_segments(tmp_path, speech_wav):
     d = tmp_path / "kaldi"
     d.mkdir()
@@ -226,3 +278,27 @@ def test_bucketing_sampler_and_augmentation(tmp_path, corpus, caplog):
     a, p = ds[one], plain[one]
     # speed perturbation changes the length; noise changes the values
     assert a["features"].shape[1] != p["features"].shape[1]
+
+
+def test_prepare_trains_the_tokenizer_on_every_training_part_and_refuses_an_empty_one(tmp_path):
+    """The tokenizer was trained on the first --train-parts part only (the second's letters
+    then skipped every one of its cuts); a part whose every utterance was skipped was written
+    as an empty manifest with exit 0."""
+    from asr.cli import main
+
+    root = tmp_path / "LibriSpeech"
+    for part, spk, words in [("train-a", "1", ["ABC", "CAB"]), ("train-b", "2", ["XYZ", "ZYX"]), ("dev", "3", ["ABX"])]:
+        ch = root / part / spk / "1"
+        for i, w in enumerate(words):
+            write_audio(ch / f"{spk}-1-{i:04d}.flac", tone(1.0, seed=i), 16000)
+        (ch / f"{spk}-1.trans.txt").write_text("".join(f"{spk}-1-{i:04d} {w}\n" for i, w in enumerate(words)))
+    out = tmp_path / "out"
+    main(["prepare", "--corpus", str(root), "--out", str(out), "--train-parts", "train-a", "train-b", "--model-type", "char"])
+    tok = Tokenizer.load(out / "lang_char")
+    assert not tok.missing_chars("ABCXYZ")
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    assert {k: v["cuts"] for k, v in summary.items()} == {"train-a": 2, "train-b": 2, "dev": 1}
+    (root / "dev" / "3" / "1" / "3-1-0000.flac").write_bytes(b"not audio")
+    with pytest.raises(SystemExit, match="no usable cuts in dev"):
+        main(["prepare", "--corpus", str(root), "--out", str(out), "--train-parts", "train-a", "train-b", "--model-type", "char"])
+    assert not (out / "manifests" / "cuts_dev.jsonl.gz").exists()  # the earlier run's is gone with it
