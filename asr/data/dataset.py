@@ -174,6 +174,11 @@ class ASRDataset(torch.utils.data.Dataset):
             raise ValueError("empty audio")
         if not np.isfinite(audio).all():
             raise ValueError("audio has NaN or inf samples")
+        from serve.features import SAMPLE_LIMIT  # numpy only (serve/__init__ imports no onnxruntime)
+
+        peak = float(np.abs(audio).max())
+        if peak > SAMPLE_LIMIT:  # what inference refuses (integer PCM stored as floats?)
+            raise ValueError(f"samples beyond +-{SAMPLE_LIMIT:g} (peak {peak:.4g}): not float audio in [-1, 1]")
         if audio.size < self.features.window_samples:
             raise ValueError("audio shorter than one feature window")
         return self.features.compute(audio)
@@ -193,7 +198,8 @@ class ASRDataset(torch.utils.data.Dataset):
             try:
                 f = self.load_features(cut)
             except Exception as e:
-                reason = "nonfinite_audio" if "NaN" in str(e) else "unreadable_audio"
+                reason = ("nonfinite_audio" if "NaN" in str(e) else "unnormalized_audio" if "beyond +-" in str(e)
+                          else "unreadable_audio")
                 skipped[reason] += 1
                 log.warning("skipping cut %s: %s: %s", cut.id, type(e).__name__, e)
                 continue

@@ -434,8 +434,8 @@ def _jsonl_cuts(p: Path, skipped: SkipCounter) -> CutSet:
                 skipped.add("bad_manifest_line", f"{p}:{n} (offset and duration must be numbers of seconds)")
                 continue
             audio = Path(obj["audio_filepath"])
-            if not audio.is_absolute():
-                audio = p.parent / audio
+            if not audio.is_absolute():  # relative to the manifest, stored absolute (not relative to where prepare ran)
+                audio = p.parent.absolute() / audio
             uid = str(obj["id"]) if obj.get("id") is not None else f"{audio.stem}-{n:07d}"
             entries.append((uid, audio, obj["text"], str(obj.get("speaker", audio.stem)), numbers["offset"], numbers["duration"]))
     return _cuts_from_entries(entries, skipped)

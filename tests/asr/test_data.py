@@ -115,7 +115,7 @@ def test_multichannel_cuts_are_the_channels_average_and_can_be_written(corpus, t
     np.testing.assert_allclose(cut.load_audio()[0], x.mean(axis=1), atol=1e-4)
 
 
-def test_kaldi_and_jsonl_defects_are_counted_not_merged(tmp_path):
+def test_kaldi_and_jsonl_defects_are_counted_not_merged(tmp_path, monkeypatch):
     """Two sessions' mix.wav read in segments were one recording (a transcript paired with the
     other session's audio); duplicate ids were merged; bad segment times were an AssertionError;
     tab-separated lines lost every transcript; a byte-order mark joined the first id; a null text
@@ -147,6 +147,10 @@ def test_kaldi_and_jsonl_defects_are_counted_not_merged(tmp_path):
     skipped = SkipCounter()
     cuts = {c.id: c for c in prepare_cuts(load_cuts(m, skipped=skipped))}
     assert sorted(cuts) == ["7", "dup"] and cuts["dup"].supervisions[0].text == "FIRST"
+    rel = tmp_path / "rel.jsonl"  # a path relative to the manifest, stored absolute (not relative to the cwd)
+    rel.write_text(json.dumps({"audio_filepath": "s1/mix.wav", "text": "x"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert [c.recording.sources[0].source for c in load_cuts(Path("rel.jsonl"))] == [str(a.absolute())]
     assert cuts["dup"].recording.sources[0].source == str(a) and cuts["7"].recording.sources[0].source == str(b)
     assert dict(skipped.counts) == {"duplicate_id": 1, "bad_manifest_line": 2, "bad_segment": 1}
 
@@ -225,12 +229,17 @@ def test_batches_padding_and_unreadable_audio_at_load_time(corpus, tmp_path):
     broken = tmp_path / src.name
     broken.write_bytes(src.read_bytes()[:200])
     victim.recording.sources[0].source = str(broken)
+    # a float file of integer PCM values: inference refuses it, training used to take it
+    loud = next(c for c in cuts if c.id == "11-22-0002")
+    x, sr = sf.read(loud.recording.sources[0].source, dtype="float32")
+    sf.write(tmp_path / "loud.wav", 3000 * x, sr, subtype="FLOAT")
+    loud.recording.sources[0].source = str(tmp_path / "loud.wav")
     tok = Tokenizer.train([c.supervisions[0].text for c in cuts] * 5, vocab_size=30)
     ds = ASRDataset(tok, FeatureConfig(), AugmentConfig(spec_augment=True))
     batch = ds[cuts]
-    assert batch["skipped"] == {"unreadable_audio": 1}
+    assert batch["skipped"] == {"unreadable_audio": 1, "unnormalized_audio": 1}
     B = len(batch["cut_ids"])
-    assert B == len(cuts) - 1 and batch["features"].shape[0] == B and batch["features"].shape[2] == 80
+    assert B == len(cuts) - 2 and batch["features"].shape[0] == B and batch["features"].shape[2] == 80
     lens = batch["feature_lens"]
     for i in range(B):
         assert torch.all(batch["features"][i, lens[i]:] == 0)
