@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 __all__ = ["main"]
@@ -247,10 +248,13 @@ def _decode_inputs(args: argparse.Namespace) -> dict:
     return manifests
 
 
-def _audio_batches(cuts, sample_rate: int, size: int, desc: str, unreadable: list, no_progress: bool):
+def _audio_batches(cuts, sample_rate: int, size: int, desc: str, skipped: Counter, no_progress: bool):
     """Lists of up to ``size`` (cut, mono float32 samples at ``sample_rate``); a cut whose audio
-    cannot be read is named on stderr and its id appended to ``unreadable``."""
+    cannot be read, or is shorter than the runtime takes (``MIN_SECONDS``), is named on stderr
+    and counted in ``skipped`` by reason."""
     from tqdm.auto import tqdm
+
+    from serve.features import check_length
 
     batch = []
     for cut in tqdm(cuts, desc=desc, unit="cut", disable=no_progress):
@@ -258,9 +262,16 @@ def _audio_batches(cuts, sample_rate: int, size: int, desc: str, unreadable: lis
             samples = cut.resample(sample_rate).load_audio()
         except Exception as e:  # noqa: BLE001 - counted and named, like training's loader
             print(f"skipping {cut.id}: {type(e).__name__}: {e}", file=sys.stderr)
-            unreadable.append(cut.id)
+            skipped["unreadable_audio"] += 1
             continue
-        batch.append((cut, samples.mean(axis=0) if samples.ndim == 2 else samples.reshape(-1)))
+        samples = samples.mean(axis=0) if samples.ndim == 2 else samples.reshape(-1)
+        try:
+            check_length(len(samples), sample_rate)
+        except ValueError as e:
+            print(f"skipping {cut.id}: {e}", file=sys.stderr)
+            skipped["too_short"] += 1
+            continue
+        batch.append((cut, samples))
         if len(batch) == size:
             yield batch
             batch = []
@@ -327,8 +338,8 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
     for name, cuts in manifests.items():
         wer, results = WER(), []
         audio_s = compute_s = 0.0
-        unreadable: list[str] = []
-        for batch in _audio_batches(cuts, rec.sample_rate, args.batch, name, unreadable, args.no_progress):
+        skipped: Counter = Counter()
+        for batch in _audio_batches(cuts, rec.sample_rate, args.batch, name, skipped, args.no_progress):
             t0 = time.perf_counter()
             texts = run([x for _, x in batch])
             compute_s += time.perf_counter() - t0
@@ -337,8 +348,7 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
                 ref = cut.supervisions[0].text if cut.supervisions else ""
                 sub, dele, ins = wer.add(ref, text)
                 results.append({"id": cut.id, "ref": ref, "hyp": text, "sub": sub, "del": dele, "ins": ins})
-        skipped = len(unreadable)
-        row = {**wer.as_dict(), "rtfx": round(audio_s / max(compute_s, 1e-9), 1), "skipped": {"unreadable_audio": skipped} if skipped else {}}
+        row = {**wer.as_dict(), "rtfx": round(audio_s / max(compute_s, 1e-9), 1), "skipped": dict(skipped)}
         splits[name] = (results, row)
     _write_decode_results(out_dir, what, splits)
     return {"out_dir": out_dir, "splits": list(splits)}

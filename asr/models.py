@@ -301,9 +301,9 @@ class ASRModel(nn.Module):
         self._check_decoding(method, beam, use_ctc, fusion, ctc_guard)
         if not batch_seconds > 0:
             raise ValueError(f"batch_seconds must be > 0, got {batch_seconds}")
-        from serve.features import check_input_rate, check_samples
+        from serve.features import check_input_rate, check_length, check_samples
 
-        from .data.audio import MIN_SECONDS, read_audio, resample
+        from .data.audio import read_audio, resample
 
         if isinstance(audio, (str, bytes, os.PathLike, np.ndarray, torch.Tensor)):
             audio = [audio]
@@ -324,9 +324,7 @@ class ASRModel(nn.Module):
                     x = check_samples(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a)
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"audio {i}: {e}") from None
-                if len(x) < MIN_SECONDS * from_rate:
-                    raise ValueError(f"audio {i} is too short: {len(x)} samples at {from_rate} Hz (need at least "
-                                     f"{MIN_SECONDS * 1000:.0f} ms)")
+                check_length(len(x), from_rate, f"audio {i}")
                 samples = resample(x, from_rate, rate)
             feats.append(torch.from_numpy(self.features.compute(samples)))
         was_training = self.training

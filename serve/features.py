@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["SAMPLE_LIMIT", "check_sample_rate", "check_samples", "resampling_ratio", "StreamingResampler", "OnlineFeatures"]
+__all__ = ["SAMPLE_LIMIT", "MIN_SECONDS", "check_length", "check_sample_rate", "check_samples", "resampling_ratio", "StreamingResampler", "OnlineFeatures"]
 
 
 def check_sample_rate(sample_rate) -> int:
@@ -55,6 +55,16 @@ def check_input_rate(sample_rate, to_rate: int) -> int:
 
 
 SAMPLE_LIMIT = 2.0  # |sample| above this is not float audio in [-1, 1] (integer PCM as floats?)
+MIN_SECONDS = 0.05  # a whole recording shorter than this has too few feature frames for any encoder here
+
+
+def check_length(n_samples: int, sample_rate: int, what: str = "audio") -> None:
+    """ValueError when a whole recording of ``n_samples`` at ``sample_rate`` is shorter than
+    ``MIN_SECONDS`` (what ``ASRModel.transcribe``, ``Recognizer.transcribe`` and ``read_audio``
+    refuse alike; a live stream may be any length)."""
+    if n_samples < MIN_SECONDS * sample_rate:
+        raise ValueError(f"{what} is too short: {n_samples / sample_rate * 1000:.1f} ms ({n_samples} samples at "
+                         f"{sample_rate} Hz; need at least {MIN_SECONDS * 1000:g} ms)")
 
 
 def check_samples(samples) -> np.ndarray:

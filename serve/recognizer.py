@@ -43,7 +43,7 @@ import numpy as np
 
 from .decoders import Hyp, make_decoder
 from .endpoint import EndpointConfig
-from .features import OnlineFeatures, StreamingResampler, check_sample_rate, check_samples
+from .features import OnlineFeatures, StreamingResampler, check_length, check_sample_rate, check_samples
 from .model import OnnxModel
 
 __all__ = ["Recognizer", "Stream", "Result"]
@@ -372,11 +372,19 @@ class Recognizer:
 
     def transcribe_many(self, recordings: list, sample_rate: int | None = None) -> list[Result]:
         """Whole recordings decoded together: one stream each, every ready window of all of
-        them batched into one encoder call (as a server does); their transcripts, in order."""
+        them batched into one encoder call (as a server does); their transcripts, in order.
+        A recording shorter than ``MIN_SECONDS`` (50 ms) is refused, as ``ASRModel.transcribe``
+        refuses it (a stream may be any length)."""
+        rate = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
         streams = []
-        for samples in recordings:
+        for i, samples in enumerate(recordings):
+            try:
+                x = check_samples(samples)
+                check_length(len(x), rate)
+            except ValueError as e:
+                raise ValueError(f"recording {i}: {e}") from None
             s = self.create_stream()
-            s.accept_waveform(self.sample_rate if sample_rate is None else sample_rate, samples)
+            s.accept_waveform(rate, x)
             s.input_finished()
             streams.append(s)
         self.decode(streams)

@@ -18,7 +18,9 @@ The server sends ``{"type": "partial", "segment": n, "text", "tokens", "timestam
 ``endpoint``) once per segment, at an endpoint or at the end (segments count from 0 without
 gaps), then ``{"type": "done", ...}``, and closes with code 1000. An error sends
 ``{"type": "error", "code": c, "message": ...}`` and closes that connection, and only that one,
-with code ``c`` and the message (shortened to fit) as the close reason.
+with code ``c`` and the message (shortened to fit) as the close reason. After an idle timeout
+mid-stream, a message after ``end`` or audio beyond ``max_stream_seconds``, the audio received
+until then is decoded to the end and its results sent first: the error takes ``done``'s place.
 
 Design. Each connection has a *reader* (socket -> checked samples, queued), and a *sender*
 (results -> socket; the only task that writes, so messages keep their order). One *decode
@@ -148,11 +150,13 @@ def is_loopback(host: str) -> bool:
 
 
 class _Fail(Exception):
-    """Close this connection: ``code`` and a message naming the problem."""
+    """Close this connection: ``code`` and a message naming the problem. ``keep_audio``: the
+    audio received so far is good (a limit or an out-of-order message came after it), so its
+    remaining results are decoded and sent first, then the error in place of ``done``."""
 
-    def __init__(self, code: int, message: str):
+    def __init__(self, code: int, message: str, keep_audio: bool = False):
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.keep_audio = code, message, keep_audio
 
 
 def _reason(message: str) -> str:
@@ -187,6 +191,8 @@ class _Conn:
         self.wake = asyncio.Event()  # for the sender
         self.progress = asyncio.Event()  # a step ran for this connection (for backpressure)
         self.error: tuple[int, str] | None = None
+        self.closing: tuple[int, str] | None = None  # an error to send in place of done (keep_audio)
+        self.done = False  # done was sent
         self.closed = False
 
     @property
@@ -238,7 +244,8 @@ class LiveServer:
         self._loop_task: asyncio.Task | None = None
         self.port: int | None = None
         self.started = time.time()
-        self.counters = {"connections": 0, "completed": 0, "errors": 0, "rejected": 0, "steps": 0,
+        self.counters = {"connections": 0, "completed": 0, "errors": 0, "dropped": 0, "rejected": 0,
+                         "steps": 0,
                          "stream_windows": 0, "max_batch": 0, "decode_seconds": 0.0, "audio_seconds": 0.0,
                          "peak_backlog_seconds": 0.0, "backpressure_waits": 0}
         self.errors_by_code: dict[int, int] = {}
@@ -331,32 +338,35 @@ class LiveServer:
         return any([hmac.compare_digest(g.encode(), token.encode()) for g in given if g])
 
     def _process_request(self, ws, request):
-        from websockets.datastructures import Headers
-        from websockets.http11 import Response
-
+        """HTTP before the WebSocket handshake: the token check for ``/ws``, the page and
+        ``/stats`` for GET and HEAD (headers only), 405 for other methods. (A request with a
+        body, such as most POSTs, is refused by the websockets library before this runs: it
+        closes the connection without an answer.)"""
         path, _, query = request.path.partition("?")
+        method = getattr(request, "method", "GET")  # websockets < 15 parses GET only
+        head = method == "HEAD"
+        allowed = "GET" if path == "/ws" else "GET, HEAD"
+        if method not in allowed.split(", "):
+            return _response(405, f"{method} is not supported here: {allowed}\n", head=False, allow=allowed)
         if path == "/ws":
             if not self._authorized(request, query):
                 self.counters["rejected"] += 1
-                return ws.respond(http.HTTPStatus.UNAUTHORIZED,
-                                  "missing or wrong token: connect to /ws?token=TOKEN or send 'Authorization: Bearer TOKEN'\n")
+                return _response(401, "missing or wrong token: connect to /ws?token=TOKEN or send 'Authorization: Bearer "
+                                      "TOKEN'\n")
             return None  # the WebSocket handshake goes on
         if "upgrade" in request.headers.get("Connection", "").lower():
-            return ws.respond(http.HTTPStatus.NOT_FOUND, "the WebSocket endpoint is /ws\n")
+            return _response(404, "the WebSocket endpoint is /ws\n", head)
         if not self.config.web:
-            return ws.respond(http.HTTPStatus.NOT_FOUND, "this server has no web page (web=False); the WebSocket endpoint is /ws\n")
+            return _response(404, "this server has no web page (web=False); the WebSocket endpoint is /ws\n", head)
         if path == "/stats":
             if not self._authorized(request, query):
-                return ws.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
-            body, ctype = (json.dumps(self.stats(), indent=1) + "\n").encode(), "application/json"
-        else:
-            name = "index.html" if path in ("/", "") else path.lstrip("/")
-            if name not in self._static:
-                return ws.respond(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
-            body, ctype = self._static[name]
-        headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
-                           ("Cache-Control", "no-cache"), ("Connection", "close")])
-        return Response(200, "OK", headers, body)
+                return _response(401, "missing or wrong token\n", head)
+            return _response(200, json.dumps(self.stats(), indent=1) + "\n", head, "application/json")
+        name = "index.html" if path in ("/", "") else path.lstrip("/")
+        if name not in self._static:
+            return _response(404, f"not found: {path}\n", head)
+        body, ctype = self._static[name]
+        return _response(200, body, head, ctype)
 
     # ------------------------------------------------------------------ connections
     async def _handle(self, ws) -> None:
@@ -372,13 +382,20 @@ class LiveServer:
                                        f"(max_connections); try again later")
             await self._read(conn)
         except _Fail as e:
-            conn.fail(e.code, e.message)
+            if e.keep_audio and conn.rate and conn.error is None:  # finish the stream, then the error
+                conn.closing = (e.code, e.message)
+                conn.end = True
+                self._wake.set()
+            else:
+                conn.fail(e.code, e.message)
         except Exception as e:  # ConnectionClosed: the client went away (mid-stream or after the end)
             from websockets.exceptions import ConnectionClosed
 
             if not isinstance(e, ConnectionClosed):
                 log.exception("connection %d: unexpected error", conn.id)
                 conn.fail(INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            else:
+                self._library_close(conn)
         finally:
             if conn.error is None and ws.state is State.CLOSED:
                 sender.cancel()  # nobody to send to
@@ -392,13 +409,28 @@ class LiveServer:
                 self.errors_by_code[conn.error[0]] = self.errors_by_code.get(conn.error[0], 0) + 1
                 log.info("connection %d closed: %d %s", conn.id, *conn.error)
 
+    def _library_close(self, conn: _Conn) -> None:
+        """The socket closed under the reader: counted as an error when the websockets library
+        closed it (a frame beyond its size limit: 1009, a protocol violation: 1002), as
+        ``dropped`` when the client went away before ``done``."""
+        proto = conn.ws.protocol
+        sent = proto.close_sent
+        if conn.error is not None:  # our own close: counted as that error
+            return
+        if sent is not None and sent.code != NORMAL and not proto.close_rcvd_then_sent:
+            self.counters["errors"] += 1
+            self.errors_by_code[sent.code] = self.errors_by_code.get(sent.code, 0) + 1
+            log.info("connection %d closed by the websockets library: %d %s", conn.id, sent.code, sent.reason)
+        elif not conn.done:
+            self.counters["dropped"] += 1
+
     async def _recv(self, conn: _Conn, timeout: float | None):
         try:
             msg = await asyncio.wait_for(conn.ws.recv(), timeout)
         except asyncio.TimeoutError:
             todo = ("send audio continuously, or {\"type\": \"end\"} to finish" if conn.rate
                     else "send {\"type\": \"start\", \"sample_rate\": ...} first")
-            raise _Fail(POLICY, f"no message for {timeout:g} s (idle_timeout): {todo}") from None
+            raise _Fail(POLICY, f"no message for {timeout:g} s (idle_timeout): {todo}", keep_audio=True) from None
         size = len(msg) if isinstance(msg, bytes) else len(msg.encode())
         if size > self.config.max_message_bytes:
             hint = "send smaller pieces (100 ms is typical)" if isinstance(msg, bytes) else "control messages are small JSON objects"
@@ -437,7 +469,8 @@ class LiveServer:
                 return
             msg = await self._recv(conn, cfg.idle_timeout if not conn.end else None)
             if conn.end:
-                raise _Fail(POLICY, "message after end: the stream has ended; open a new connection for more audio")
+                raise _Fail(POLICY, "message after end: the stream has ended; open a new connection for more audio",
+                            keep_audio=True)
             if isinstance(msg, bytes):
                 self._audio(conn, msg)
                 continue
@@ -500,7 +533,8 @@ class LiveServer:
         n = conn.samples_in + len(x)
         if n / conn.rate > self.config.max_stream_seconds:
             raise _Fail(POLICY, f"stream longer than max_stream_seconds = {self.config.max_stream_seconds:g} s of audio: "
-                                f"end it and open a new connection")
+                                f"the results of the first {conn.samples_in / conn.rate:.1f} s were sent; end a "
+                                f"stream before the limit and open a new connection", keep_audio=True)
         if len(x):
             conn.pending.append(x)
             conn.samples_in = n
@@ -516,8 +550,12 @@ class LiveServer:
             conn.wake.clear()
             while conn.outbox and conn.error is None:
                 ev = conn.outbox.popleft()
+                if ev["type"] == "done" and conn.closing is not None:  # the error takes done's place
+                    conn.fail(*conn.closing)
+                    break
                 await self._send(conn, ev)
                 if ev["type"] == "done":
+                    conn.done = True
                     self.counters["completed"] += 1
                     await ws.close(NORMAL, "done")
                     return
@@ -636,6 +674,20 @@ class LiveServer:
                     events.append(_result_event("partial", res))
             out.append((c, events, rec.is_ready(s), s.seconds_decoded, None))
         return out
+
+
+def _response(status: int, body: str | bytes, head: bool = False, ctype: str = "text/plain; charset=utf-8",
+              allow: str | None = None):
+    """An HTTP response that closes the connection; for HEAD, the headers of GET without the body."""
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+
+    data = body.encode() if isinstance(body, str) else body
+    headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(data))), ("Cache-Control", "no-cache"),
+                       ("Connection", "close")])
+    if allow is not None:
+        headers["Allow"] = allow
+    return Response(status, http.HTTPStatus(status).phrase, headers, b"" if head else data)
 
 
 def _first_bad(x: np.ndarray) -> int:

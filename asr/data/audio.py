@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MIN_SECONDS", "read_audio", "resample"]
+from serve.features import MIN_SECONDS  # one limit for the API, the CLI and the runtime
 
-MIN_SECONDS = 0.05  # shorter audio has too few feature frames for any encoder here
+__all__ = ["MIN_SECONDS", "read_audio", "resample"]
 
 log = logging.getLogger(__name__)
 

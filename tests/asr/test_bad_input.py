@@ -32,7 +32,7 @@ def test_transcribe_checks_arrays_as_it_checks_files(model):
         (x * 32767, {}, r"\[-1, 1\], got .* at index"),
         (nan, {}, "NaN or inf"),
         (np.stack([x, x], 1), {}, "mono"),
-        (x[:400], {}, "too short: 400 samples"),
+        (x[:400], {}, r"too short: 25.0 ms \(400 samples"),
         (x, {"sample_rate": 0}, "sample_rate must be positive"),
     ]:
         with pytest.raises(ValueError, match=msg):

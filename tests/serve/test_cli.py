@@ -182,6 +182,16 @@ def test_decode_onnx_equals_torch_streaming_per_utterance(live_model, trained_ct
     assert "fp32" in fp32["decoding"] and fp32["splits"]["few"]["words"] > 0
     assert "int8" in json.loads((tmp_path / "int8" / "wer.json").read_text())["decoding"]
     assert len(hyps("int8")) == 6
+    # a cut shorter than the runtime takes (50 ms) is skipped and counted, not the end of the run
+    from lhotse import CutSet
+
+    (tmp_path / "short").mkdir()
+    cs = list(CutSet.from_file(cuts))
+    CutSet.from_cuts([cs[0].truncate(duration=0.03), *cs[1:]]).to_file(tmp_path / "short" / "cuts_few.jsonl.gz")
+    main(["decode", "--onnx", str(live_model.onnx_dir), "--cuts", str(tmp_path / "short" / "cuts_few.jsonl.gz"),
+          "--out", str(tmp_path / "short_out")])
+    assert json.loads((tmp_path / "short_out" / "wer.json").read_text())["splits"]["few"]["skipped"] == {"too_short": 1}
+    assert hyps("short_out") == hyps("fp32")[1:]
     with pytest.raises(SystemExit, match="not both"):
         main(["decode", "--onnx", str(live_model.onnx_dir), "--model", "m.pt", "--cuts", cuts])
     with pytest.raises(SystemExit, match="chunkwise"):

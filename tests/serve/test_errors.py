@@ -164,6 +164,12 @@ def test_bad_audio(exported):
     other = Recognizer(exported[1])
     with pytest.raises(ValueError, match="this recognizer"):
         other.decode([s])
+    # a whole recording under 50 ms is refused, as ASRModel.transcribe refuses it (it was '')
+    with pytest.raises(ValueError, match=r"recording 1: audio is too short: 25.0 ms \(400 samples"):
+        rec.transcribe_many([x, x[:400]])
+    with pytest.raises(ValueError, match=r"recording 0: .*NaN"):
+        rec.transcribe(np.full(1600, np.nan, np.float32))
+    assert rec.transcribe(x[:800], sample_rate=16000).is_final  # exactly 50 ms
 
 
 @pytest.mark.parametrize("decoding", ["greedy", "beam"])

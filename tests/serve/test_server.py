@@ -260,6 +260,7 @@ def _faults(url: str, x: np.ndarray) -> dict:
         "out_of_range_samples": raw(url, start, loud.tobytes()),
         "idle_before_start": raw(url),
         "idle_mid_stream": raw(url, start, x[:16000].tobytes()),
+        "message_after_end": raw(url, start, x[:16000].tobytes(), json.dumps({"type": "end"}), x[:1600].tobytes()),
         "too_long": stream(url, np.tile(x, 2)[: 16000 * 9], pace=0.0),
     }
 
@@ -293,8 +294,10 @@ EXPECTED = {  # name: (close code, words the error message must contain)
     "out_of_range_samples": (1007, ["[-1, 1]", "got 5 at", "sample 10 "]),
     "idle_before_start": (1008, ["idle_timeout"]),
     "idle_mid_stream": (1008, ["idle_timeout"]),
-    "too_long": (1008, ["max_stream_seconds"]),
+    "message_after_end": (1008, ["message after end"]),
+    "too_long": (1008, ["max_stream_seconds", "first 8.0 s were sent"]),
 }
+KEEP_AUDIO = {"idle_mid_stream": 16000, "message_after_end": 16000, "too_long": 8 * 16000}  # samples decoded first
 
 
 def test_faults_close_only_their_own_connection(rec, audio):
@@ -320,10 +323,14 @@ def test_faults_close_only_their_own_connection(rec, audio):
         for w in words:
             assert w.lower() in errors[0]["message"].lower(), (name, w, errors[0]["message"])
         assert c.reason and c.reason[:60] == errors[0]["message"][:60], (name, c.reason)  # the reason names it too
-    # a stream that ran before its fault got its results up to then
-    assert bad["too_long"].of("ready") and bad["idle_mid_stream"].of("ready")
+    # a stream whose audio was good before a limit or a late message gets every result of that
+    # audio (its last segment's final too), then the error in place of done
+    for name, n in KEEP_AUDIO.items():
+        c, offline = bad[name], rec.transcribe(np.tile(x0, 2)[:n]).text
+        assert offline and c.text == offline, (name, offline, c.text)
+        assert [m["type"] for m in c.messages[-2:]] == ["final", "error"] and not c.of("done"), (name, c.messages)
     assert stats["open"] == 0 and stats["decoding"] == 0
-    assert stats["completed"] == 3 and stats["errors"] == len(EXPECTED)
+    assert stats["completed"] == 3 and stats["errors"] == len(EXPECTED) and stats["dropped"] == 1, stats
 
 
 def _random_session(rng: np.random.Generator, x: np.ndarray) -> list:
@@ -532,6 +539,25 @@ def test_http_page_and_stats(rec):
             e.value.close()  # else the server waits for this connection when it stops
         stats = json.loads(urllib.request.urlopen(srv.http_url + "stats").read())
         assert stats["connections"] == 0 and "rtf" in stats
+        head = urllib.request.urlopen(urllib.request.Request(srv.http_url + "app.js", method="HEAD"))
+        assert head.headers["Content-Length"] == str(len(srv.server._static["app.js"][0])) and head.read() == b""
+        for method, path, allow in (("POST", "", "GET, HEAD"), ("PUT", "stats", "GET, HEAD"), ("HEAD", "ws", "GET")):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(urllib.request.Request(srv.http_url + path, method=method))
+            assert e.value.code == 405 and e.value.headers["Allow"] == allow, (method, path)
+            e.value.close()
+
+
+def test_frames_the_library_refuses_are_counted(rec, audio):
+    """A frame beyond the websockets library's own limit (2x max_message_bytes) is closed by the
+    library with 1009 before the server reads it: /stats still counts it as an error."""
+    x = audio[0][0]
+    with ServerThread(rec, ServerConfig(port=0, max_message_bytes=4096)) as srv:
+        c = asyncio.run(raw(srv.ws_url, json.dumps({"type": "start", "sample_rate": 16000}),
+                            np.zeros(4096, "<f4").tobytes()))
+        stats = settled(srv)
+    assert c.code == 1009 and c.of("ready") and not c.of("error"), (c.code, c.reason)
+    assert stats["errors"] == 1 and stats["errors_by_code"] == {"1009": 1} and stats["dropped"] == 0, stats
 
 
 def test_serve_path_is_torch_free():
