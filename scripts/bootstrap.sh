@@ -4,9 +4,14 @@
 #   source scripts/bootstrap.sh [EXTRAS]     e.g. EXTRAS="dev,serve"
 #
 # System packages come from apt-get when we are root; otherwise the script names what is
-# missing and how to install it, and stops. Python packages go into .venv: torch first, pinned
-# to the CPU wheel (an unpinned torch pulls several GB of CUDA packages), then this project in
+# missing and how to install it, and stops. Python packages go into .venv: torch first, pinned,
+# in its own step (an unpinned torch pulls several GB of CUDA packages), then this project in
 # editable mode with the requested extras. A stamp file skips the pip step when nothing changed.
+#
+# Which torch build: ASR_TORCH_INDEX=URL adds that package index for the torch step (e.g. a
+# CUDA index); ASR_TORCH_INDEX= (empty) uses pip's own sources only. Unset: on a machine
+# without an NVIDIA GPU, PyTorch's CPU index when it answers within 5 s (PyPI's Linux torch is
+# the CUDA build), otherwise pip's own sources (a mirror or find-links with the CPU wheel).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -79,8 +84,18 @@ stamp="$ROOT/.venv/.asr-installed"
 want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-[$EXTRAS]"
 if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
     if ! "$VPY" -c "import torch, sys; sys.exit(not torch.__version__.startswith('$TORCH_VERSION'))" 2>/dev/null; then
-        say "installing torch==$TORCH_VERSION (its own step, so no CUDA packages come with it)"
-        "$VPY" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+        torch_index="${ASR_TORCH_INDEX-auto}"
+        if [ "$torch_index" = auto ]; then
+            torch_index=""
+            cpu_index="https://download.pytorch.org/whl/cpu"
+            if ! command -v nvidia-smi >/dev/null 2>&1 && "$VPY" -c "import urllib.request as u; u.urlopen('$cpu_index/', timeout=5)" 2>/dev/null; then
+                torch_index="$cpu_index"
+            fi
+        fi
+        index_args=()
+        [ -n "$torch_index" ] && index_args=(--extra-index-url "$torch_index")
+        say "installing torch==$TORCH_VERSION in its own step (from ${torch_index:-the sources pip is configured with}; ASR_TORCH_INDEX picks another)"
+        "$VPY" -m pip install -q --disable-pip-version-check "${index_args[@]}" "torch==$TORCH_VERSION"
     fi
     spec="$ROOT"
     [ -n "$EXTRAS" ] && spec="$ROOT[$EXTRAS]"

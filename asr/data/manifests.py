@@ -211,16 +211,20 @@ def librispeech_split_dirs(root: Path, parts: Sequence[str] | None) -> list[Path
     return dirs
 
 
-def _transcript_lines(trans: Path) -> list[tuple[str, str]]:
-    """(utterance id, text) of every non-empty line of a ``*.trans.txt`` (a ValueError naming
-    the file when it is not UTF-8)."""
+def _utf8_lines(path: Path) -> list[str]:
+    """The lines of a text file (a byte-order mark dropped); a ValueError naming the file, the
+    byte and its offset when it is not UTF-8."""
     try:
-        text = trans.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
-        raise ValueError(f"{trans}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
-                         "convert it to UTF-8") from None
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); convert it, "
+                         "e.g. iconv -f latin1 -t utf-8") from None
+
+
+def _transcript_lines(trans: Path) -> list[tuple[str, str]]:
+    """(utterance id, text) of every non-empty line of a ``*.trans.txt``."""
     out = []
-    for line in text.splitlines():
+    for line in _utf8_lines(trans):
         if line.strip():
             uid, _, words = line.strip().partition(" ")
             out.append((uid, words.strip()))
@@ -350,11 +354,7 @@ def _kaldi_cuts(d: Path, skipped: SkipCounter) -> CutSet:
         if not p.is_file():
             return {}
         out = {}
-        try:
-            lines = p.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not part of the first id
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{p}: not UTF-8 ({e}); convert it, e.g. iconv -f latin1 -t utf-8") from None
-        for n, line in enumerate(lines, 1):
+        for n, line in enumerate(_utf8_lines(p), 1):
             if not line.strip():
                 continue
             key, value = (line.split(maxsplit=1) + [""])[:2]  # any whitespace, as Kaldi splits
@@ -379,7 +379,8 @@ def _kaldi_cuts(d: Path, skipped: SkipCounter) -> CutSet:
     entries = []
     segments = d / "segments"
     if segments.is_file():
-        for n, line in enumerate(open(segments), 1):
+        segment_lines = _utf8_lines(segments)
+        for n, line in enumerate(segment_lines, 1):
             if not line.strip():
                 continue
             fields = line.split()
@@ -397,7 +398,7 @@ def _kaldi_cuts(d: Path, skipped: SkipCounter) -> CutSet:
                 continue
             # Kaldi: an end of -1 is the end of the file
             entries.append((uid, wav[rid], text[uid], utt2spk.get(uid, rid), start, None if end == -1 else end - start, rid))
-        listed = {line.split()[0] for line in open(segments, encoding="utf-8-sig") if line.strip()}
+        listed = {line.split()[0] for line in segment_lines if line.strip()}
     else:
         for uid, path in wav.items():
             if uid not in text:

@@ -43,7 +43,7 @@ source scripts/bootstrap.sh "serve,sherpa"
 
 if run 1; then
     banner 1 "build the mini LibriSpeech corpus, manifests and tokenizers ($DATA)"
-    asr prepare --corpus mini --out "$DATA" --model-type bpe --vocab-size 256  # Citrinet (8x)
+    asr prepare --corpus mini --out "$DATA" --model-type bpe --vocab-size 256  # BPE-256 for 8x models (no mini config uses it)
     asr tokenizer --cuts "$DATA/manifests/cuts_train.jsonl.gz" --model-type char --out "$DATA/lang_char"  # 4x families
 fi
 

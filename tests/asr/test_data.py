@@ -126,7 +126,8 @@ def test_kaldi_and_jsonl_defects_are_counted_not_merged(tmp_path, monkeypatch):
     d = tmp_path / "kaldi"
     d.mkdir()
     (d / "wav.scp").write_text(f"\ufeffsess1\t{a}\nsess2 {b}\nsess2 {a}\n", encoding="utf-8")
-    (d / "segments").write_text("s1u sess1 0.0 1.2\ns2u sess2 0.5 -1\nbad sess1 1.0 0.8\nlong sess1 0.5 3.0\n")
+    (d / "segments").write_text("\ufeffs1u sess1 0.0 1.2\ns2u sess2 0.5 -1\nbad sess1 1.0 0.8\nlong sess1 0.5 3.0\n",
+                                encoding="utf-8")
     (d / "text").write_text("\ufeffs1u one\ts1\ns2u two\nbad x\nlong y\nnoaudio z\n", encoding="utf-8")
     skipped = SkipCounter()
     cuts = {c.id: c for c in prepare_cuts(load_cuts(d, skipped=skipped))}
@@ -136,6 +137,12 @@ def test_kaldi_and_jsonl_defects_are_counted_not_merged(tmp_path, monkeypatch):
     assert cuts["s1u"].recording.id != cuts["s2u"].recording.id
     assert abs(cuts["s2u"].duration - 2.0) < 1e-3  # end -1: to the end of the file
     assert dict(skipped.counts) == {"duplicate_id": 1, "bad_segment": 1, "segment_outside_audio": 1, "missing_file": 1}
+    for name in ("segments", "text"):  # every Kaldi file: the same message, naming the file and the byte
+        kept = (d / name).read_bytes()
+        (d / name).write_bytes(kept.replace(b"s2u", b"s2\xffu"))
+        with pytest.raises(ValueError, match=rf"{name}: not UTF-8 text \(byte 0xff at offset \d+\); convert it"):
+            load_cuts(d)
+        (d / name).write_bytes(kept)
     m = tmp_path / "m.jsonl"
     rows = [{"audio_filepath": str(a), "text": "first", "id": "dup", "offset": 0, "duration": 1.0},
             {"audio_filepath": str(b), "text": "second", "id": "dup", "offset": 0, "duration": 1.0},
