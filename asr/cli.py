@@ -60,9 +60,12 @@ def _parse_overrides(items: list[str]) -> dict:
     out: dict = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
+            raise SystemExit(f"error: --set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise SystemExit(f"error: --set {item}: the value is not valid YAML ({' '.join(str(e).split())})") from None
     return out
 
 
@@ -163,7 +166,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import ConfigError, load_yaml
-    from .training.trainer import TrainConfig, Trainer, check_config
+    from .training.trainer import TrainConfig, Trainer, TrainingInterrupted, check_config
 
     overrides = _parse_overrides(args.set or [])
     if args.exp_dir:
@@ -174,14 +177,29 @@ def cmd_train(args: argparse.Namespace) -> None:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     rank = int(os.environ.get("RANK", "0") or 0)  # torchrun: only rank 0 writes train.log
+    exp = Path(cfg.exp_dir)
+    if exp.exists() and not exp.is_dir():
+        raise SystemExit(f"error: exp_dir {exp} is a file, not a directory")
     try:  # files, data paths, the exp dir (another model's checkpoints there): before the run starts
-        _setup_logging(args.verbose, Path(cfg.exp_dir) / "train.log" if rank == 0 else None)
+        _setup_logging(args.verbose, exp / "train.log" if rank == 0 else None)
         if rank != 0 and not args.verbose:
             logging.getLogger().setLevel(logging.WARNING)
         trainer = Trainer(cfg, progress=not args.no_progress)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    trainer.run()
+    try:
+        trainer.run()
+    except TrainingInterrupted as e:
+        logging.getLogger("asr").warning("training interrupted by %s", e)
+        print(f"interrupted by {e}", file=sys.stderr)
+        raise SystemExit(130 if e.signal_name == "SIGINT" else 143) from None
+    except (OSError, ValueError, RuntimeError) as e:  # bad data, a full disk, a diverged run: one line; the traceback in train.log
+        import traceback
+
+        if rank == 0:
+            with open(exp / "train.log", "a") as f:
+                f.write(f"training stopped:\n{traceback.format_exc()}")
+        raise SystemExit(f"error: {e}" + (f" (the traceback is in {exp / 'train.log'})" if rank == 0 else "")) from None
 
 
 # ---------------------------------------------------------------------- decode

@@ -391,11 +391,15 @@ def save_atomic(obj: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -411,7 +415,9 @@ def read_checkpoint(path: str | Path) -> dict:
         import pickle
 
         why = ("not a file torch.load reads without running code" if isinstance(e, pickle.UnpicklingError)
-               else (str(e).strip().splitlines() or [""])[0][:200])
+               else (str(e).strip().splitlines() or [""])[0])
+        if len(why) > 200:  # at a word, marked
+            why = why[:200].rsplit(" ", 1)[0] + " ..."
         raise ValueError(f"{path}: cannot read model file ({type(e).__name__}: {why}); it may be truncated or not a model") from None
 
 

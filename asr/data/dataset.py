@@ -253,4 +253,13 @@ def make_loader(dataset: ASRDataset, sampler, num_workers: int = 0, pin_memory: 
         persistent_workers=False,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=_ignore_interrupts if num_workers else None,
     )
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """Data-loader workers ignore Ctrl-C (the terminal sends it to the whole process group): the
+    trainer stops them itself after saving a checkpoint at the next step."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

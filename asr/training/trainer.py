@@ -74,12 +74,13 @@ At the end ``model.pt`` (weights averaged over the last ``average_last`` epoch c
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -185,7 +186,8 @@ def check_config(cfg: TrainConfig) -> None:
     at_least = {"max_epochs": 1, "log_every": 1, "save_every_epochs": 1, "valid_every_epochs": 1, "keep_last": 1,
                 "average_last": 1, "max_bad_steps": 1, "max_steps": 0, "max_minutes": 0, "save_every_steps": 0,
                 "threads": 0, "init_freeze_steps": 0, "optim.accum_grad": 1, "optim.warmup_steps": 0,
-                "optim.total_steps": 0, "data.sampler.num_buckets": 1, "data.sampler.num_workers": 0}
+                "optim.total_steps": 0, "data.sampler.num_buckets": 1, "data.sampler.num_workers": 0,
+                "optim.weight_decay": 0, "optim.min_lr": 0, "data.sortagrad_epochs": 0, "data.dev_max_cuts": 1}
 
     def get(key: str):
         value = cfg
@@ -196,9 +198,24 @@ def check_config(cfg: TrainConfig) -> None:
     for key, low in at_least.items():
         if not get(key) >= low:  # also refuses NaN
             raise ValueError(f"{key} must be >= {low}, got {get(key)}")
-    for key in ("optim.lr", "data.sampler.max_duration"):
+    for key in ("optim.lr", "data.sampler.max_duration", "data.max_cut_duration", "optim.lr_batches", "optim.lr_epochs"):
         if not get(key) > 0:
             raise ValueError(f"{key} must be > 0, got {get(key)}")
+    for key in ("optim.lr", "optim.min_lr", "optim.weight_decay", "optim.grad_clip", "max_minutes"):
+        if not math.isfinite(get(key)):
+            raise ValueError(f"{key} must be a finite number, got {get(key)}")
+    if not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ValueError(f"optim.betas must be two numbers in [0, 1) (Adam's averaging factors), got {list(cfg.optim.betas)}")
+    if cfg.init_freeze_steps and not cfg.init_from:
+        raise ValueError("init_freeze_steps needs init_from: it freezes the weights copied from there")
+    names = [split_name(p) for p in cfg.data.dev]
+    for name, p in zip(names, cfg.data.dev):
+        if names.count(name) > 1:
+            raise ValueError(f"data.dev: two manifests are both named {name!r} ({', '.join(q for q, n in zip(cfg.data.dev, names) if n == name)}): "
+                             "their WERs would be one column; rename one of the files")
+        if name == "train":
+            raise ValueError(f"data.dev: {p} is named 'train', which would read as the training loss in metrics.jsonl; "
+                             "rename the file (e.g. cuts_train_heldout.jsonl.gz)")
     check_model_config(cfg.model)
     # the encoder's and heads' own checks (e.g. subsampling 3, 5 attention heads for d_model
     # 144), on the meta device: no weights allocated, before any data is read or file written
@@ -249,13 +266,23 @@ def matmul_precision(tf32: bool) -> str:
     return "high" if tf32 else "highest"
 
 
+def split_name(path: str) -> str:
+    """A dev manifest's name in the log and metrics: ``cuts_dev-clean.jsonl.gz`` -> ``dev-clean``."""
+    return Path(path).name.replace("cuts_", "").split(".")[0]
+
+
 def _load_cuts(paths: list[str], max_duration: float | None = None) -> CutSet:
     """Eager CutSet from manifests, dropping cuts longer than ``max_duration`` seconds."""
     if not paths:
         raise ValueError("no cut manifests given")
-    cuts = []
+    cuts, total = [], 0
     for p in paths:
-        cuts.extend(c for c in read_cut_manifest(p, " (run `asr prepare` first)") if max_duration is None or c.duration <= max_duration)
+        for c in read_cut_manifest(p, " (run `asr prepare` first)"):
+            total += 1
+            if max_duration is None or c.duration <= max_duration:
+                cuts.append(c)
+    if not cuts:
+        raise ValueError(f"every one of the {total} cuts in {', '.join(paths)} is longer than data.max_cut_duration = {max_duration} s")
     return CutSet.from_cuts(cuts)
 
 
@@ -265,9 +292,11 @@ def feature_stats(cuts: CutSet, features: FeatureConfig, max_cuts: int = 300) ->
     ds = ASRDataset(None, features, None)
     total, total_sq, n = 0.0, 0.0, 0
     first_error = ""
-    for i, cut in enumerate(cuts):
-        if i >= max_cuts:
+    tried = 0
+    for cut in cuts:
+        if tried >= max_cuts:
             break
+        tried += 1
         try:
             f = torch.from_numpy(ds.load_features(cut)).double()
         except Exception as e:  # noqa: BLE001 - skipped here, as the loader skips and counts them
@@ -277,9 +306,9 @@ def feature_stats(cuts: CutSet, features: FeatureConfig, max_cuts: int = 300) ->
         total_sq = total_sq + (f * f).sum(0)
         n += f.shape[0]
     if n == 0:
-        raise ValueError(f"no readable training audio to compute feature statistics from (the first of {min(i + 1, max_cuts)} "
-                         f"cuts tried: {first_error}); audio paths in a manifest are relative to the directory `asr prepare` "
-                         f"ran in, this run's is {Path.cwd()}")
+        raise ValueError(f"no readable training audio to compute feature statistics from (the first of {tried} cuts "
+                         f"tried: {first_error}); relative audio paths in a manifest are read from the directory this run "
+                         f"is in, {Path.cwd()}")
     mean = total / n
     std = (total_sq / n - mean * mean).clamp_min(1e-6).sqrt()
     return mean.float(), std.float()
@@ -414,6 +443,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self.wall_seconds = 0.0
+        self._interrupt: int | None = None  # the signal that asked training to stop (run() catches them)
         for what, paths in (("data.train", cfg.data.train), ("data.dev", cfg.data.dev), ("init_from", [cfg.init_from] if cfg.init_from else [])):
             for p in paths:
                 if not Path(p).is_file():
@@ -449,8 +479,6 @@ class Trainer:
             taken = set(init_weights(self.model, cfg.init_from, cfg.init_modules, cfg.features))
             if cfg.init_freeze_steps > 0:
                 self.frozen = [p for n, p in self.model.named_parameters() if n in taken]
-        elif cfg.init_freeze_steps > 0:
-            raise ValueError("init_freeze_steps needs init_from: it freezes the weights copied from there")
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s encoder + %s head, %.2fM parameters; %s, %s, %d process(es)", cfg.model.encoder, cfg.model.head,
                  n_params / 1e6, self.device, self.precision, self.dist.world_size)
@@ -616,6 +644,19 @@ class Trainer:
             raise ValueError(f"{self.exp} holds checkpoints of a run with another {', '.join(diff)} (its config.yaml): resuming "
                              f"would mix two models; use a new --exp-dir, or delete {self.ckpt_dir} to start over there")
 
+        def flat(d: dict, prefix: str = "") -> dict:
+            out = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+            return out
+
+        old, new = flat(to_dict(before)), flat(to_dict(self.cfg))
+        changed = [k for k in sorted(set(old) | set(new)) if k != "exp_dir" and old.get(k) != new.get(k)]
+        if changed:
+            log.warning("resuming in %s with settings that differ from its config.yaml: %s; the run goes on with the new ones",
+                        self.exp, ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:6])
+                        + (" ..." if len(changed) > 6 else ""))
+
     def _save(self, epoch: int, batch_in_epoch: int, tag: str | None = None, progress: dict | None = None) -> None:
         """Checkpoint (collective: every rank's RNG states and epoch counters go in; rank 0
         writes). ``progress``: this rank's counters of the epoch so far (mid-epoch saves)."""
@@ -659,24 +700,30 @@ class Trainer:
         Returns (epoch, batches of it already trained on); (1, 0) for a fresh start. The
         counters of a part-trained epoch are left in ``self.resumed_progress``."""
         self.resumed_progress = {}
-        chosen, state = None, None
+        chosen, state, failed = None, None, []
         if self.is_main:
-            paths = list(reversed(self._checkpoints()))
-            initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict())) if paths else None
-            for path in paths:
+            ours = self.tokenizer.to_bytes()
+            for path in reversed(self._checkpoints()):
                 try:
                     state = read_checkpoint(path)
+                    theirs = (state.get("model") or {}).get("tokenizer") if isinstance(state, dict) else None
+                    if theirs is not None and bytes(theirs) != ours:
+                        raise ValueError(f"it was trained with another tokenizer than {self.cfg.data.tokenizer} is now")
                     self._load_state(state)
                 except Exception as e:
                     log.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
+                    failed.append(f"{path.name}: {e}")
                     state = None
                     continue
                 chosen = str(path)
                 break
-            if chosen is None and initial is not None:
-                self.model.load_state_dict(initial[0])
-                self.opt.load_state_dict(initial[1])
-        chosen = self.dist.broadcast(chosen)
+        # no checkpoint could be loaded: starting over would replace the run's results, and its
+        # new checkpoints would be rotated out behind the unreadable higher-numbered ones
+        chosen, failed = self.dist.broadcast((chosen, failed))
+        if chosen is None and failed:
+            raise ValueError(f"none of the {len(failed)} checkpoint(s) in {self.ckpt_dir} can be resumed from ("
+                             + "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else "") + f"): delete {self.ckpt_dir} "
+                             "to start over there, or use another --exp-dir")
         if chosen is None:
             if self.is_main:
                 self._truncate_metrics(0, 0)  # a fresh start: one trajectory in the log
@@ -707,29 +754,82 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> ASRModel:
+        """Train (see the class docstring). SIGINT (Ctrl-C) or SIGTERM stops after the step in
+        progress with a checkpoint: :class:`TrainingInterrupted` says where (a second signal stops
+        at once). The exp dir is locked while this runs: a second run on it is refused."""
+        lock = _lock_exp_dir(self.exp) if self.is_main else None
+        if self.is_main:  # a killed run's half-written checkpoints (.ckpt-N.pt.tmpPID)
+            for stale in self.ckpt_dir.glob(".*.pt.tmp*"):
+                log.info("removing %s, a checkpoint an earlier run did not finish writing", stale)
+                stale.unlink(missing_ok=True)
+        restore = self._catch_signals()
         try:
             return self._run()
         finally:
+            restore()
+            if lock is not None:
+                lock.close()
             if self.tb is not None:
                 self.tb.close()
                 self.tb = None
             self.dist.close()
 
+    def _catch_signals(self):
+        """SIGINT and SIGTERM set ``self._interrupt`` (the loop saves and stops at the next step
+        boundary); the second one raises KeyboardInterrupt. Returns a function that puts the
+        previous handlers back."""
+        self._interrupt = None
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            if self._interrupt is not None:
+                raise KeyboardInterrupt
+            self._interrupt = signum
+            log.warning("%s: stopping after this step with a checkpoint (once more to stop at once, losing the steps "
+                        "since the last checkpoint)", signal.Signals(signum).name)
+
+        before = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore():
+            for sig, h in before.items():
+                signal.signal(sig, h)
+        return restore
+
+    def _interrupted(self) -> bool:
+        """Whether any rank got SIGINT/SIGTERM (collective: every rank stops at the same step)."""
+        return self.dist.any([self._interrupt is not None], self.device)[0]
+
+    def _stop_interrupted(self, saved: bool, epoch: int, batch: int, progress: dict | None) -> None:
+        """Save a checkpoint here unless one was just written, and raise TrainingInterrupted."""
+        if not saved:
+            self._save(epoch, batch, progress=progress)
+        sig = self._interrupt
+        raise TrainingInterrupted(signal.Signals(sig).name if sig else "a signal on another rank", self.step,
+                                  self.ckpt_dir / f"ckpt-{self.step}.pt")
+
     def _run(self) -> ASRModel:
         cfg = self.cfg
         W, R = self.dist.world_size, self.dist.rank
-        if self.is_main:
-            save_yaml(cfg, self.exp / "config.yaml")
         # one global shuffle, the same on every rank: the sampler then shuffles each epoch within a
         # window of cuts (lhotse's buffer), which over manifests in corpus order (LibriSpeech's
         # train-clean-100, -360, other-500, speaker by speaker) would leave whole parts apart; the
         # feature statistics and the bucket bins, estimated from the first cuts, see all parts
         train_cuts = _load_cuts(cfg.data.train, cfg.data.max_cut_duration).shuffle(rng=random.Random(cfg.seed))
-        dev_sets = {Path(p).name.replace("cuts_", "").split(".")[0]: _load_cuts([p]) for p in cfg.data.dev} if self.is_main else {}
+        dev_sets = {split_name(p): _load_cuts([p]) for p in cfg.data.dev} if self.is_main else {}
         log.info("training on %d cuts (%.2f h)", len(train_cuts), sum(c.duration for c in train_cuts) / 3600)
 
         self.setup(train_cuts)
         start_epoch, skip_batches = self.resume()
+        budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+        # a finished run started again: its epochs, steps or time are spent (raise them to go on)
+        stop = (start_epoch > cfg.max_epochs or bool(cfg.max_steps and self.step >= cfg.max_steps)
+                or (self.step > 0 and self.wall_seconds >= budget))
+        if stop and self.is_main:
+            log.info("epoch %d, step %d, %.1f min: this run's max_epochs / max_steps / max_minutes are spent; nothing to "
+                     "train (raise them to train on)", start_epoch - 1, self.step, self.wall_seconds / 60)
+        elif self.is_main:  # the settings this exp dir's checkpoints go on with (not rewritten when nothing trains)
+            save_yaml(cfg, self.exp / "config.yaml")
         self.wrap()
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -744,13 +844,7 @@ class Trainer:
             sorted_sampler = make_sampler(train_cuts.sort_by_duration(ascending=True), cfg.data.sampler, train=False, world_size=W, rank=R,
                                           by_duration=False)
         bad_in_a_row = 0
-        budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
         wall0 = time.perf_counter() - self.wall_seconds  # resumed runs keep their spent time
-        # a finished run started again: its steps or its time are spent (raise them to go on)
-        stop = bool(cfg.max_steps and self.step >= cfg.max_steps) or (self.step > 0 and self.wall_seconds >= budget)
-        if stop and self.is_main:
-            log.info("step %d, %.1f min: this run's max_steps / max_minutes are spent; nothing to train (raise them to "
-                     "train on)", self.step, self.wall_seconds / 60)
         last_epoch = start_epoch if skip_batches else start_epoch - 1  # the last epoch trained on, in part or whole
         for epoch in range(start_epoch, cfg.max_epochs + 1):
             if stop:
@@ -762,7 +856,11 @@ class Trainer:
             progress = getattr(self, "resumed_progress", {}) if skip_batches else {}
             stats: Counter = Counter(progress.get("stats", {}))  # summed over the epoch
             skipped: Counter = Counter(progress.get("skipped", {}))
-            t_epoch = time.perf_counter()
+            t_epoch = time.perf_counter() - progress.get("seconds", 0.0)  # a resumed epoch's time so far counts
+
+            def progress_now() -> dict:  # this rank's counters of the epoch so far, for a mid-epoch checkpoint
+                return {"stats": dict(stats), "skipped": dict(skipped), "seconds": time.perf_counter() - t_epoch}
+
             pbar = tqdm(desc=f"epoch {epoch}", unit="batch", disable=not self.progress, dynamic_ncols=True)
             batch_idx = skip_batches
             skip_batches = 0
@@ -814,10 +912,14 @@ class Trainer:
                         rec["loss_scale"] = float(self.scaler.get_scale())
                     self._log_metrics(rec)
                     pbar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{res['lr']:.2e}")
-                if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
-                    self._save(epoch, batch_idx, progress={"stats": dict(stats), "skipped": dict(skipped)})
+                saved = bool(cfg.save_every_steps and self.step % cfg.save_every_steps == 0)
+                if saved:
+                    self._save(epoch, batch_idx, progress=progress_now())
                 self.wall_seconds = time.perf_counter() - wall0
-                (over_budget,) = self.dist.any([self.wall_seconds >= budget], self.device)
+                over_budget, interrupted = self.dist.any([self.wall_seconds >= budget, self._interrupt is not None], self.device)
+                if interrupted:
+                    pbar.close()
+                    self._stop_interrupted(saved, epoch, batch_idx, progress_now())
                 if (cfg.max_steps and self.step >= cfg.max_steps) or over_budget:
                     stop = True
                     break
@@ -826,8 +928,7 @@ class Trainer:
             last = stop or epoch == cfg.max_epochs
             # stopped inside the epoch (max_steps or the time budget): a longer run goes on from here
             partial = stop and not exhausted
-            resume_at, resume_batch, epoch_progress = ((epoch, batch_idx, {"stats": dict(stats), "skipped": dict(skipped)}) if partial
-                                                       else (epoch + 1, 0, None))
+            resume_at, resume_batch, epoch_progress = (epoch, batch_idx, progress_now()) if partial else (epoch + 1, 0, None)
             frames, padded = self.dist.sum([stats["frames"], stats["padded_frames"]], self.device)
             if self.dist.enabled:
                 skipped = sum((Counter(s) for s in self.dist.gather(dict(skipped))), Counter())
@@ -843,10 +944,17 @@ class Trainer:
             if self.is_main and (last or epoch % cfg.valid_every_epochs == 0):
                 for name, cuts in dev_sets.items():
                     ev = self.validate(cuts, eval_dataset)
-                    d = ev["wer_detail"]
+                    d, dev_skipped = ev["wer_detail"], sum(ev["skipped"].values())
+                    if not d["words"]:  # nothing decoded: no rate to give (it read as 0.00%)
+                        log.warning("validation on %s: none of its %d cuts could be decoded (%s): no loss or WER", name,
+                                    min(len(cuts), cfg.data.dev_max_cuts), ev["skipped"] or "no reference words")
+                        ev["loss"] = ev["wer"] = None
                     rec.update({f"{name}_loss": ev["loss"], f"{name}_wer": ev["wer"], f"{name}_words": d["words"],
-                                f"{name}_sub": d["sub"], f"{name}_del": d["del"], f"{name}_ins": d["ins"]})
-                    msg += f", {name} loss {ev['loss']:.3f} WER {ev['wer']:.2f}%"
+                                f"{name}_sub": d["sub"], f"{name}_del": d["del"], f"{name}_ins": d["ins"],
+                                f"{name}_skipped": dev_skipped})
+                    msg += (f", {name} loss {ev['loss']:.3f} WER {ev['wer']:.2f}%" if ev["wer"] is not None else f", {name} -")
+                    if dev_skipped:
+                        msg += f" ({dev_skipped} cut(s) unreadable, skipped)"
             self.dist.barrier()  # the other ranks wait here while rank 0 validates
             if skipped:
                 msg += f", skipped {dict(skipped)}"
@@ -855,8 +963,11 @@ class Trainer:
             self.wall_seconds = time.perf_counter() - wall0
             rec["wall_seconds"] = round(self.wall_seconds, 1)
             self._log_metrics(rec)
-            if last or epoch % cfg.save_every_epochs == 0:
+            saved = last or epoch % cfg.save_every_epochs == 0
+            if saved:
                 self._save(resume_at, resume_batch, tag=f"epoch-{epoch}", progress=epoch_progress)
+            if not last and self._interrupted():  # e.g. during validation (the last epoch goes on to the final model)
+                self._stop_interrupted(saved, resume_at, resume_batch, epoch_progress)
             last_epoch = epoch
         if self.tb is not None:
             self.tb.close()
@@ -891,18 +1002,63 @@ class Trainer:
 
     def _final_model(self, last_epoch: int) -> ASRModel:
         n = max(1, self.cfg.average_last)
-        paths = [self.ckpt_dir / f"epoch-{e}.pt" for e in range(last_epoch - n + 1, last_epoch + 1)]
-        paths = [p for p in paths if p.is_file()]
+        every = self.cfg.save_every_epochs  # the epochs that write a file, and the last
+        wanted = [self.ckpt_dir / f"epoch-{e}.pt" for e in range(max(1, last_epoch - n + 1), last_epoch + 1)
+                  if e % every == 0 or e == last_epoch]
+        ref = self.model.state_dict()
+        paths, avg = [], None  # summed one file at a time (ten of a large model's would not fit at once)
+        for p in wanted if n > 1 else []:
+            if not p.is_file():
+                continue
+            try:
+                sd = read_checkpoint(p)["state_dict"]
+                if set(sd) != set(ref) or any(sd[k].shape != ref[k].shape for k in ref):
+                    raise ValueError("its weights are not this model's")
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("final model: %s left out of the average (%s)", p, e)
+                continue
+            paths.append(p)
+            avg = {k: v.double().clone() for k, v in sd.items()} if avg is None else {k: avg[k] + sd[k].double() for k in avg}
+        if n > 1 and len(paths) < len(wanted):
+            log.warning("final model: average_last = %d, but only %d of the epoch checkpoints %s are usable%s", n, len(paths),
+                        ", ".join(p.stem for p in wanted), "" if len(paths) > 1 else ": the final model is the last weights")
         if len(paths) <= 1:
             return self.model.cpu().eval()
-        avg = None
-        for p in paths:
-            sd = read_checkpoint(p)["state_dict"]
-            avg = {k: v.double().clone() for k, v in sd.items()} if avg is None else {k: avg[k] + sd[k].double() for k in avg}
-        ref = self.model.state_dict()
         self.model.load_state_dict({k: (v / len(paths)).to(ref[k].dtype) for k, v in avg.items()})
         log.info("final model: average of %s", ", ".join(p.stem for p in paths))
         return self.model.cpu().eval()
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training at a step boundary; ``checkpoint`` resumes it."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path):
+        super().__init__(f"{signal_name} at step {step}: saved {checkpoint}; run the same command again to resume from there")
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+def _lock_exp_dir(exp: Path):
+    """An exclusive lock on ``exp/.lock`` (held by the returned open file until it is closed or
+    the process ends), or a ValueError naming the run that holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    exp.mkdir(parents=True, exist_ok=True)
+    f = open(exp / ".lock", "a+")
+    try:  # a POSIX record lock: this process's only (flock's would pass to forked data-loader workers, which can
+        #   outlive a killed trainer by seconds and refuse its restart)
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise ValueError(f"another training run (pid {pid}) is using {exp}: wait for it to end, or use another --exp-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 class _EpochBatches:
@@ -954,8 +1110,10 @@ def write_valid_table(metrics_path: Path, out_md: Path) -> str:
     lines = [f"Validation after epoch {rec['epoch']} (step {rec['step']}), greedy decoding.", "",
              "| split | loss | WER % | words | sub | del | ins |", "|---|---:|---:|---:|---:|---:|---:|"]
     for s in splits:
-        lines.append(f"| {s} | {rec[f'{s}_loss']:.4f} | {rec[f'{s}_wer']:.2f} | {rec.get(f'{s}_words', '')} | "
-                     f"{rec.get(f'{s}_sub', '')} | {rec.get(f'{s}_del', '')} | {rec.get(f'{s}_ins', '')} |")
+        loss, wer = rec[f"{s}_loss"], rec[f"{s}_wer"]
+        lines.append(f"| {s} | {'-' if loss is None else f'{loss:.4f}'} | {'-' if wer is None else f'{wer:.2f}'} | "
+                     f"{rec.get(f'{s}_words', '')} | {rec.get(f'{s}_sub', '')} | {rec.get(f'{s}_del', '')} | "
+                     f"{rec.get(f'{s}_ins', '')} |")
     table = "\n".join(lines) + "\n"
     out_md.write_text(table)
     return table
@@ -988,7 +1146,9 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
             for key in sorted({k for r in epochs for k in r if k.endswith(suffix) and k != "train_loss"}):
                 ax.plot(*validated_points(epochs, key), marker, label=key.removesuffix(suffix))
     ax1.set_xlabel("step"), ax1.set_ylabel("loss per token"), ax1.set_yscale("log"), ax1.legend(), ax1.grid(alpha=0.3)
-    ax2.set_xlabel("step"), ax2.set_ylabel("WER %"), ax2.legend() if epochs else None, ax2.grid(alpha=0.3)
+    ax2.set_xlabel("step"), ax2.set_ylabel("WER %"), ax2.grid(alpha=0.3)
+    if ax2.get_legend_handles_labels()[0]:  # no dev set: no lines to name
+        ax2.legend()
     ax1.set_title("loss"), ax2.set_title("validation WER (greedy)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)

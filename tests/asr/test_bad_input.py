@@ -148,12 +148,33 @@ def test_train_refuses_a_config_that_cannot_run_before_it_starts(tiny_data, tmp_
                       (["model.head=tdt", "model.transducer.durations=[]"], "TDT durations must be"),
                       (["model.head=tdt", "model.transducer.omega=2"], r"omega is a probability in \[0, 1\]"),
                       (["model.dropout=1"], r"ModelConfig.dropout is a dropout probability in \[0, 1\)"),
-                      (["optim.lr=abc"], "optim.lr")]:
+                      (["optim.lr=abc"], "optim.lr"),
+                      # torch's or lhotse's tracebacks after the first epoch, or silent gradient ascent
+                      (["optim.weight_decay=-5"], "optim.weight_decay must be >= 0"),
+                      (["optim.betas=[0.9,1.5]"], r"optim.betas must be two numbers in \[0, 1\)"),
+                      (["optim.lr=.inf"], "optim.lr must be a finite number"),
+                      (["optim.schedule=cosine", "optim.min_lr=-0.01"], "optim.min_lr must be >= 0"),
+                      (["optim.schedule=eden", "optim.lr_batches=0"], "optim.lr_batches must be > 0"),
+                      (["data.max_cut_duration=0"], "data.max_cut_duration must be > 0"),
+                      (["data.dev_max_cuts=0"], "data.dev_max_cuts must be >= 1"),
+                      (["data.sortagrad_epochs=-3"], "data.sortagrad_epochs must be >= 0"),
+                      (["init_freeze_steps=5"], "init_freeze_steps needs init_from"),
+                      ([f"data.dev=[{tiny_data}/manifests/cuts_dev.jsonl.gz,{tmp_path}/other/cuts_dev.jsonl.gz]"],
+                       "two manifests are both named 'dev'"),
+                      ([f"data.dev=[{tiny_data}/manifests/cuts_train.jsonl.gz]"], "is named 'train'"),
+                      (["max_epochs=["], "not valid YAML")]:
         with pytest.raises(SystemExit, match=f"^error: .*{msg}"):
             main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *sets])
         assert not exp.exists(), sets  # refused before anything was written
     with pytest.raises(SystemExit, match="^error: config file not found"):
         main(["train", "--config", str(tmp_path / "missing.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_epochs: [\n")
+    with pytest.raises(SystemExit, match="^error: .*bad.yaml: not valid YAML .*line"):
+        main(["train", "--config", str(bad)])
+    exp.write_text("")
+    with pytest.raises(SystemExit, match="^error: exp_dir .* is a file, not a directory"):
+        main(["train", "--config", str(cfg), "--exp-dir", str(exp)])
 
 
 def test_decode_checks_every_input_before_it_writes(trained_ctc, tmp_path):

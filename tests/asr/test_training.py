@@ -351,6 +351,139 @@ def test_a_finished_run_started_again_trains_nothing_and_a_longer_one_goes_on_in
     assert epochs == sorted(ref_epochs + [(10, True)]), (epochs, ref_epochs)  # the stop at 10 logged as part of its epoch
 
 
+def _wait_for_step(proc: subprocess.Popen, exp: Path, step: int, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended (rc {proc.returncode}) too early:\n{proc.stderr.read()[-3000:]}")
+        metrics = exp / "metrics.jsonl"
+        if metrics.is_file() and any(f'"step": {step},' in line and '"kind": "train"' in line for line in metrics.read_text().splitlines()):
+            return
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no step {step} within {timeout} s")
+
+
+def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_the_run_resumes_exactly(tiny_data, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, data-loader worker included) used to be a
+    KeyboardInterrupt traceback that lost every step since the last checkpoint (500 by
+    default). Now the step in progress ends, a checkpoint is written, the exit code is 130, and
+    the same command resumes onto the uninterrupted trajectory."""
+    import re
+
+    from asr.cli import main
+
+    cfg = _resume_config(tiny_data, tmp_path)
+    ref, exp = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    threads = torch.get_num_threads()
+    try:
+        main(["train", "--config", str(cfg), "--exp-dir", str(ref), "--no-progress"])
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            env.pop(k, None)
+        extra = ["data.sampler.num_workers=1", "save_every_steps=0"]  # no step checkpoints: only the interrupt's
+        proc = subprocess.Popen([sys.executable, "-m", "asr.cli", "train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress",
+                                 "--set", *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # its own process group, as a terminal's job
+        _wait_for_step(proc, exp, 7)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        stopped = int(re.search(r"interrupted by SIGINT at step (\d+): saved (\S+)", err)[1])
+        assert 7 <= stopped < RESUME_STEPS
+        assert (exp / "checkpoints" / f"ckpt-{stopped}.pt").is_file() and not list((exp / "checkpoints").glob(".*tmp*"))
+        main(["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *extra])
+    finally:
+        torch.set_num_threads(threads)
+    assert f"resumed from {exp / 'checkpoints' / f'ckpt-{stopped}.pt'}" in (exp / "train.log").read_text()
+    train, ref_train = ([r for r in _records(d) if r["kind"] == "train"] for d in (exp, ref))
+    assert [r["step"] for r in train] == list(range(1, RESUME_STEPS + 1))
+    np.testing.assert_allclose([r["loss"] for r in train], [r["loss"] for r in ref_train], rtol=1e-5)
+
+
+def test_an_exp_dir_whose_checkpoints_cannot_be_resumed_is_not_overwritten(tiny_data, tmp_path):
+    """No loadable checkpoint (all truncated, or trained with a tokenizer since retrained at the
+    same path) used to start over silently: metrics.jsonl emptied, model.pt replaced, and the
+    new run's checkpoints rotated out behind the dead higher-numbered ones. Also: another run
+    holding the exp dir is refused, and an unreadable epoch file is left out of the average."""
+    import shutil
+
+    from asr.cli import main
+    from asr.training.trainer import _lock_exp_dir
+
+    cfg = _resume_config(tiny_data, tmp_path)
+    tok = tmp_path / "tok"
+    shutil.copytree(tiny_data / "lang_bpe48", tok)
+    exp = tmp_path / "exp"
+    args = ["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", "max_steps=8", f"data.tokenizer={tok}"]
+    threads = torch.get_num_threads()
+    try:
+        main(args)
+        kept = {n: (exp / n).read_bytes() for n in ("metrics.jsonl", "model.pt")}
+        ckpts = sorted((exp / "checkpoints").glob("ckpt-*.pt"))
+        saved = {p: p.read_bytes() for p in ckpts}
+        for p in ckpts:
+            p.write_bytes(b"")
+        with pytest.raises(SystemExit, match=rf"none of the {len(ckpts)} checkpoint\(s\) in .* can be resumed from .*delete"):
+            main(args)
+        assert {n: (exp / n).read_bytes() for n in kept} == kept
+        for p, b in saved.items():
+            p.write_bytes(b)
+        # the tokenizer retrained in place (another vocabulary, same path)
+        main(["tokenizer", "--cuts", str(tiny_data / "manifests/cuts_train.jsonl.gz"), "--model-type", "char", "--out", str(tok)])
+        with pytest.raises(SystemExit, match="trained with another tokenizer"):
+            main(args[:-1] + [f"data.tokenizer={tok}", "max_steps=12"])
+        assert {n: (exp / n).read_bytes() for n in kept} == kept and sorted((exp / "checkpoints").glob("ckpt-*.pt")) == ckpts
+        shutil.rmtree(tok)
+        shutil.copytree(tiny_data / "lang_bpe48", tok)
+        # a second run on the same exp dir while one holds it
+        lock = _lock_exp_dir(exp)
+        try:
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            r = subprocess.run([sys.executable, "-m", "asr.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        finally:
+            lock.close()
+        assert r.returncode == 1 and f"another training run (pid {os.getpid()}) is using {exp}" in r.stderr, r.stderr[-2000:]
+        # a finished run again, its newest epoch file unreadable: averaged without it, with a warning
+        epochs = sorted((exp / "checkpoints").glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        epochs[-2].write_bytes(b"junk")
+        main(args[:-1] + ["average_last=2", f"data.tokenizer={tok}"])
+    finally:
+        torch.set_num_threads(threads)
+    log_text = (exp / "train.log").read_text()
+    assert f"final model: {epochs[-2]} left out of the average" in log_text
+    assert "nothing to train" in log_text
+
+
+def test_a_dev_set_with_no_readable_audio_has_no_wer(tiny_data, tmp_path):
+    """Its WER used to be logged as 0.00% (and 0.000 loss) in the log, metrics and valid_wer.md."""
+    from lhotse import CutSet
+
+    from asr.cli import main
+
+    cuts = CutSet.from_file(tiny_data / "manifests/cuts_dev.jsonl.gz").subset(first=3).to_eager()
+    gone = []
+    for c in cuts:
+        d = c.to_dict()
+        d["recording"]["sources"][0]["source"] = str(tmp_path / "deleted.flac")
+        gone.append(d)
+    CutSet.from_dicts(gone).to_file(tmp_path / "cuts_gone.jsonl.gz")
+    cfg = _resume_config(tiny_data, tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        main(["train", "--config", str(cfg), "--exp-dir", str(tmp_path / "exp"), "--no-progress", "--set", "max_steps=3",
+              f"data.dev=[{tiny_data}/manifests/cuts_dev.jsonl.gz,{tmp_path}/cuts_gone.jsonl.gz]"])
+    finally:
+        torch.set_num_threads(threads)
+    last = [r for r in _records(tmp_path / "exp") if r["kind"] == "epoch"][-1]
+    assert last["gone_wer"] is None and last["gone_loss"] is None and last["gone_skipped"] == 3, last
+    assert last["dev_wer"] is not None and last["dev_words"] > 0
+    table = (tmp_path / "exp" / "valid_wer.md").read_text()
+    assert "| gone | - | - | 0 |" in table, table
+    assert "validation on gone: none of its 3 cuts could be decoded" in (tmp_path / "exp" / "train.log").read_text()
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 instructions: bf16 falls back to fp32")
 def test_cpu_bf16_run_resumes_exactly_after_kill_9(tiny_data, tmp_path):
     """precision=bf16 on a CPU with bfloat16 instructions: the run trains in bf16 autocast (not
