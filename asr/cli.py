@@ -166,7 +166,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import ConfigError, load_yaml
-    from .training.trainer import TrainConfig, Trainer, TrainingInterrupted, check_config
+    from .training.trainer import TrainConfig, Trainer, TrainingInterrupted, _lock_exp_dir, check_config
 
     overrides = _parse_overrides(args.set or [])
     if args.exp_dir:
@@ -180,6 +180,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     exp = Path(cfg.exp_dir)
     if exp.exists() and not exp.is_dir():
         raise SystemExit(f"error: exp_dir {exp} is a file, not a directory")
+    try:  # another run on this exp dir: refused before this one writes to its train.log
+        lock = _lock_exp_dir(exp) if rank == 0 else None  # noqa: F841 - held until this process ends
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     try:  # files, data paths, the exp dir (another model's checkpoints there): before the run starts
         _setup_logging(args.verbose, exp / "train.log" if rank == 0 else None)
         if rank != 0 and not args.verbose:

@@ -11,7 +11,9 @@
 # Which torch build: ASR_TORCH_INDEX=URL adds that package index for the torch step (e.g. a
 # CUDA index); ASR_TORCH_INDEX= (empty) uses pip's own sources only. Unset: on a machine
 # without an NVIDIA GPU, PyTorch's CPU index when it answers within 5 s (PyPI's Linux torch is
-# the CUDA build), otherwise pip's own sources (a mirror or find-links with the CPU wheel).
+# the CUDA build), otherwise pip's own sources (a mirror or find-links with the CPU wheel). A
+# torch $TORCH_VERSION already in .venv is kept, whichever build it is: to switch builds,
+# `.venv/bin/pip uninstall torch` first.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -95,7 +97,7 @@ if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
         index_args=()
         [ -n "$torch_index" ] && index_args=(--extra-index-url "$torch_index")
         say "installing torch==$TORCH_VERSION in its own step (from ${torch_index:-the sources pip is configured with}; ASR_TORCH_INDEX picks another)"
-        "$VPY" -m pip install -q --disable-pip-version-check "${index_args[@]}" "torch==$TORCH_VERSION"
+        "$VPY" -m pip install -q --disable-pip-version-check ${index_args[@]+"${index_args[@]}"} "torch==$TORCH_VERSION"
     fi
     spec="$ROOT"
     [ -n "$EXTRAS" ] && spec="$ROOT[$EXTRAS]"

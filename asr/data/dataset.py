@@ -259,7 +259,9 @@ def make_loader(dataset: ASRDataset, sampler, num_workers: int = 0, pin_memory: 
 
 def _ignore_interrupts(worker_id: int) -> None:
     """Data-loader workers ignore Ctrl-C (the terminal sends it to the whole process group): the
-    trainer stops them itself after saving a checkpoint at the next step."""
+    trainer stops them itself after saving a checkpoint at the next step. SIGTERM gets its
+    default action back (a forked worker would inherit the trainer's handler)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -74,6 +74,7 @@ At the end ``model.pt`` (weights averaged over the last ``average_last`` epoch c
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -281,7 +282,7 @@ def _load_cuts(paths: list[str], max_duration: float | None = None) -> CutSet:
             total += 1
             if max_duration is None or c.duration <= max_duration:
                 cuts.append(c)
-    if not cuts:
+    if not cuts and total:
         raise ValueError(f"every one of the {total} cuts in {', '.join(paths)} is longer than data.max_cut_duration = {max_duration} s")
     return CutSet.from_cuts(cuts)
 
@@ -702,12 +703,14 @@ class Trainer:
         self.resumed_progress = {}
         chosen, state, failed = None, None, []
         if self.is_main:
-            ours = self.tokenizer.to_bytes()
+            ours, pieces = self.tokenizer.to_bytes(), self.tokenizer.pieces()
             for path in reversed(self._checkpoints()):
                 try:
                     state = read_checkpoint(path)
                     theirs = (state.get("model") or {}).get("tokenizer") if isinstance(state, dict) else None
-                    if theirs is not None and bytes(theirs) != ours:
+                    # the pieces and their ids, not the file's bytes (a retrain on the same text by
+                    # another sentencepiece version writes other bytes for the same vocabulary)
+                    if theirs is not None and bytes(theirs) != ours and Tokenizer.from_bytes(bytes(theirs)).pieces() != pieces:
                         raise ValueError(f"it was trained with another tokenizer than {self.cfg.data.tokenizer} is now")
                     self._load_state(state)
                 except Exception as e:
@@ -762,11 +765,11 @@ class Trainer:
             for stale in self.ckpt_dir.glob(".*.pt.tmp*"):
                 log.info("removing %s, a checkpoint an earlier run did not finish writing", stale)
                 stale.unlink(missing_ok=True)
-        restore = self._catch_signals()
+        self._restore_signals = lambda: None
         try:
             return self._run()
         finally:
-            restore()
+            self._restore_signals()
             if lock is not None:
                 lock.close()
             if self.tb is not None:
@@ -774,27 +777,26 @@ class Trainer:
                 self.tb = None
             self.dist.close()
 
-    def _catch_signals(self):
-        """SIGINT and SIGTERM set ``self._interrupt`` (the loop saves and stops at the next step
-        boundary); the second one raises KeyboardInterrupt. Returns a function that puts the
-        previous handlers back."""
+    def _catch_signals(self) -> None:
+        """From here to the end of ``run``: SIGINT and SIGTERM set ``self._interrupt`` (only
+        that: logging in a handler can interrupt a write to the same stream), and the loop saves
+        and stops at the next step boundary; the second one raises KeyboardInterrupt. Before
+        (reading data, resuming) the default: stop at once, nothing trained yet to lose."""
         self._interrupt = None
         if threading.current_thread() is not threading.main_thread():
-            return lambda: None
+            return
 
         def handler(signum, frame):
             if self._interrupt is not None:
                 raise KeyboardInterrupt
             self._interrupt = signum
-            log.warning("%s: stopping after this step with a checkpoint (once more to stop at once, losing the steps "
-                        "since the last checkpoint)", signal.Signals(signum).name)
 
         before = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def restore():
             for sig, h in before.items():
                 signal.signal(sig, h)
-        return restore
+        self._restore_signals = restore
 
     def _interrupted(self) -> bool:
         """Whether any rank got SIGINT/SIGTERM (collective: every rank stops at the same step)."""
@@ -805,6 +807,9 @@ class Trainer:
         if not saved:
             self._save(epoch, batch, progress=progress)
         sig = self._interrupt
+        if self.is_main:
+            log.warning("%s: stopping with a checkpoint at step %d", signal.Signals(sig).name if sig else "a signal on another rank",
+                        self.step)
         raise TrainingInterrupted(signal.Signals(sig).name if sig else "a signal on another rank", self.step,
                                   self.ckpt_dir / f"ckpt-{self.step}.pt")
 
@@ -845,6 +850,7 @@ class Trainer:
                                           by_duration=False)
         bad_in_a_row = 0
         wall0 = time.perf_counter() - self.wall_seconds  # resumed runs keep their spent time
+        self._catch_signals()
         last_epoch = start_epoch if skip_batches else start_epoch - 1  # the last epoch trained on, in part or whole
         for epoch in range(start_epoch, cfg.max_epochs + 1):
             if stop:
@@ -1049,7 +1055,11 @@ def _lock_exp_dir(exp: Path):
     try:  # a POSIX record lock: this process's only (flock's would pass to forked data-loader workers, which can
         #   outlive a killed trainer by seconds and refuse its restart)
         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):  # a file system without POSIX locks (NFS without lockd)
+            log.warning("cannot lock %s (%s): a second run on this exp dir would not be refused", exp / ".lock", e)
+            f.close()
+            return None
         f.seek(0)
         pid = f.read().strip() or "?"
         f.close()

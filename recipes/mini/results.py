@@ -67,14 +67,25 @@ def sh(cmd: list[str], log: Path | None = None) -> None:
     command's last lines (results.json keeps every cell finished before it)."""
     print("+", " ".join(cmd), flush=True)
     if log is None:
-        if subprocess.run(cmd, cwd=ROOT).returncode:
+        if _wait(subprocess.Popen(cmd, cwd=ROOT)):
             raise SystemExit(f"error: this command failed (its output is above): {' '.join(cmd[:5])} ...")
         return
     with open(log, "a") as f:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = _wait(subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT))
     if rc:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-12:])
         raise SystemExit(f"{tail}\nerror: {' '.join(cmd[2:5])} ... failed (exit {rc}); the lines above end {log}")
+
+
+def _wait(proc: subprocess.Popen) -> int:
+    """The command's exit code. On Ctrl-C (which the terminal sends to the command too) it is
+    left to finish on its own (asr train saves a checkpoint at its next step; subprocess.run
+    would kill it), then the grid stops."""
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        rc = proc.wait()
+        raise SystemExit(f"interrupted (the command exited {rc}); run the same command again to go on") from None
 
 
 def decode(model: Path, data: Path, out: Path, *extra: str) -> dict:

@@ -273,7 +273,7 @@ def test_an_exp_dir_of_another_model_is_refused_before_anything_is_written(train
     run = ["train", "--config", str(cfg), "--exp-dir", str(exp), "--no-progress", "--set", *TINY_TRAIN, "max_steps=4",
            "save_every_steps=2", "valid_every_epochs=1"]
     main(run)
-    before = {p.name: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file() and p.name != "train.log"}
+    before = {p.name: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file() and p.name not in ("train.log", ".lock")}
     assert "ckpt-4.pt" in before
     main(["tokenizer", "--cuts", f"{trained_ctc}/cuts_few.jsonl.gz", "--model-type", "char", "--out", str(tmp_path / "chars")])
     for change, msg in [("model.encoder_config={preset: small, num_layers: 2, hidden_size: 128, proj_size: 64, input_size: 64}",
@@ -282,7 +282,7 @@ def test_an_exp_dir_of_another_model_is_refused_before_anything_is_written(train
                         ("features.num_mel_bins=40", "another features")]:
         with pytest.raises(SystemExit, match=f"^error: .*{msg}.*use a new --exp-dir"):
             main([*run, change])
-        now = {p.name: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file() and p.name != "train.log"}
+        now = {p.name: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file() and p.name not in ("train.log", ".lock")}
         assert now == before, change  # not a file touched
     (exp / "checkpoints" / "ckpt-abc.pt").write_text("not ours")  # ignored, not int('abc')
     main([*run, "max_steps=6"])  # the same model trains on

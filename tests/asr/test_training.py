@@ -439,12 +439,14 @@ def test_an_exp_dir_whose_checkpoints_cannot_be_resumed_is_not_overwritten(tiny_
         shutil.copytree(tiny_data / "lang_bpe48", tok)
         # a second run on the same exp dir while one holds it
         lock = _lock_exp_dir(exp)
+        log_before = (exp / "train.log").read_text()
         try:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             r = subprocess.run([sys.executable, "-m", "asr.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         finally:
             lock.close()
         assert r.returncode == 1 and f"another training run (pid {os.getpid()}) is using {exp}" in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and (exp / "train.log").read_text() == log_before  # the live run's log untouched
         # a finished run again, its newest epoch file unreadable: averaged without it, with a warning
         epochs = sorted((exp / "checkpoints").glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
         epochs[-2].write_bytes(b"junk")

@@ -551,10 +551,17 @@ def test_http_page_and_stats(rec):
 def test_frames_the_library_refuses_are_counted(rec, audio):
     """A frame beyond the websockets library's own limit (2x max_message_bytes) is closed by the
     library with 1009 before the server reads it: /stats still counts it as an error."""
-    x = audio[0][0]
+    async def client(url: str) -> Client:
+        c = Client()
+        async with connect(url, max_size=None, open_timeout=30) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            c.messages.append(json.loads(await ws.recv()))  # ready: the stream has started
+            await ws.send(np.zeros(4096, "<f4").tobytes())  # 16 KiB, the library's limit is 8
+            await asyncio.wait_for(_collect(ws, c), 30)
+        return c
+
     with ServerThread(rec, ServerConfig(port=0, max_message_bytes=4096)) as srv:
-        c = asyncio.run(raw(srv.ws_url, json.dumps({"type": "start", "sample_rate": 16000}),
-                            np.zeros(4096, "<f4").tobytes()))
+        c = asyncio.run(client(srv.ws_url))
         stats = settled(srv)
     assert c.code == 1009 and c.of("ready") and not c.of("error"), (c.code, c.reason)
     assert stats["errors"] == 1 and stats["errors_by_code"] == {"1009": 1} and stats["dropped"] == 0, stats
