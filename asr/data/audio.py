@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.features import MIN_SECONDS  # one limit for the API, the CLI and the runtime
+from serve.features import MIN_SECONDS, check_length  # one limit for the API, the CLI and the runtime
 
 __all__ = ["MIN_SECONDS", "read_audio", "resample"]
 
@@ -32,7 +32,7 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return resample_poly(samples, up, down).astype(np.float32)
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = MIN_SECONDS) -> np.ndarray:
+def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """(N,) float32 mono samples in [-1, 1] at ``sample_rate``.
 
     Raises FileNotFoundError or ValueError naming ``path`` for a missing, unreadable, empty or
@@ -67,8 +67,5 @@ def read_audio(path: str | Path, sample_rate: int = 16000, min_seconds: float = 
     if peak > SAMPLE_LIMIT:  # what the runtime and the API refuse in arrays: refused here with the file's name
         raise ValueError(f"audio file {path} has samples up to {peak:.3g}, beyond +-{SAMPLE_LIMIT:g} (float audio is in "
                          "[-1, 1]: an unnormalized float WAV? scale it first)")
-    if samples.shape[0] < min_seconds * sample_rate:
-        raise ValueError(
-            f"audio file {path} is too short: {samples.shape[0] / sample_rate * 1000:.1f} ms (need at least {min_seconds * 1000:g} ms)"
-        )
+    check_length(samples.shape[0], sample_rate, f"audio file {path}")
     return np.ascontiguousarray(samples, dtype=np.float32)
