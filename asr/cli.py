@@ -166,7 +166,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import ConfigError, load_yaml
-    from .training.trainer import TrainConfig, Trainer, TrainingInterrupted, _lock_exp_dir, check_config
+    from .training.trainer import TrainConfig, Trainer, TrainingInterrupted, lock_exp_dir, check_config
 
     overrides = _parse_overrides(args.set or [])
     if args.exp_dir:
@@ -181,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if exp.exists() and not exp.is_dir():
         raise SystemExit(f"error: exp_dir {exp} is a file, not a directory")
     try:  # another run on this exp dir: refused before this one writes to its train.log
-        lock = _lock_exp_dir(exp) if rank == 0 else None  # noqa: F841 - held until this process ends
+        lock = lock_exp_dir(exp) if rank == 0 else None  # noqa: F841 - held until this process ends
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     try:  # files, data paths, the exp dir (another model's checkpoints there): before the run starts

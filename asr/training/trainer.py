@@ -760,7 +760,7 @@ class Trainer:
         """Train (see the class docstring). SIGINT (Ctrl-C) or SIGTERM stops after the step in
         progress with a checkpoint: :class:`TrainingInterrupted` says where (a second signal stops
         at once). The exp dir is locked while this runs: a second run on it is refused."""
-        lock = _lock_exp_dir(self.exp) if self.is_main else None
+        lock = lock_exp_dir(self.exp) if self.is_main else None
         if self.is_main:  # a killed run's half-written checkpoints (.ckpt-N.pt.tmpPID)
             for stale in self.ckpt_dir.glob(".*.pt.tmp*"):
                 log.info("removing %s, a checkpoint an earlier run did not finish writing", stale)
@@ -806,12 +806,10 @@ class Trainer:
         """Save a checkpoint here unless one was just written, and raise TrainingInterrupted."""
         if not saved:
             self._save(epoch, batch, progress=progress)
-        sig = self._interrupt
+        what = signal.Signals(self._interrupt).name if self._interrupt else "a signal on another rank"
         if self.is_main:
-            log.warning("%s: stopping with a checkpoint at step %d", signal.Signals(sig).name if sig else "a signal on another rank",
-                        self.step)
-        raise TrainingInterrupted(signal.Signals(sig).name if sig else "a signal on another rank", self.step,
-                                  self.ckpt_dir / f"ckpt-{self.step}.pt")
+            log.warning("%s: stopping with a checkpoint at step %d", what, self.step)
+        raise TrainingInterrupted(what, self.step, self.ckpt_dir / f"ckpt-{self.step}.pt")
 
     def _run(self) -> ASRModel:
         cfg = self.cfg
@@ -1043,7 +1041,7 @@ class TrainingInterrupted(Exception):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
 
 
-def _lock_exp_dir(exp: Path):
+def lock_exp_dir(exp: Path):
     """An exclusive lock on ``exp/.lock`` (held by the returned open file until it is closed or
     the process ends), or a ValueError naming the run that holds it."""
     try:

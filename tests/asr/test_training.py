@@ -410,7 +410,7 @@ def test_an_exp_dir_whose_checkpoints_cannot_be_resumed_is_not_overwritten(tiny_
     import shutil
 
     from asr.cli import main
-    from asr.training.trainer import _lock_exp_dir
+    from asr.training.trainer import lock_exp_dir
 
     cfg = _resume_config(tiny_data, tmp_path)
     tok = tmp_path / "tok"
@@ -438,7 +438,7 @@ def test_an_exp_dir_whose_checkpoints_cannot_be_resumed_is_not_overwritten(tiny_
         shutil.rmtree(tok)
         shutil.copytree(tiny_data / "lang_bpe48", tok)
         # a second run on the same exp dir while one holds it
-        lock = _lock_exp_dir(exp)
+        lock = lock_exp_dir(exp)
         log_before = (exp / "train.log").read_text()
         try:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
