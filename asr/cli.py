@@ -225,10 +225,6 @@ def _write_decode_results(out_dir: Path, what: str, splits: dict[str, tuple[list
     print(f"(per-utterance results in {out_dir}; skipped cuts, by reason, in wer.json)")
 
 
-def _split_name(path: str) -> str:
-    return Path(path).name.replace("cuts_", "").split(".")[0]
-
-
 def _out_dir(path: Path) -> Path:
     """``path`` made a directory, or SystemExit when it cannot be (a file there, no permission)."""
     try:
@@ -261,9 +257,11 @@ def _decode_inputs(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: --max-symbols must be >= 1, got {args.max_symbols}")
     if args.compare_to and not Path(args.compare_to).is_dir():
         raise SystemExit(f"error: --compare-to {args.compare_to}: no such directory (an `asr decode` output dir)")
+    from .data.manifests import split_name
+
     manifests = {}
     for path in args.cuts:
-        name = _split_name(path)
+        name = split_name(path)
         if name in manifests:
             raise SystemExit(f"error: two --cuts manifests are both named {name!r}: their results would overwrite each other")
         manifests[name] = _read_cuts(path)

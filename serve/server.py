@@ -413,10 +413,10 @@ class LiveServer:
         """The socket closed under the reader: counted as an error when the websockets library
         closed it (a frame beyond its size limit: 1009, a protocol violation: 1002), as
         ``dropped`` when the client went away before ``done``."""
-        proto = conn.ws.protocol
-        sent = proto.close_sent
         if conn.error is not None:  # our own close: counted as that error
             return
+        proto = conn.ws.protocol
+        sent = proto.close_sent
         if sent is not None and sent.code != NORMAL and not proto.close_rcvd_then_sent:
             self.counters["errors"] += 1
             self.errors_by_code[sent.code] = self.errors_by_code.get(sent.code, 0) + 1

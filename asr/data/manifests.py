@@ -42,6 +42,7 @@ __all__ = [
     "detect_source",
     "load_cuts",
     "read_cut_manifest",
+    "split_name",
     "prepare_cuts",
     "load_recording",
     "librispeech_split_dirs",
@@ -150,6 +151,11 @@ def detect_source(source: str | Path) -> SourceKind:
         f"{p}: unknown manifest format: expected JSONL lines with 'audio_filepath' and 'text', "
         "or a lhotse manifest"
     )
+
+
+def split_name(path: str | Path) -> str:
+    """A manifest's split name in logs, metrics and results: ``cuts_dev-clean.jsonl.gz`` -> ``dev-clean``."""
+    return Path(path).name.replace("cuts_", "").split(".")[0]
 
 
 def read_cut_manifest(path: str | Path, hint: str = "") -> CutSet:

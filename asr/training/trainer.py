@@ -97,7 +97,7 @@ from tqdm import tqdm
 from ..config import ConfigError, load_yaml, save_yaml, to_dict
 from ..data.dataset import ASRDataset, AugmentConfig, SamplerConfig, SeededCuts, batch_seed, make_loader, make_sampler
 from ..data.features import FeatureConfig
-from ..data.manifests import read_cut_manifest
+from ..data.manifests import read_cut_manifest, split_name
 from ..data.tokenizer import Tokenizer
 from ..decoding.wer import WER
 from ..models import ASRModel, ModelConfig, check_model_config, read_checkpoint, save_atomic
@@ -265,11 +265,6 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 def matmul_precision(tf32: bool) -> str:
     """``torch.set_float32_matmul_precision``'s setting for a GPU run: "high" (TF32) or "highest"."""
     return "high" if tf32 else "highest"
-
-
-def split_name(path: str) -> str:
-    """A dev manifest's name in the log and metrics: ``cuts_dev-clean.jsonl.gz`` -> ``dev-clean``."""
-    return Path(path).name.replace("cuts_", "").split(".")[0]
 
 
 def _load_cuts(paths: list[str], max_duration: float | None = None) -> CutSet:
