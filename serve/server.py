@@ -19,8 +19,9 @@ The server sends ``{"type": "partial", "segment": n, "text", "tokens", "timestam
 gaps), then ``{"type": "done", ...}``, and closes with code 1000. An error sends
 ``{"type": "error", "code": c, "message": ...}`` and closes that connection, and only that one,
 with code ``c`` and the message (shortened to fit) as the close reason. After an idle timeout
-mid-stream, a message after ``end`` or audio beyond ``max_stream_seconds``, the audio received
-until then is decoded to the end and its results sent first: the error takes ``done``'s place.
+mid-stream, a message after ``end``, a message over ``max_message_bytes`` or audio beyond
+``max_stream_seconds``, the audio received until then is decoded to the end and its results
+sent first: the error takes ``done``'s place.
 
 Design. Each connection has a *reader* (socket -> checked samples, queued), and a *sender*
 (results -> socket; the only task that writes, so messages keep their order). One *decode
@@ -193,6 +194,7 @@ class _Conn:
         self.error: tuple[int, str] | None = None
         self.closing: tuple[int, str] | None = None  # an error to send in place of done (keep_audio)
         self.done = False  # done was sent
+        self.too_slow = False  # dropped by send_timeout
         self.closed = False
 
     @property
@@ -244,7 +246,8 @@ class LiveServer:
         self._loop_task: asyncio.Task | None = None
         self.port: int | None = None
         self.started = time.time()
-        self.counters = {"connections": 0, "completed": 0, "errors": 0, "dropped": 0, "rejected": 0,
+        self.counters = {"connections": 0, "completed": 0, "errors": 0, "dropped": 0, "send_timeouts": 0,
+                         "rejected": 0,
                          "steps": 0,
                          "stream_windows": 0, "max_batch": 0, "decode_seconds": 0.0, "audio_seconds": 0.0,
                          "peak_backlog_seconds": 0.0, "backpressure_waits": 0}
@@ -412,7 +415,8 @@ class LiveServer:
     def _library_close(self, conn: _Conn) -> None:
         """The socket closed under the reader: counted as an error when the websockets library
         closed it (a frame beyond its size limit: 1009, a protocol violation: 1002), as
-        ``dropped`` when the client went away before ``done``."""
+        ``dropped`` when the client went away before ``done`` (``send_timeouts`` too when the
+        server dropped it for reading nothing)."""
         if conn.error is not None:  # our own close: counted as that error
             return
         proto = conn.ws.protocol
@@ -423,6 +427,7 @@ class LiveServer:
             log.info("connection %d closed by the websockets library: %d %s", conn.id, sent.code, sent.reason)
         elif not conn.done:
             self.counters["dropped"] += 1
+            self.counters["send_timeouts"] += conn.too_slow
 
     async def _recv(self, conn: _Conn, timeout: float | None):
         try:
@@ -434,7 +439,8 @@ class LiveServer:
         size = len(msg) if isinstance(msg, bytes) else len(msg.encode())
         if size > self.config.max_message_bytes:
             hint = "send smaller pieces (100 ms is typical)" if isinstance(msg, bytes) else "control messages are small JSON objects"
-            raise _Fail(TOO_BIG, f"message of {size} bytes exceeds max_message_bytes = {self.config.max_message_bytes}: {hint}")
+            raise _Fail(TOO_BIG, f"message of {size} bytes exceeds max_message_bytes = {self.config.max_message_bytes}: {hint}",
+                        keep_audio=True)
         return msg
 
     @staticmethod
@@ -573,6 +579,7 @@ class LiveServer:
         except asyncio.TimeoutError:
             log.info("connection %d: the client read nothing for %g s (send_timeout); dropped", conn.id,
                      self.config.send_timeout)
+            conn.too_slow = True
             conn.ws.transport.abort()
             raise
 

@@ -244,7 +244,9 @@ def _faults(url: str, x: np.ndarray) -> dict:
         "int16_sent_as_float32": raw(url, start, speech16),
         "float32_partial_sample": raw(url, start, x[:1600].astype("<f4").tobytes()[:-2]),
         "odd_int16_frame": raw(url, start16, b"\x01\x02\x03"),
-        "oversized_frame": raw(url, start, np.zeros(20000, "<f4").tobytes()),  # 80 000 bytes > 64 KiB
+        "oversized_frame": raw(url, start, x[:16000].tobytes(), np.zeros(20000, "<f4").tobytes()),  # 80 000 bytes > 64 KiB
+        "oversized_after_end": raw(url, start, x[:16000].tobytes(), json.dumps({"type": "end"}),
+                                   np.zeros(20000, "<f4").tobytes()),
         "rate_zero": raw(url, json.dumps({"type": "start", "sample_rate": 0, "format": "float32"})),
         "rate_negative": raw(url, json.dumps({"type": "start", "sample_rate": -16000, "format": "float32"})),
         "rate_nan": raw(url, '{"type": "start", "sample_rate": NaN, "format": "float32"}'),
@@ -279,6 +281,7 @@ EXPECTED = {  # name: (close code, words the error message must contain)
     "float32_partial_sample": (1007, ["float32 samples"]),
     "odd_int16_frame": (1007, ["odd length", "int16"]),
     "oversized_frame": (1009, ["max_message_bytes"]),
+    "oversized_after_end": (1009, ["max_message_bytes"]),
     "rate_zero": (1007, ["sample_rate", "positive"]),
     "rate_negative": (1007, ["sample_rate", "positive"]),
     "rate_nan": (1007, ["sample_rate", "nan"]),
@@ -297,7 +300,8 @@ EXPECTED = {  # name: (close code, words the error message must contain)
     "message_after_end": (1008, ["message after end"]),
     "too_long": (1008, ["max_stream_seconds", "first 8.0 s were sent"]),
 }
-KEEP_AUDIO = {"idle_mid_stream": 16000, "message_after_end": 16000, "too_long": 8 * 16000}  # samples decoded first
+KEEP_AUDIO = {"idle_mid_stream": 16000, "message_after_end": 16000, "too_long": 8 * 16000, "oversized_frame": 16000,
+              "oversized_after_end": 16000}  # samples decoded first
 
 
 def test_faults_close_only_their_own_connection(rec, audio):
@@ -395,6 +399,44 @@ async def disconnect_mid_stream(url: str, x: np.ndarray) -> None:
             await ws.send(x[i : i + 1600].tobytes())
         await ws.recv()  # ready
         ws.transport.abort()
+
+
+def test_client_that_reads_nothing_is_dropped_and_counted(rec, audio):
+    """A client that sends audio but stops reading: once the socket buffers are full, a send
+    waits send_timeout, then the server drops the connection and counts it in /stats."""
+    import socket
+
+    async def client(url: str, x: np.ndarray) -> bool:
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sock.connect((host, int(port)))
+        async with connect(url, sock=sock, open_timeout=30) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            await ws.recv()  # ready
+            ws.transport.pause_reading()  # from here on nothing is read: results pile up in the server
+            try:
+                for i in range(0, len(x), 1600):
+                    await ws.send(x[i : i + 1600].tobytes())
+                    await asyncio.sleep(0.005)
+                await ws.send(json.dumps({"type": "end"}))
+                for _ in range(300):  # the server gives up on us within send_timeout + a step
+                    await asyncio.sleep(0.1)
+                    if ws.transport.is_closing():
+                        return True
+            except ConnectionClosed:
+                return True
+            return False
+
+    x = np.tile(np.concatenate([a[0] for a in audio]), 2)  # ~1 min: far more results than the buffers hold
+    with ServerThread(rec, ServerConfig(port=0, send_timeout=1.0)) as srv:
+        for s in srv.server._server.sockets:  # accepted sockets inherit it: a small send buffer
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        dropped = asyncio.run(client(srv.ws_url, x))
+        stats = settled(srv)
+    assert dropped, "the server never dropped a client that read nothing"
+    assert stats["dropped"] == 1 and stats["send_timeouts"] == 1 and stats["completed"] == 0, stats
+    assert stats["errors"] == 0 and stats["open"] == 0, stats
 
 
 def test_backpressure_bounds_the_backlog(rec, audio):
