@@ -10,10 +10,11 @@
 #
 # Which torch build: ASR_TORCH_INDEX=URL adds that package index for the torch step (e.g. a
 # CUDA index); ASR_TORCH_INDEX= (empty) uses pip's own sources only. Unset: on a machine
-# without an NVIDIA GPU, PyTorch's CPU index when it answers within 5 s (PyPI's Linux torch is
-# the CUDA build), otherwise pip's own sources (a mirror or find-links with the CPU wheel). A
-# torch $TORCH_VERSION already in .venv is kept, whichever build it is: to switch builds,
-# `.venv/bin/pip uninstall torch` first.
+# without an NVIDIA GPU (no nvidia-smi, no /proc/driver/nvidia, no /dev/nvidiactl: a container
+# with the driver but not its tools counts as a GPU machine), PyTorch's CPU index when it
+# answers within 5 s (PyPI's Linux torch is the CUDA build), otherwise pip's own sources (a
+# mirror or find-links with the CPU wheel). A torch $TORCH_VERSION already in .venv is kept,
+# whichever build it is: to switch builds, `.venv/bin/pip uninstall torch` first.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -90,7 +91,7 @@ if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
         if [ "$torch_index" = auto ]; then
             torch_index=""
             cpu_index="https://download.pytorch.org/whl/cpu"
-            if ! command -v nvidia-smi >/dev/null 2>&1 && "$VPY" -c "import urllib.request as u; u.urlopen('$cpu_index/', timeout=5)" 2>/dev/null; then
+            if ! command -v nvidia-smi >/dev/null 2>&1 && [ ! -e /proc/driver/nvidia/version ] && [ ! -e /dev/nvidiactl ] && "$VPY" -c "import urllib.request as u; u.urlopen('$cpu_index/', timeout=5)" 2>/dev/null; then
                 torch_index="$cpu_index"
             fi
         fi
@@ -98,12 +99,18 @@ if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
         [ -n "$torch_index" ] && index_args=(--extra-index-url "$torch_index")
         say "installing torch==$TORCH_VERSION in its own step (from ${torch_index:-the sources pip is configured with}; ASR_TORCH_INDEX picks another)"
         "$VPY" -m pip install -q --disable-pip-version-check ${index_args[@]+"${index_args[@]}"} "torch==$TORCH_VERSION"
+        torch_checked=1
     fi
     spec="$ROOT"
     [ -n "$EXTRAS" ] && spec="$ROOT[$EXTRAS]"
     say "installing the project (${EXTRAS:-no extras}) into .venv"
     "$VPY" -m pip install -q --disable-pip-version-check -e "$spec"
     echo "$want" >>"$stamp"
+fi
+
+if [ -n "${ASR_TORCH_INDEX:-}" ] && [ -z "${torch_checked:-}" ]; then  # asked for a build, but one is there already
+    have="$("$VPY" -c "import torch; print(torch.__version__)" 2>/dev/null || true)"
+    [ -n "$have" ] && say "ASR_TORCH_INDEX is set but .venv already has torch $have, which is kept: to install the build of $ASR_TORCH_INDEX, run .venv/bin/pip uninstall -y torch first"
 fi
 
 export PATH="$ROOT/.venv/bin:$PATH"
