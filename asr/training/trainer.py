@@ -348,11 +348,11 @@ def init_weights(model: ASRModel, path: str, modules: list[str], features: Featu
 
 @torch.no_grad()
 def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: bool = False, desc: str = "decode",
-             decode=None, compute_loss: bool = True) -> dict:
+             decode=None, compute_loss: bool = True, stop=None) -> dict:
     """Loss and WER over a loader. ``decode(x, lens) -> hypotheses`` defaults to greedy
     ``model.decode``. Returns 'loss' (None without ``compute_loss``), 'wer', 'wer_detail',
-    'results' and 'rtfx' (audio seconds per second of decoding: encoder + search, the loss
-    excluded)."""
+    'results', 'rtfx' (audio seconds per second of decoding: encoder + search, the loss
+    excluded) and 'stopped': True when ``stop()`` (asked before each batch) cut it short."""
     was_training = model.training
     model.eval()
     decode = decode or model.decode
@@ -363,8 +363,12 @@ def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: 
     device = model.feat_mean.device
     decode_seconds = 0.0
     audio_seconds = 0.0
+    stopped = False
     for i, batch in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
         if max_batches is not None and i >= max_batches:
+            break
+        if stop is not None and stop():
+            stopped = True
             break
         skipped.update(batch["skipped"])
         if not batch["cut_ids"]:
@@ -395,6 +399,7 @@ def evaluate(model: ASRModel, loader, max_batches: int | None = None, progress: 
         "results": results,
         "skipped": dict(skipped),
         "rtfx": audio_seconds / max(decode_seconds, 1e-9),
+        "stopped": stopped,
     }
 
 
@@ -942,7 +947,13 @@ class Trainer:
             msg = f"epoch {epoch}: train loss {train_loss:.3f}, padding {100 * pad:.1f}%, waiting for data {100 * data_wait:.0f}%"
             if self.is_main and (last or epoch % cfg.valid_every_epochs == 0):
                 for name, cuts in dev_sets.items():
-                    ev = self.validate(cuts, eval_dataset)
+                    ev = self.validate(cuts, eval_dataset) if self._interrupt is None else None
+                    if ev is None or ev["stopped"]:  # a signal (e.g. torchrun's SIGTERM, which SIGKILLs after a
+                        # grace period) cuts validation short: the checkpoint below is written at once
+                        log.warning("%s: validation of epoch %d stopped; %s has no WER this epoch",
+                                    signal.Signals(self._interrupt).name, epoch, name)
+                        msg += f", {name} - (interrupted)"
+                        continue
                     d, dev_skipped = ev["wer_detail"], sum(ev["skipped"].values())
                     if not d["words"]:  # nothing decoded: no rate to give (it read as 0.00%)
                         log.warning("validation on %s: none of its %d cuts could be decoded (%s): no loss or WER", name,
@@ -997,7 +1008,7 @@ class Trainer:
 
             def decode(x, lens):
                 return self.model.decode(x, lens, use_ctc=True)
-        return evaluate(self.model, make_loader(dataset, sampler), decode=decode)
+        return evaluate(self.model, make_loader(dataset, sampler), decode=decode, stop=lambda: self._interrupt is not None)
 
     def _final_model(self, last_epoch: int) -> ASRModel:
         n = max(1, self.cfg.average_last)

@@ -402,6 +402,72 @@ def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_the_run_resumes_exactly(ti
     np.testing.assert_allclose([r["loss"] for r in train], [r["loss"] for r in ref_train], rtol=1e-5)
 
 
+def test_a_signal_during_validation_cuts_it_short_and_saves_the_epoch(tiny_data, tmp_path, monkeypatch):
+    """torchrun's SIGTERM is followed by SIGKILL after a grace period: a stop that waited for a
+    long validation to finish lost the epoch. Now a signal ends validation before its next batch
+    (the dev sets left have no WER that epoch), the epoch's checkpoint is written and the run
+    stops; the resumed run trains on."""
+    import shutil
+    from dataclasses import replace
+
+    from asr.config import load_yaml
+    from asr.models import ASRModel
+    from asr.training.trainer import TrainConfig, Trainer, TrainingInterrupted, evaluate
+
+    # evaluate itself: stop() is asked before every batch
+    calls = []
+    out = evaluate(_EchoModel(), [_echo_batch(i) for i in range(4)], decode=lambda x, lens: calls.append(1) or [],
+                   compute_loss=False, stop=lambda: len(calls) >= 2)
+    assert out["stopped"] and len(calls) == 2
+
+    dev2 = tmp_path / "cuts_dev2.jsonl.gz"
+    shutil.copy(tiny_data / "manifests/cuts_dev.jsonl.gz", dev2)
+    cfg = load_yaml(TrainConfig, _resume_config(tiny_data, tmp_path))
+    cfg = replace(cfg, exp_dir=str(tmp_path / "exp"), max_steps=0, max_epochs=3, valid_every_epochs=1, save_every_steps=0,
+                  data=replace(cfg.data, dev=[*cfg.data.dev, str(dev2)]))
+    trainer = Trainer(cfg, progress=False)
+    decoded = []
+    decode = ASRModel.decode
+
+    def decode_and_signal(self, *a, **kw):  # SIGTERM arrives while the first dev set decodes
+        decoded.append(1)
+        trainer._interrupt = signal.SIGTERM
+        return decode(self, *a, **kw)
+
+    monkeypatch.setattr(ASRModel, "decode", decode_and_signal)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+            trainer.run()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(decoded) == 1  # one batch of the first dev set; the second was not started
+    epoch = [r for r in _records(tmp_path / "exp") if r["kind"] == "epoch"]
+    assert len(epoch) == 1 and "dev2_wer" not in epoch[0] and epoch[0]["dev_wer"] is not None, epoch
+    assert (tmp_path / "exp/checkpoints/epoch-1.pt").is_file()
+    monkeypatch.undo()
+    try:
+        Trainer(cfg, progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
+    epochs = [r for r in _records(tmp_path / "exp") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3] and all(r.get("dev2_wer") is not None for r in epochs[1:]), epochs
+
+
+class _EchoModel(torch.nn.Module):
+    """What ``evaluate`` needs of a model, for a decode function that ignores it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("feat_mean", torch.zeros(1))
+        self.features = type("F", (), {"frame_shift": 0.01})()
+
+
+def _echo_batch(i: int) -> dict:
+    return {"skipped": {}, "cut_ids": [f"c{i}"], "texts": ["A"], "features": torch.zeros(1, 4, 2),
+            "feature_lens": torch.tensor([4]), "tokens": [[1]]}
+
+
 def test_an_exp_dir_whose_checkpoints_cannot_be_resumed_is_not_overwritten(tiny_data, tmp_path):
     """No loadable checkpoint (all truncated, or trained with a tokenizer since retrained at the
     same path) used to start over silently: metrics.jsonl emptied, model.pt replaced, and the
