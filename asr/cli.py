@@ -207,16 +207,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------- decode
-def _write_decode_results(out_dir: Path, what: str, splits: dict[str, tuple[list[dict], dict]]) -> None:
-    """``results_<split>.txt`` (REF/HYP per cut), ``wer.json`` and the printed table, for
-    ``asr decode`` on a model file or on ONNX files. ``splits``: name -> (results, table row)."""
-    table = {}
-    for name, (results, row) in splits.items():
-        with open(out_dir / f"results_{name}.txt", "w") as f:
-            for r in results:
-                f.write(f"{r['id']}\tREF: {r['ref']}\n{r['id']}\tHYP: {r['hyp']}\n")
-        table[name] = row
-    (out_dir / "wer.json").write_text(json.dumps({"decoding": what, "splits": table}, indent=2))
+def _write_decode_split(out_dir: Path, what: str, table: dict, name: str, results: list[dict], row: dict) -> None:
+    """One split's ``results_<split>.txt`` (REF/HYP per cut), and ``wer.json`` rewritten with
+    every split finished so far (``table``: name -> row, updated here), for ``asr decode`` on a
+    model file or on ONNX files: a long decode that fails or is stopped keeps the splits it
+    finished."""
+    with open(out_dir / f"results_{name}.txt", "w") as f:
+        for r in results:
+            f.write(f"{r['id']}\tREF: {r['ref']}\n{r['id']}\tHYP: {r['hyp']}\n")
+    table[name] = row
+    tmp = out_dir / ".wer.json.tmp"
+    tmp.write_text(json.dumps({"decoding": what, "splits": table}, indent=2))
+    tmp.replace(out_dir / "wer.json")
+
+
+def _print_decode_table(out_dir: Path, table: dict) -> None:
     print(f"{'split':<14}{'WER %':>8}{'words':>8}{'sub':>7}{'del':>7}{'ins':>7}{'RTFx':>8}{'skipped':>9}")
     for name, r in table.items():
         wer = f"{r['wer']:>8.2f}" if r["words"] else f"{'-':>8}"  # no reference words: no rate to give
@@ -354,7 +359,7 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
     print(f"decoding: {what}\n{rec}")
     default = ("decode_sherpa" if args.runtime == "sherpa" else "decode") + ("_int8" if args.int8 else "")
     out_dir = _out_dir(Path(args.out) if args.out else Path(args.onnx) / default)
-    splits = {}
+    table: dict = {}
     for name, cuts in manifests.items():
         wer, results = WER(), []
         audio_s = compute_s = 0.0
@@ -369,9 +374,9 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
                 sub, dele, ins = wer.add(ref, text)
                 results.append({"id": cut.id, "ref": ref, "hyp": text, "sub": sub, "del": dele, "ins": ins})
         row = {**wer.as_dict(), "rtfx": round(audio_s / max(compute_s, 1e-9), 1), "skipped": dict(skipped)}
-        splits[name] = (results, row)
-    _write_decode_results(out_dir, what, splits)
-    return {"out_dir": out_dir, "splits": list(splits)}
+        _write_decode_split(out_dir, what, table, name, results, row)
+    _print_decode_table(out_dir, table)
+    return {"out_dir": out_dir, "splits": list(table)}
 
 
 def compare_decodes(out_dir: Path, other: Path, splits: list[str]) -> dict:
@@ -462,15 +467,16 @@ def _decode_model(args: argparse.Namespace) -> dict:
 
     out_dir = _out_dir(Path(args.out) if args.out else Path(args.model).parent / "decode")
     ds = ASRDataset(model.tokenizer, model.features, None)
-    splits = {}
+    table: dict = {}
     for name, cuts in manifests.items():
         loader = make_loader(ds, make_sampler(cuts, SamplerConfig(max_duration=args.max_duration), train=False))
         ev = evaluate(model, loader, progress=not args.no_progress, desc=name, decode=decode, compute_loss=False)
         order = {cut_id: i for i, cut_id in enumerate(cuts.ids)}  # batches run longest first; results list in manifest order
         ev["results"].sort(key=lambda r: order[r["id"]])
-        splits[name] = (ev["results"], {**ev["wer_detail"], "rtfx": round(ev["rtfx"], 1), "skipped": ev["skipped"]})
-    _write_decode_results(out_dir, what, splits)
-    return {"out_dir": out_dir, "splits": list(splits)}
+        _write_decode_split(out_dir, what, table, name, ev["results"],
+                            {**ev["wer_detail"], "rtfx": round(ev["rtfx"], 1), "skipped": ev["skipped"]})
+    _print_decode_table(out_dir, table)
+    return {"out_dir": out_dir, "splits": list(table)}
 
 
 def _set_context(model, context: str | None) -> str:

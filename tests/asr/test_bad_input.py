@@ -199,6 +199,37 @@ def test_decode_checks_every_input_before_it_writes(trained_ctc, tmp_path):
         main(["decode", "--model", model, "--cuts", cuts, "--out", str(tmp_path / "file" / "dec")])
 
 
+def test_a_decode_that_fails_keeps_the_splits_it_finished(trained_ctc, tmp_path, monkeypatch):
+    """Results and wer.json used to be written once every split was decoded: a failure (or a
+    Ctrl-C) in the last split of a long decode lost them all."""
+    import json
+    import shutil
+
+    from lhotse import CutSet
+
+    import asr.training.trainer as trainer
+
+    cuts = trained_ctc / "cuts_few.jsonl.gz"
+    second = tmp_path / "cuts_again.jsonl.gz"
+    shutil.copy(cuts, second)
+    evaluate, calls = trainer.evaluate, []
+
+    def fail_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(*a, **kw)
+
+    monkeypatch.setattr(trainer, "evaluate", fail_second)
+    out = tmp_path / "dec"
+    with pytest.raises(KeyboardInterrupt):
+        main(["decode", "--model", str(trained_ctc / "model.pt"), "--cuts", str(cuts), str(second), "--out", str(out)])
+    table = json.loads((out / "wer.json").read_text())["splits"]
+    assert list(table) == ["few"] and table["few"]["words"] > 0
+    assert (out / "results_few.txt").read_text().count("\tHYP: ") == len(CutSet.from_file(cuts))
+    assert not (out / "results_again.txt").exists() and not list(out.glob(".*tmp"))
+
+
 def test_lm_tokenizer_and_compare_refuse_bad_requests(trained_ctc, tmp_path, capsys):
     model, cuts = str(trained_ctc / "model.pt"), str(trained_ctc / "cuts_few.jsonl.gz")
     with pytest.raises(SystemExit, match="is a directory"):
