@@ -763,8 +763,6 @@ def _prepare_out_dir(out: Path, fingerprint: str) -> bool:
     """Clear a stale build (or keep a resumable one); returns True when resuming."""
     state = out / ".build" / "build.json"
     ours = _ours(out)
-    if ours:  # from here on the directory must not look complete
-        (out / "corpus.json").unlink(missing_ok=True)
     try:
         resuming = json.loads(state.read_text(encoding="utf-8")).get("fingerprint") == fingerprint
     except (OSError, ValueError):
@@ -772,7 +770,14 @@ def _prepare_out_dir(out: Path, fingerprint: str) -> bool:
     if not resuming:
         if not ours:
             _refuse_foreign(out)
-        for name in ("LibriSpeech", "noise", ".build"):
+        # Marked ours, resumable by no config, before anything is removed: a build killed while
+        # the old files go is neither refused as foreign nor resumed from the old jobs' records.
+        state.parent.mkdir(parents=True, exist_ok=True)
+        _write_text(state, json.dumps({"generator": GENERATOR, "fingerprint": None}))
+    if ours:  # from here on the directory must not look complete
+        (out / "corpus.json").unlink(missing_ok=True)
+    if not resuming:
+        for name in ("LibriSpeech", "noise", ".build/jobs"):
             shutil.rmtree(out / name, ignore_errors=True)
     for stale in list(out.glob("LibriSpeech/**/*.tmp-*")) + list(out.glob("noise/*.tmp-*")):
         stale.unlink(missing_ok=True)

@@ -279,6 +279,59 @@ def test_config_change_crash_resume_and_determinism(built, tmp_path, monkeypatch
     assert strip(stats) == strip(ref_stats)
 
 
+def _killed_while_removing(monkeypatch, out: Path, remove_first: bool):
+    """shutil.rmtree that 'is killed' at its first call inside ``out``, before or after removing."""
+    real = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        if out not in Path(path).parents:
+            return real(path, *args, **kwargs)
+        monkeypatch.setattr(shutil, "rmtree", real)
+        if remove_first:
+            real(path, *args, **kwargs)
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+
+
+def test_a_build_killed_while_it_removes_the_old_files_is_rebuilt(tmp_path, monkeypatch):
+    """A config change clears the old files. Killed there, the directory used to be refused as
+    'not made by build_mini_librispeech' (corpus.json gone, no build state yet), or, when the
+    old job records outlived the removed chapters, resumed from them into a corpus.json that
+    lists audio that is not there."""
+    cfg, other = tiny(babble_files=0), tiny(babble_files=0, seed=1)
+    flacs = lambda root: sum(1 for _ in (root / "LibriSpeech").rglob("*.flac"))  # noqa: E731
+
+    out = tmp_path / "complete"
+    build_mini_librispeech(out, cfg, num_jobs=1, progress=False)
+    _killed_while_removing(monkeypatch, out, remove_first=False)
+    with pytest.raises(KeyboardInterrupt):
+        build_mini_librispeech(out, other, num_jobs=1, progress=False)
+    stats = build_mini_librispeech(out, cfg, num_jobs=1, progress=False)
+    assert flacs(out) == sum(stats["utterances"].values())
+
+    out = tmp_path / "partial"
+    real, calls = tts.synthesize, {"n": 0}
+
+    def crash_after_some(voice, text, workdir):
+        calls["n"] += 1
+        if calls["n"] > 8:
+            raise KeyboardInterrupt("simulated crash")
+        return real(voice, text, workdir)
+
+    monkeypatch.setattr(tts, "synthesize", crash_after_some)
+    with pytest.raises(KeyboardInterrupt):
+        build_mini_librispeech(out, cfg, num_jobs=1, progress=False)
+    monkeypatch.setattr(tts, "synthesize", real)
+    assert list((out / ".build" / "jobs").glob("*.json"))
+    _killed_while_removing(monkeypatch, out, remove_first=True)  # LibriSpeech/ goes, the job records stay
+    with pytest.raises(KeyboardInterrupt):
+        build_mini_librispeech(out, other, num_jobs=1, progress=False)
+    stats = build_mini_librispeech(out, cfg, num_jobs=1, progress=False)
+    assert stats["build"]["resumed_jobs"] == 0
+    assert flacs(out) == sum(stats["utterances"].values())
+
+
 def test_failing_tts_call_is_retried_then_skipped_and_counted(tmp_path, monkeypatch, caplog):
     real = tts.synthesize
     seen: dict[str, int] = {}
