@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -607,15 +608,27 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
 
 def _write_flac(path: Path, x: np.ndarray) -> None:
     """(T,) float samples -> 16 kHz mono 16-bit FLAC, written atomically."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    sf.write(str(tmp), _to_int16(x), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, path)
+    # Encoded in memory: libsndfile reports a full disk as "System error." without the errno.
+    buf = io.BytesIO()
+    sf.write(buf, _to_int16(x), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    _write_bytes(path, buf.getvalue())
 
 
 def _write_text(path: Path, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Written to a temporary file renamed into place; the temporary file goes when that fails."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 def _synthesize_with_retry(voice: Voice, text: str, workdir: str, what: str) -> tuple[np.ndarray | None, int]:

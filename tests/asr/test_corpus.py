@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -394,6 +395,20 @@ def test_wordnet_sentences_are_clean_and_missing_data_names_the_package(tmp_path
         assert s.text == normalize_librispeech(s.raw) and 4 <= len(s.text.split()) <= 24
     with pytest.raises(FileNotFoundError, match="apt-get install wordnet-base"):
         load_wordnet_sentences(tmp_path)
+
+
+def test_a_full_disk_is_named_and_leaves_no_temporary_file(tmp_path):
+    """libsndfile wrote the FLAC itself and reported a full disk as 'System error.' (or a FLAC
+    decoder error), and the temporary file stayed."""
+    path = tmp_path / "x.flac"
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.symlink_to("/dev/full")  # every write: ENOSPC
+    with pytest.raises(OSError, match="No space left on device: .*x.flac"):
+        corpus_mod._write_flac(path, np.full(1600, 0.1, np.float32))
+    assert not os.path.lexists(tmp) and not path.exists()
+    corpus_mod._write_flac(path, np.full(1600, 0.1, np.float32))
+    x, sr = sf.read(path, dtype="int16")
+    assert sr == 16000 and x.shape == (1600,) and (x == 3277).all()
 
 
 def test_config_is_strict_and_validated():
