@@ -175,7 +175,8 @@ class MiniCorpusConfig:
                     "max_words"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be >= 1, got {getattr(self, key)!r}")
-        for key in ("noise_files_per_colour", "babble_files", "babble_talkers", "vocabulary_size", "min_word_count"):
+        for key in ("seed", "noise_files_per_colour", "babble_files", "babble_talkers", "vocabulary_size",
+                    "min_word_count"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0, got {getattr(self, key)!r}")
         if self.num_train_speakers > _FIRST_UNSEEN_SPEAKER - _FIRST_SEEN_SPEAKER:
@@ -881,6 +882,8 @@ def build_mini_librispeech(
     if num_jobs < 1:
         raise ValueError(f"num_jobs must be >= 1, got {num_jobs}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file; the mini corpus is written to a directory")
     fingerprint = config_fingerprint(config)
     done = _load_done(out, fingerprint)
     if done is not None:

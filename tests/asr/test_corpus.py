@@ -422,6 +422,8 @@ def test_config_is_strict_and_validated():
         MiniCorpusConfig(unseen_flite_voices=("kal",))
     with pytest.raises(ValueError, match="num_unseen_speakers"):
         MiniCorpusConfig(num_unseen_speakers=2)
+    with pytest.raises(ValueError, match="seed: must be >= 0"):  # numpy's 'expected non-negative integer', late
+        MiniCorpusConfig(seed=-1)
 
 
 def test_unknown_voice_and_foreign_directory_are_refused(tmp_path):
@@ -432,6 +434,9 @@ def test_unknown_voice_and_foreign_directory_are_refused(tmp_path):
     with pytest.raises(FileExistsError, match="did not"):
         build_mini_librispeech(tmp_path / "b", tiny(), progress=False)
     assert foreign.is_dir()
+    (tmp_path / "file").write_text("not a directory")  # was found out after the sentences and the plan
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        build_mini_librispeech(tmp_path / "file", tiny(), progress=False)
 
 
 # ---------------------------------------------------------------------------- TTS engines
