@@ -731,8 +731,10 @@ def _check_voices(cfg: MiniCorpusConfig) -> None:
             cache[lister] = lister()
         missing = sorted(set(names) - cache[lister])
         if missing:
+            hint = ("; festival's kal_diphone comes with `apt-get install festvox-kallpc16k`"
+                    if "kal_diphone" in missing else "")
             raise ValueError(f"MiniCorpusConfig.{key}: unknown {what}(s) {missing}; "
-                             f"installed: {sorted(cache[lister])}")
+                             f"installed: {sorted(cache[lister])}{hint}")
 
 
 def _load_done(out: Path, fingerprint: str) -> dict[str, Any] | None:

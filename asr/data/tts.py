@@ -61,10 +61,10 @@ FLITE_VOICES: tuple[str, ...] = ("kal", "kal16", "awb", "rms", "slt")
 FLITE_BASE_F0: dict[str, float] = {"kal": 92.0, "kal16": 92.0, "awb": 129.0, "rms": 101.0, "slt": 170.0}
 FESTIVAL_BASE_F0: dict[str, float] = {"kal_diphone": 103.0}
 
-_INSTALL = {
-    "espeak-ng": "apt-get install espeak-ng",
-    "flite": "apt-get install flite",
-    "festival": "apt-get install festival festvox-kallpc16k",
+_INSTALL = {  # Debian packages
+    "espeak-ng": "espeak-ng",
+    "flite": "flite",
+    "festival": "festival festvox-kallpc16k",
 }
 _TIMEOUT_S = 60.0
 
@@ -94,14 +94,16 @@ class Voice:
 
 
 def check_engines(engines: set[str] | list[str] | tuple[str, ...]) -> None:
-    """Raise a clear error when a needed TTS program is missing from PATH."""
+    """Raise a clear error, naming every one, when needed TTS programs are missing from PATH."""
     for engine in sorted(set(engines)):
         if engine not in _INSTALL:
             raise ValueError(f"unknown TTS engine {engine!r}; expected one of {list(ENGINES)}")
-        if shutil.which(engine) is None:
-            raise FileNotFoundError(
-                f"TTS program {engine!r} not found on PATH; install it with `{_INSTALL[engine]}`"
-            )
+    missing = [e for e in sorted(set(engines)) if shutil.which(e) is None]
+    if missing:
+        raise FileNotFoundError(
+            f"TTS program(s) {', '.join(map(repr, missing))} not found on PATH; install them with "
+            f"`apt-get install {' '.join(_INSTALL[e] for e in missing)}` (or `bash scripts/bootstrap.sh`)"
+        )
 
 
 def tool_versions(engines: set[str] | list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -243,4 +245,4 @@ def festival_voices() -> set[str]:
         script = Path(d) / "list.scm"
         script.write_text("(print (voice.list))\n", encoding="utf-8")
         out = _run_text(["festival", "--batch", str(script)])
-    return set(re.findall(r"[A-Za-z0-9_]+", out))
+    return set(re.findall(r"[A-Za-z0-9_]+", out)) - {"nil"}  # nil: the empty list

@@ -426,7 +426,7 @@ def test_config_is_strict_and_validated():
         MiniCorpusConfig(seed=-1)
 
 
-def test_unknown_voice_and_foreign_directory_are_refused(tmp_path):
+def test_unknown_voice_and_foreign_directory_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="espeak_variants.*nosuchvariant"):
         build_mini_librispeech(tmp_path / "a", tiny(espeak_variants=("m3", "nosuchvariant")), progress=False)
     foreign = tmp_path / "b" / "LibriSpeech" / "train-clean-100"
@@ -434,6 +434,16 @@ def test_unknown_voice_and_foreign_directory_are_refused(tmp_path):
     with pytest.raises(FileExistsError, match="did not"):
         build_mini_librispeech(tmp_path / "b", tiny(), progress=False)
     assert foreign.is_dir()
+    with monkeypatch.context() as m:  # only the first missing program was named, one run at a time
+        m.setattr(tts.shutil, "which", lambda name: None)
+        with pytest.raises(FileNotFoundError, match="'espeak-ng', 'festival', 'flite' not found on PATH.*"
+                           "`apt-get install espeak-ng festival festvox-kallpc16k flite`"):
+            build_mini_librispeech(tmp_path / "c", tiny(), progress=False)
+    with monkeypatch.context() as m:  # festival without its voice: "installed: ['nil']"
+        m.setattr(tts, "festival_voices", lambda: set())
+        with pytest.raises(ValueError, match=r"\['kal_diphone'\]; installed: \[\]; .*apt-get install festvox-kallpc16k"):
+            build_mini_librispeech(tmp_path / "c", tiny(), progress=False)
+    assert not (tmp_path / "c").exists()
     (tmp_path / "file").write_text("not a directory")  # was found out after the sentences and the plan
     with pytest.raises(NotADirectoryError, match="is a file"):
         build_mini_librispeech(tmp_path / "file", tiny(), progress=False)
