@@ -82,13 +82,25 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if args.corpus != "mini" and not Path(args.corpus).exists():
         raise SystemExit(f"error: corpus not found: {args.corpus} (a LibriSpeech directory, a Kaldi data dir, a lhotse "
                          "manifest or a JSONL file; or 'mini' to build the embedded corpus)")
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs must be >= 1, got {args.jobs}")
     parts = args.parts
     if args.corpus == "mini":
         from .data.corpus import SPLITS, MiniCorpusConfig, build_mini_librispeech
         from .config import load_yaml
 
-        cfg = load_yaml(MiniCorpusConfig, args.corpus_config) if args.corpus_config else MiniCorpusConfig(seed=args.seed)
-        stats = build_mini_librispeech(out / "corpus", cfg, num_jobs=args.jobs)
+        unknown = sorted((set(parts or []) | set(args.train_parts or [])) - set(SPLITS))
+        if unknown:  # before the build, not after it
+            raise SystemExit(f"error: {' '.join(unknown)}: not a part of the mini corpus ({', '.join(SPLITS)})")
+        seed = {} if args.seed is None else {"seed": args.seed}  # --seed wins over the YAML's
+        try:  # a bad config, a missing TTS program or WordNet, a full or read-only disk: one line
+            cfg = load_yaml(MiniCorpusConfig, args.corpus_config, seed) if args.corpus_config else MiniCorpusConfig(**seed)
+            stats = build_mini_librispeech(out / "corpus", cfg, num_jobs=args.jobs)
+        except (OSError, ValueError, RuntimeError) as e:  # ConfigError is a ValueError
+            raise SystemExit(f"error: {e}") from None
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the same command resumes the build in {out / 'corpus'}", file=sys.stderr)
+            raise SystemExit(130) from None
         log.info("mini corpus: %s", json.dumps({k: v for k, v in stats.items() if k in ("hours", "utterances")}))
         source = out / "corpus" / "LibriSpeech"
         parts = parts or list(SPLITS)
@@ -1073,7 +1085,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--vocab-size", type=int, default=256)
     sp.add_argument("--model-type", choices=["bpe", "unigram", "char"], default="bpe")
     sp.add_argument("--min-duration", type=float, default=0.1, help="shorter cuts are skipped (seconds)")
-    sp.add_argument("--seed", type=int, default=0, help="mini corpus seed")
+    sp.add_argument("--seed", type=int, help="mini corpus seed (default 0, or the seed of --corpus-config; given, it wins)")
     sp.add_argument("--corpus-config", help="YAML MiniCorpusConfig for the mini corpus")
     sp.add_argument("--jobs", type=int, default=2)
     sp.set_defaults(func=cmd_prepare)

@@ -494,3 +494,54 @@ def test_engines_speak_at_16k_and_follow_rate_and_pitch(slow, fast, low, high, t
 def test_unknown_engine_output_is_a_tts_error(tmp_path):
     with pytest.raises(tts.TTSError):
         tts.synthesize(tts.Voice("festival", "no_such_voice", 1.0, 0), "Hello there my friend.", tmp_path)
+
+
+# ---------------------------------------------------------------------------- asr prepare --corpus mini
+
+
+def test_prepare_mini_takes_seed_over_config_and_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    """--seed was ignored when --corpus-config was given (the cached corpus of the YAML's seed was
+    used); a bad config, a missing TTS program, a file in the way were tracebacks; an unknown
+    --parts was found out after the build; Ctrl-C was a traceback without the resume hint."""
+    from asr.cli import main
+
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text("".join(f"{k}: {v}\n" for k, v in {**TINY, "seed": 3}.items()))
+    seen = []
+
+    def interrupted(out_dir, config, num_jobs=2, progress=True):
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(corpus_mod, "build_mini_librispeech", interrupted)
+    out = tmp_path / "data"
+    caught = []
+    for extra in ([], ["--seed", "5"], ["--seed", "0"]):
+        try:  # not pytest.raises: a KeyboardInterrupt that got out would stop the test session
+            main(["prepare", "--corpus", "mini", "--corpus-config", str(conf), "--out", str(out), *extra])
+        except BaseException as e:  # noqa: BLE001
+            caught.append(e)
+    assert [c.seed for c in seen] == [3, 5, 0] and seen[0] == tiny(seed=3)
+    assert all(isinstance(e, SystemExit) and e.code == 130 for e in caught)
+    assert f"the same command resumes the build in {out / 'corpus'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="bogus: not a part of the mini corpus"):
+        main(["prepare", "--corpus", "mini", "--out", str(out), "--parts", "bogus"])
+    assert len(seen) == 3
+    monkeypatch.undo()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train_hourz: 1\n")
+    (tmp_path / "file" / "corpus").parent.mkdir()
+    (tmp_path / "file" / "corpus").write_text("")
+    for args, msg in [(["--corpus-config", str(bad)], "error: .*unknown config key.*train_hourz"),
+                      (["--corpus-config", str(tmp_path / "none.yaml")], "error: config file not found"),
+                      (["--seed", "-1"], "error: MiniCorpusConfig.seed: must be >= 0"),
+                      (["--jobs", "0"], "error: --jobs must be >= 1")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["prepare", "--corpus", "mini", "--out", str(out), *args])
+    with pytest.raises(SystemExit, match="error: .*file/corpus is a file"):
+        main(["prepare", "--corpus", "mini", "--corpus-config", str(conf), "--out", str(tmp_path / "file")])
+    monkeypatch.setattr(tts.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="error: TTS program.*not found on PATH"):
+        main(["prepare", "--corpus", "mini", "--corpus-config", str(conf), "--out", str(out)])
+    assert not out.exists()
