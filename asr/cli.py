@@ -914,22 +914,54 @@ def _fusion(args: argparse.Namespace, tokenizer):
 
 
 # ---------------------------------------------------------------------- prepare-noise
+def _noise_recording(path: Path):
+    """A lhotse Recording of ``path``, or why it cannot be read (a one-line string)."""
+    from lhotse import Recording
+
+    try:
+        rec = Recording.from_file(path)
+    except Exception as e:  # noqa: BLE001 - lhotse's AudioLoadingError, soundfile's, ...: the file's fault
+        return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    return rec if rec.num_samples > 0 else "no samples"  # nothing to mix in
+
+
 def cmd_prepare_noise(args: argparse.Namespace) -> None:
     """MUSAN (or any dir of audio files) -> one lhotse RecordingSet for noise augmentation."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from lhotse import RecordingSet
 
     src, out = Path(args.musan), Path(args.out)
     if not src.is_dir():
-        raise SystemExit(f"not a directory: {src}")
-    parts = [src / p for p in args.parts if (src / p).is_dir()] or [src]
-    recs = RecordingSet.from_dir(parts[0], pattern="*.wav", num_jobs=args.jobs)
-    for p in parts[1:]:
-        recs = recs + RecordingSet.from_dir(p, pattern="*.wav", num_jobs=args.jobs)
+        raise SystemExit(f"error: not a directory: {src}")
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file; prepare-noise writes OUT/recordings.jsonl.gz")
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs must be >= 1, got {args.jobs}")
+    if args.parts is None:  # MUSAN's parts that are there, else the whole dir
+        parts = [src / p for p in ("music", "noise", "speech") if (src / p).is_dir()] or [src]
+    else:  # named parts must be there: a misspelt one used to take the whole dir, speech included
+        missing = [p for p in args.parts if not (src / p).is_dir()]
+        if missing:
+            there = sorted(d.name for d in src.iterdir() if d.is_dir())
+            raise SystemExit(f"error: --parts {' '.join(missing)}: no such directory in {src} (it has: "
+                             f"{', '.join(there) or 'no directories'})")
+        parts = [src / p for p in args.parts]
+    files = sorted({f for p in parts for f in p.rglob("*.wav") if f.is_file()})
+    if not files:
+        raise SystemExit(f"error: no .wav files under {', '.join(map(str, parts))}")
+    with ThreadPoolExecutor(args.jobs) as ex:  # a header each: I/O-bound
+        read = list(ex.map(_noise_recording, files))
+    bad = [(f, r) for f, r in zip(files, read) if isinstance(r, str)]
+    for f, why in bad:  # one unreadable file among MUSAN's thousands used to abort with a traceback
+        log.warning("skipping %s: %s", f, why)
+    recs = RecordingSet.from_recordings(r for r in read if not isinstance(r, str))
     if len(recs) == 0:
-        raise SystemExit(f"no .wav files under {', '.join(map(str, parts))}")
+        raise SystemExit(f"error: none of the {len(files)} .wav files under {', '.join(map(str, parts))} could be read")
     out.mkdir(parents=True, exist_ok=True)
     recs.to_file(out / "recordings.jsonl.gz")
-    print(f"{len(recs)} noise recordings ({sum(r.duration for r in recs) / 3600:.1f} h) -> {out / 'recordings.jsonl.gz'}")
+    print(f"{len(recs)} noise recordings ({sum(r.duration for r in recs) / 3600:.1f} h) -> {out / 'recordings.jsonl.gz'}"
+          + (f"; {len(bad)} unreadable file(s) skipped (the warnings above name them)" if bad else ""))
 
 
 # ---------------------------------------------------------------------- info
@@ -1243,7 +1275,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Collect the .wav files of MUSAN (its music/, noise/ and speech/ parts, or any dir) into "
         "OUT/recordings.jsonl.gz, for data.augment.noise_manifest."))
     sp.add_argument("--musan", required=True, help="MUSAN dir")
-    sp.add_argument("--parts", nargs="*", default=["music", "noise", "speech"])
+    sp.add_argument("--parts", nargs="+", help="subdirectories to read (default: those of music, noise, speech that "
+                    "are there, else the whole dir)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--jobs", type=int, default=2)
     sp.set_defaults(func=cmd_prepare_noise)

@@ -318,3 +318,41 @@ def test_prepare_trains_the_tokenizer_on_every_training_part_and_refuses_an_empt
     with pytest.raises(SystemExit, match="no usable cuts in dev"):
         main(["prepare", "--corpus", str(root), "--out", str(out), "--train-parts", "train-a", "train-b", "--model-type", "char"])
     assert not (out / "manifests" / "cuts_dev.jsonl.gz").exists()  # the earlier run's is gone with it
+
+
+def test_prepare_noise_reads_musan_parts_skips_bad_files_and_refuses_unknown_parts(tmp_path, capsys):
+    """A misspelt --parts took the whole dir (speech included) and a misspelt one beside a good
+    one was dropped, both silently; one unreadable .wav among thousands aborted with a
+    traceback; --out a file was a traceback."""
+    from lhotse import RecordingSet
+
+    from asr.cli import main
+
+    musan = tmp_path / "musan"
+    for i, part in enumerate(["noise/free-sound", "noise/sound-bible", "music/fma", "speech/librivox"]):
+        write_audio(musan / part / f"{part.replace('/', '-')}-{i:04d}.wav", tone(1.0, seed=i), 16000)
+    (musan / "noise" / "free-sound" / "ANNOTATIONS").write_text("not audio, not .wav\n")
+    out = tmp_path / "out"
+    main(["prepare-noise", "--musan", str(musan), "--out", str(out)])
+    assert len(RecordingSet.from_file(out / "recordings.jsonl.gz")) == 4
+    main(["prepare-noise", "--musan", str(musan), "--parts", "noise", "--out", str(out)])
+    recs = RecordingSet.from_file(out / "recordings.jsonl.gz")
+    assert sorted(r.id for r in recs) == ["noise-free-sound-0000", "noise-sound-bible-0001"]
+    for parts in (["nosie"], ["noise", "speeech"]):
+        with pytest.raises(SystemExit, match=f"--parts {parts[-1]}: no such directory in .*music, noise, speech"):
+            main(["prepare-noise", "--musan", str(musan), "--parts", *parts, "--out", str(tmp_path / "typo")])
+    assert not (tmp_path / "typo").exists()
+
+    (musan / "noise" / "free-sound" / "broken.wav").write_bytes(b"RIFF not a wav")
+    sf.write(musan / "noise" / "free-sound" / "empty.wav", np.zeros(0, np.float32), 16000)
+    capsys.readouterr()
+    main(["prepare-noise", "--musan", str(musan), "--parts", "noise", "--out", str(out)])
+    assert len(RecordingSet.from_file(out / "recordings.jsonl.gz")) == 2
+    assert "2 unreadable file(s) skipped" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("")
+    for args, msg in [(["--musan", str(tmp_path / "empty")], "error: no .wav files under"),
+                      (["--musan", str(musan / "noise" / "free-sound" / "broken.wav")], "error: not a directory"),
+                      (["--musan", str(musan), "--out", str(tmp_path / "file")], "error: --out .* is a file")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["prepare-noise", "--out", str(out), *args])
