@@ -170,6 +170,9 @@ def read_cut_manifest(path: str | Path, hint: str = "") -> CutSet:
         raise ValueError(f"cannot read the cut manifest {p}: {type(e).__name__}: {e}") from None
     if cuts is None or len(cuts) == 0:  # lhotse reads an empty file as None
         raise ValueError(f"the cut manifest {p} holds no cuts")
+    if not isinstance(cuts, CutSet):  # CutSet.from_file returns whatever manifest the file holds
+        raise ValueError(f"{p} is a lhotse {type(cuts).__name__}, not a cut manifest (`asr prepare` writes "
+                         "manifests/cuts_<part>.jsonl.gz)")
     return cuts
 
 

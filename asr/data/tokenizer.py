@@ -81,6 +81,9 @@ class Tokenizer:
             kwargs["hard_vocab_limit"] = False
         spm.SentencePieceTrainer.train(**kwargs)
         tok = cls(buf.getvalue())
+        if model_type != "char" and len(tok) < vocab_size:  # hard_vocab_limit=False: no error, fewer pieces
+            log.warning("asked for %d tokens, but the training text (%d sentences) gives only %d", vocab_size,
+                        len(texts), len(tok))
         if out_dir is not None:
             tok.save(out_dir)
         return tok

@@ -356,3 +356,25 @@ def test_prepare_noise_reads_musan_parts_skips_bad_files_and_refuses_unknown_par
                       (["--musan", str(musan), "--out", str(tmp_path / "file")], "error: --out .* is a file")]:
         with pytest.raises(SystemExit, match=msg):
             main(["prepare-noise", "--out", str(out), *args])
+
+
+def test_tokenizer_names_a_vocabulary_the_text_cannot_fill_and_a_manifest_that_is_not_cuts(tmp_path, caplog):
+    """--vocab-size 100000 on a small text gave a few hundred tokens without a word; a
+    RecordingSet given as --cuts was an AttributeError traceback ('Recording' has no
+    'supervisions')."""
+    from lhotse import Recording, RecordingSet
+
+    from asr.cli import main
+
+    text = ["THE CAT SAT ON THE MAT", "A DOG ATE THE HAT"] * 10
+    with caplog.at_level("WARNING", logger="asr.data.tokenizer"):
+        tok = Tokenizer.train(text, vocab_size=1000)
+    assert len(tok) < 1000 and f"asked for 1000 tokens, but the training text (20 sentences) gives only {len(tok)}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="asr.data.tokenizer"):
+        Tokenizer.train(text, vocab_size=1000, model_type="char")  # the size means nothing there
+    assert caplog.text == ""
+    wav = write_audio(tmp_path / "a.wav", tone(1.0), 16000)
+    RecordingSet.from_recordings([Recording.from_file(wav)]).to_file(tmp_path / "recordings.jsonl.gz")
+    with pytest.raises(SystemExit, match="is a lhotse RecordingSet, not a cut manifest"):
+        main(["tokenizer", "--cuts", str(tmp_path / "recordings.jsonl.gz"), "--out", str(tmp_path / "tok")])
