@@ -86,6 +86,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --jobs must be >= 1, got {args.jobs}")
     parts = args.parts
     if args.corpus == "mini":
+        import signal
+
         from .data.corpus import SPLITS, MiniCorpusConfig, build_mini_librispeech
         from .config import load_yaml
 
@@ -93,14 +95,24 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         if unknown:  # before the build, not after it
             raise SystemExit(f"error: {' '.join(unknown)}: not a part of the mini corpus ({', '.join(SPLITS)})")
         seed = {} if args.seed is None else {"seed": args.seed}  # --seed wins over the YAML's
+        terminated = []
+
+        def on_term(signum, frame):  # unwinds like Ctrl-C: the pool's workers are stopped, not orphaned
+            terminated.append(signum)
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_term)
         try:  # a bad config, a missing TTS program or WordNet, a full or read-only disk: one line
             cfg = load_yaml(MiniCorpusConfig, args.corpus_config, seed) if args.corpus_config else MiniCorpusConfig(**seed)
             stats = build_mini_librispeech(out / "corpus", cfg, num_jobs=args.jobs)
         except (OSError, ValueError, RuntimeError) as e:  # ConfigError is a ValueError
             raise SystemExit(f"error: {e}") from None
         except KeyboardInterrupt:
-            print(f"\ninterrupted: the same command resumes the build in {out / 'corpus'}", file=sys.stderr)
-            raise SystemExit(130) from None
+            print(f"\ninterrupted by {'SIGTERM' if terminated else 'SIGINT'}: the same command resumes the build in "
+                  f"{out / 'corpus'}", file=sys.stderr)
+            raise SystemExit(143 if terminated else 130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         log.info("mini corpus: %s", json.dumps({k: v for k, v in stats.items() if k in ("hours", "utterances")}))
         source = out / "corpus" / "LibriSpeech"
         parts = parts or list(SPLITS)

@@ -545,3 +545,26 @@ def test_prepare_mini_takes_seed_over_config_and_fails_in_one_line(tmp_path, mon
     with pytest.raises(SystemExit, match="error: TTS program.*not found on PATH"):
         main(["prepare", "--corpus", "mini", "--corpus-config", str(conf), "--out", str(out)])
     assert not out.exists()
+
+
+def test_prepare_mini_unwinds_on_sigterm(tmp_path, monkeypatch, capsys):
+    """SIGTERM (`kill PID`) ended the main process alone: its spawned workers, orphaned, went
+    on synthesizing into the directory; now it unwinds like Ctrl-C (the pool stops them)."""
+    import signal
+    import time
+
+    from asr.cli import main
+
+    def terminated(out_dir, config, num_jobs=2, progress=True):
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            raise AssertionError("no SIGTERM handler: the signal would end the main process and orphan the workers")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the build")
+
+    monkeypatch.setattr(corpus_mod, "build_mini_librispeech", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        main(["prepare", "--corpus", "mini", "--out", str(tmp_path / "data")])
+    assert e.value.code == 143 and "interrupted by SIGTERM: the same command resumes" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
