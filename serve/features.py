@@ -193,6 +193,9 @@ class StreamingResampler:
         return self._emit(-(-(self.n_in * self.up) // self.down))
 
 
+_ACCEPT_PIECE = 1 << 16  # samples given to kaldi-native-fbank at a time (4 s at 16 kHz)
+
+
 class OnlineFeatures:
     """kaldi-native-fbank's OnlineFbank with the model's feature settings.
 
@@ -228,9 +231,10 @@ class OnlineFeatures:
         return frames
 
     def accept(self, samples: np.ndarray) -> np.ndarray:
-        if len(samples):
-            # a list converts faster than an array through the binding's Sequence[float]
-            self._fbank.accept_waveform(self.sample_rate, samples.tolist())
+        # a list converts faster than an array through the binding's Sequence[float]; in pieces,
+        # since a list holds 32 bytes a sample (a 30-minute recording at once took 0.9 GB)
+        for i in range(0, len(samples), _ACCEPT_PIECE):
+            self._fbank.accept_waveform(self.sample_rate, samples[i : i + _ACCEPT_PIECE].tolist())
         return self._take()
 
     def finish(self) -> np.ndarray:
