@@ -125,25 +125,31 @@ class LexiconLM(TokenLM):
             if wid == 0 or w in ("<s>", "</s>"):
                 continue
             sp = tuple(int(t) for t in spell(w))
-            if not sp or min(sp) <= 0 or max(sp) >= vocab_size or not self.word_start[sp[0]] \
+            # ids 0 and 1 are the blank and <unk>: a character the tokenizer does not know (a
+            # lower-case word under an upper-case tokenizer) cannot be output, only <unk>
+            if not sp or min(sp) <= 1 or max(sp) >= vocab_size or not self.word_start[sp[0]] \
                     or any(self.word_start[t] for t in sp[1:]):
                 bad.append(f"{w!r} -> {list(sp)}")
                 continue
             spellings.append((sp, wid))
         if not spellings:
             raise ValueError("no word of the LM is spelled as one word-start token followed by tokens inside a word "
-                             f"(e.g. {', '.join(bad[:3])}): is this the model's tokenizer?")
+                             f"and without <unk> (e.g. {', '.join(bad[:3])}): is this the model's tokenizer, and "
+                             "are the LM's words written as its transcripts are (case, characters)?")
         if bad:
-            log.warning("%d of %d LM words left out of the lexicon (their spelling is not one word), e.g. %s",
+            log.warning("%d of %d LM words left out of the lexicon (their spelling is not one word, or has <unk>), e.g. %s",
                         len(bad), len(bad) + len(spellings), ", ".join(bad[:3]))
         spellings.sort()
         kept: list[tuple[tuple[int, ...], int]] = []
-        for sp, wid in spellings:  # words the tokenizer spells alike (unknown characters): the first stays
+        alike: list[str] = []
+        for sp, wid in spellings:  # words the tokenizer spells alike (its normalization): the first stays
             if kept and kept[-1][0] == sp:
-                log.warning("words %r and %r have the same spelling %s: only the first is in the lexicon",
-                            self.symbols[kept[-1][1]], self.symbols[wid], list(sp))
+                alike.append(f"{self.symbols[wid]!r} as {self.symbols[kept[-1][1]]!r}")
                 continue
             kept.append((sp, wid))
+        if alike:
+            log.warning("%d LM words have the same spelling as another: only the first is in the lexicon (e.g. %s)",
+                        len(alike), ", ".join(alike[:3]))
         spellings = kept
         self.root = _Node()
         self._order_ids = np.array([wid for _, wid in spellings])  # trie position -> word id

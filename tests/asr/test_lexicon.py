@@ -96,6 +96,28 @@ def test_spellings_must_be_one_word(caplog):
     assert "same spelling" in caplog.text and lex.words(spell("A")) == ["A"]
 
 
+def test_words_the_tokenizer_spells_with_unk_stay_out(caplog):
+    """Words with characters the tokenizer does not know (lower case under an upper-case
+    tokenizer) are spelled with <unk> (id 1); they used to enter the lexicon as one word
+    "▁ <unk>", so a lower-case word LM decoded every utterance to nothing (100% WER)."""
+    def spell_unk(word):  # as sentencepiece does: a run of unknown characters is one <unk>
+        out = [2]
+        for c in word:
+            t = LETTERS.get(c, 1)
+            if not (t == 1 and out[-1] == 1):
+                out.append(t)
+        return out
+
+    starts = [p.startswith("▁") for p in PIECES]
+    lm, symbols = train_word_lm(["a ab b", "ab c"], 2)
+    with pytest.raises(ValueError, match="without <unk>.*written as its transcripts"):
+        LexiconLM(lm, symbols, spell_unk, len(PIECES), starts)
+    lm, symbols = train_word_lm(["A ab B", "AB xyz C"], 2)
+    lex = LexiconLM(lm, symbols, spell_unk, len(PIECES), starts)
+    assert "2 of 6 LM words left out" in caplog.text and "same spelling" not in caplog.text
+    assert lex.words(spell("A") + spell("AB") + [2, 1]) == ["A", "AB", "<unk>"]
+    assert token_score(lex, [2, 1]) <= OFF_LEXICON / 2
+
 def test_arpa_round_trip_keeps_the_scores(tmp_path):
     lex = make_lexicon_lm(3, seed=2)
     path = tmp_path / "words.arpa.gz"
