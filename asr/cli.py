@@ -850,26 +850,83 @@ def _tokenizer_of(args: argparse.Namespace):
         raise SystemExit(f"error: cannot read the tokenizer: {e}") from None
 
 
+def _text_lines(paths: list[str]):
+    """The lines of ``asr lm --text`` files (UTF-8, a BOM allowed; gzip told by its first
+    bytes), normalized as ``asr prepare`` normalizes transcripts; empty ones are dropped."""
+    import gzip
+
+    from .data.text import normalize_librispeech
+
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            raise SystemExit(f"error: --text {path}: no such file")
+        try:
+            with open(p, "rb") as f:
+                gz = f.read(2) == b"\x1f\x8b"
+            with gzip.open(p, "rt", encoding="utf-8-sig") if gz else open(p, encoding="utf-8-sig") as f:
+                for line in f:
+                    text = normalize_librispeech(line)
+                    if text:
+                        yield text
+        except (UnicodeDecodeError, OSError, EOFError) as e:
+            raise SystemExit(f"error: --text {path}: not UTF-8 text, plain or gzip ({type(e).__name__}: {e})") from None
+
+
+def _lm_texts(args: argparse.Namespace) -> list[str]:
+    """``asr lm``'s training sentences: the transcripts of --cuts and the lines of --text."""
+    if not args.cuts and not args.text:
+        raise SystemExit("error: give the text to train on: --cuts MANIFEST... (their transcripts) and/or --text FILE...")
+    texts = [t for t in _cut_texts(args.cuts or []) if t.split()] + list(_text_lines(args.text or []))
+    if not texts:
+        raise SystemExit("error: " + " and ".join(w for w, given in [("the cut manifests have no transcripts", args.cuts),
+                                                                     ("the --text files have no line of text", args.text)]
+                                                  if given) + " to train an LM on")
+    return texts
+
+
+def _spellable(tok, texts: list[str], what: str) -> tuple[list[str], str]:
+    """The texts whose every character the tokenizer has (the others would train or score its
+    <unk>; ``asr prepare`` leaves such cuts out of training too), and a note on those left out."""
+    kept, odd, left = [], Counter(), 0
+    for t in texts:
+        missing = tok.missing_chars(t)
+        if missing:
+            left += 1
+            odd.update(missing)
+        else:
+            kept.append(t)
+    if not left:
+        return kept, ""
+    shown = ", ".join(repr(ch) for ch, _ in sorted(odd.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
+    return kept, f"; {left} of {len(texts)} {what} left out: the tokenizer cannot spell {shown}"
+
+
 def cmd_lm(args: argparse.Namespace) -> None:
-    """Token or word n-gram LM (interpolated Kneser-Ney) on transcripts -> ARPA, for beam-search
-    fusion (a word LM's vocabulary is the decoding lexicon)."""
+    """Token or word n-gram LM (interpolated Kneser-Ney) on transcripts or text -> ARPA, for
+    beam-search fusion (a word LM's vocabulary is the decoding lexicon)."""
     from .decoding.lm import NgramLM
 
     if args.order < 1:
         raise SystemExit(f"error: --order must be >= 1, got {args.order}")
     if Path(args.out).is_dir():
         raise SystemExit(f"error: --out {args.out} is a directory: give the LM a file name (e.g. {Path(args.out) / 'lm.arpa'})")
+
+    def save(lm, symbols) -> None:
+        try:
+            lm.save_arpa(args.out, symbols)
+        except OSError as e:
+            raise SystemExit(f"error: --out {args.out}: cannot write the LM ({type(e).__name__}: {e})") from None
+
     if args.unit == "word":
         from .decoding.lexicon import train_word_lm
 
-        texts = [t for t in _cut_texts(args.cuts) if t.split()]
-        if not texts:
-            raise SystemExit("error: the cut manifests have no transcripts to train an LM on")
+        texts = _lm_texts(args)
         lm, symbols = train_word_lm(texts, args.order)
-        lm.save_arpa(args.out, symbols)
+        save(lm, symbols)
         ids = {w: i for i, w in enumerate(symbols)}
         words = lambda ts: [[ids.get(w, 0) for w in t.split()] for t in ts if t.split()]  # noqa: E731
-        msg = (f"{args.order}-gram word LM on {len(texts)} transcripts ({sum(len(t.split()) for t in texts)} words, "
+        msg = (f"{args.order}-gram word LM on {len(texts)} sentences ({sum(len(t.split()) for t in texts)} words, "
                f"vocabulary {len(symbols) - 1}; n-grams {' / '.join(map(str, lm.num_ngrams()))}) -> {args.out}")
         if args.dev:
             dev = list(_cut_texts(args.dev))
@@ -882,16 +939,20 @@ def cmd_lm(args: argparse.Namespace) -> None:
         print(msg)
         return
     tok = _tokenizer_of(args)
-    seqs = [s for s in tok.encode_batch(list(_cut_texts(args.cuts))) if s]
-    if not seqs:
-        raise SystemExit("error: the cut manifests have no transcripts to train an LM on")
+    texts, note = _spellable(tok, _lm_texts(args), "sentences")
+    if not texts:
+        raise SystemExit(f"error: no sentence to train the LM on{note} (is this the model's tokenizer, and the text "
+                         "written as its transcripts are?)")
+    seqs = [s for s in tok.encode_batch(texts) if s]
     lm = NgramLM.train(seqs, args.order, len(tok))
-    lm.save_arpa(args.out, tok.pieces())
-    msg = (f"{args.order}-gram token LM on {len(seqs)} transcripts ({sum(map(len, seqs))} tokens; n-grams "
-           f"{' / '.join(map(str, lm.num_ngrams()))}) -> {args.out}")
+    save(lm, tok.pieces())
+    msg = (f"{args.order}-gram token LM on {len(seqs)} sentences ({sum(map(len, seqs))} tokens; n-grams "
+           f"{' / '.join(map(str, lm.num_ngrams()))}) -> {args.out}{note}")
     if args.dev:
-        dev = [s for s in tok.encode_batch(list(_cut_texts(args.dev))) if s]
-        msg += f"; perplexity per token: train {lm.perplexity(seqs):.3f}, dev {f'{lm.perplexity(dev):.3f}' if dev else '- (no dev text)'}"
+        dev, dev_note = _spellable(tok, [t for t in _cut_texts(args.dev) if t.split()], "dev sentences")
+        dev = [s for s in tok.encode_batch(dev) if s]
+        msg += (f"; perplexity per token: train {lm.perplexity(seqs):.3f}, "
+                f"dev {f'{lm.perplexity(dev):.3f}' if dev else '- (no dev text)'}{dev_note}")
     print(msg)
 
 
@@ -1269,12 +1330,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("lm", help="train a token or word n-gram LM for beam-search fusion", description=(
         "Interpolated Kneser-Ney n-gram LM over a model's tokens (characters or BPE pieces) or, with --unit word, "
-        "over words, trained on the transcripts of cut manifests and written as ARPA (.arpa or .arpa.gz); fuse it "
+        "over words, trained on the transcripts of cut manifests or on plain text and written as ARPA (.arpa or .arpa.gz); fuse it "
         "with `asr decode --method beam --lm FILE [--lm-unit word] --lm-weight A --token-bonus B` (tune A and B on "
         "a dev set). A word LM restricts the search to its vocabulary."))
     sp.add_argument("--model", help="model file: use its tokenizer")
     sp.add_argument("--tokenizer", help="or a tokenizer dir (bpe.model)")
-    sp.add_argument("--cuts", nargs="+", required=True, help="cut manifests whose transcripts train the LM")
+    sp.add_argument("--cuts", nargs="+", help="cut manifests whose transcripts train the LM")
+    sp.add_argument("--text", nargs="+", help=(
+        "and/or plain-text files (UTF-8, .gz too), a sentence a line, normalized as `asr prepare` normalizes "
+        "transcripts (upper case, punctuation dropped)"))
     sp.add_argument("--dev", nargs="*", default=[], help="cut manifests to report perplexity on")
     sp.add_argument("--unit", choices=["token", "word"], default="token", help=(
         "token (default): an LM over the model's tokens; word: over words, whose vocabulary becomes the decoding "

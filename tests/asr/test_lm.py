@@ -139,3 +139,83 @@ def test_a_large_text_trains_in_seconds():
     assert lm.num_ngrams()[3] > 100_000
     assert took < 6, took  # the dict counting's 11 s fails this; the tables' 1.6 s leaves CI a margin of 3.7x
     assert math.isclose(lm.perplexity(seqs[:50]), _loop_perplexity(lm, seqs[:50].tolist()), rel_tol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer(tmp_path_factory):
+    """A character tokenizer of upper-case LibriSpeech-style text (``asr lm --tokenizer DIR``)."""
+    from asr.data.tokenizer import Tokenizer
+
+    out = tmp_path_factory.mktemp("lang_char")
+    Tokenizer.train(["THE CAT SAT ON THE MAT", "HELLO WORLD", "A QUICK BROWN FOX JUMPS OVER THE LAZY DOG'S BACK"] * 10,
+                    model_type="char", out_dir=out)
+    return out
+
+
+def test_lm_trains_on_plain_text(char_tokenizer, tmp_path, capsys):
+    """`asr lm --text FILE`: a user's own text, normalized as `asr prepare` normalizes transcripts
+    (it took only cut manifests: a text file was 'cannot read the cut manifest')."""
+    from asr.cli import main
+
+    text = tmp_path / "my.txt"
+    text.write_bytes("\ufeffHello, world!\n\n  the cat sat on the mat.  \nThé cät\n東京 cat\n".encode())
+    out = tmp_path / "lm.arpa"
+    main(["lm", "--tokenizer", str(char_tokenizer), "--text", str(text), "--order", "3", "--out", str(out)])
+    said = capsys.readouterr().out
+    assert "3-gram token LM on 3 sentences" in said and "1 of 4 sentences left out: the tokenizer cannot spell '京', '東'" in said
+    arpa = out.read_text()
+    assert "\tH E L L O\t" not in arpa and "\tC A T\n" in arpa.replace("\u2581 ", "")  # upper case, as the transcripts
+    gz = tmp_path / "my.txt.gz"
+    gz.write_bytes(gzip.compress(text.read_bytes()))
+    main(["lm", "--tokenizer", str(char_tokenizer), "--text", str(gz), "--order", "3", "--out", str(tmp_path / "gz.arpa")])
+    assert (tmp_path / "gz.arpa").read_text() == arpa
+    main(["lm", "--unit", "word", "--text", str(text), "--order", "2", "--out", str(tmp_path / "words.arpa")])
+    words = (tmp_path / "words.arpa").read_text()
+    assert "\tHELLO\t" in words and "\tTHE CAT\n" in words and "Hello," not in words and "\tTHE\t" in words
+    (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("\n  \n...\n")
+    for args, msg in [(["--text", str(tmp_path / "latin1.txt")], "latin1.txt: not UTF-8 text"),
+                      (["--text", str(tmp_path / "empty.txt")], "the --text files have no line of text"),
+                      (["--text", str(tmp_path / "missing.txt")], "missing.txt: no such file"),
+                      ([], "give the text to train on")]:
+        with pytest.raises(SystemExit, match="^error: .*" + msg):
+            main(["lm", "--tokenizer", str(char_tokenizer), *args, "--out", str(tmp_path / "x.arpa")])
+    assert not (tmp_path / "x.arpa").exists()
+
+
+def test_lm_leaves_out_text_its_tokenizer_cannot_spell(char_tokenizer, tmp_path, capsys):
+    """Transcripts with characters the tokenizer does not have (lower case under an upper-case
+    tokenizer) used to train the LM on <unk>: `asr lm` on lower-case transcripts wrote a model
+    of '▁ <unk> ▁ <unk>' without a word. They are left out and counted; none left is an error."""
+    from lhotse import CutSet, MonoCut, SupervisionSegment
+
+    from asr.cli import main
+
+    def manifest(name, texts):
+        cuts = [MonoCut(f"c{i}", 0.0, 1.0, 0, supervisions=[SupervisionSegment(f"c{i}", f"r{i}", 0.0, 1.0, text=t)])
+                for i, t in enumerate(texts)]
+        CutSet.from_cuts(cuts).to_file(tmp_path / name)
+        return str(tmp_path / name)
+
+    lower = manifest("cuts_lower.jsonl.gz", ["the cat sat", "hello world"])
+    mixed = manifest("cuts_mixed.jsonl.gz", ["THE CAT SAT", "hello world", "HELLO WORLD"])
+    tok = ["lm", "--tokenizer", str(char_tokenizer), "--order", "2"]
+    with pytest.raises(SystemExit, match="no sentence to train the LM on; 2 of 2 sentences left out: the tokenizer cannot spell"):
+        main([*tok, "--cuts", lower, "--out", str(tmp_path / "lower.arpa")])
+    main([*tok, "--cuts", mixed, "--dev", lower, mixed, "--out", str(tmp_path / "mixed.arpa")])
+    said = capsys.readouterr().out
+    assert "on 2 sentences" in said and "1 of 3 sentences left out: the tokenizer cannot spell 'd', 'e', 'h'" in said
+    assert "3 of 5 dev sentences left out" in said
+    assert "<unk> " not in (tmp_path / "mixed.arpa").read_text()  # no n-gram of <unk> but its unigram
+
+
+def test_lm_cli_names_an_output_it_cannot_write(char_tokenizer, tmp_path):
+    """An --out under a file was a FileExistsError traceback after the training."""
+    from asr.cli import main
+
+    (tmp_path / "file").write_text("")
+    (tmp_path / "t.txt").write_text("THE CAT\n")
+    for unit in ("token", "word"):
+        with pytest.raises(SystemExit, match="^error: --out .*file/lm.arpa: cannot write the LM"):
+            main(["lm", "--tokenizer", str(char_tokenizer), "--unit", unit, "--text", str(tmp_path / "t.txt"),
+                  "--out", str(tmp_path / "file" / "lm.arpa")])
