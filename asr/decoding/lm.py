@@ -406,8 +406,17 @@ class NgramLM(TokenLM):
         while len(grams) <= order:
             grams.append(array("q")), lps.append(array("d")), bows.append(array("d"))
         G = [np.frombuffer(grams[k], np.int64).reshape(-1, max(k, 1)) for k in range(order + 1)]
-        P = [np.frombuffer(lps[k], np.float64) * _LN10 for k in range(order + 1)]
-        B = [np.frombuffer(bows[k], np.float64) * _LN10 for k in range(order + 1)]
+        for k in range(1, order + 1):
+            bad = np.flatnonzero(~(np.frombuffer(lps[k], np.float64) <= 1e-4))  # (0 is p = 1; a little over: rounding)
+            if len(bad):
+                names = list(symbols) + [_BOS, _EOS]
+                raise ValueError(f"{path}: the {k}-gram '{' '.join(names[i] for i in G[k][bad[0]])}' has the log10-probability "
+                                 f"{lps[k][bad[0]]}, which no probability has ({len(bad)} such {k}-grams)")
+        # -inf (or below the floor of -99 that ARPA writers use for "never"): the floor, as a
+        # weight of 0 times -inf is NaN, which would scramble the beam's ranking
+        floor = -99.0 * _LN10
+        P = [np.maximum(np.frombuffer(lps[k], np.float64) * _LN10, floor) for k in range(order + 1)]
+        B = [np.maximum(np.frombuffer(bows[k], np.float64) * _LN10, floor) for k in range(order + 1)]
         seen = set(G[1][:, 0].tolist())
         unscored = [symbols[i] for i in range(1, V) if i not in seen]
         if V > 2 and len(unscored) > (V - 1) // 2:
@@ -488,10 +497,12 @@ def arpa_lines(path: Path):
     name); a file that is neither UTF-8 text nor gzip of it is a ValueError naming it."""
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8") as f:
+    try:  # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first line
+        with gzip.open(path, "rt", encoding="utf-8-sig") if gz else open(path, encoding="utf-8-sig") as f:
             yield from f
-    except (UnicodeDecodeError, OSError, EOFError) as e:
+    except EOFError as e:
+        raise ValueError(f"{path}: the gzip stream ends early: the file is truncated ({e})") from None
+    except (UnicodeDecodeError, OSError) as e:
         raise ValueError(f"{path}: not an ARPA text file, plain or gzip ({type(e).__name__}: {e})") from None
 
 

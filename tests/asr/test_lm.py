@@ -219,3 +219,28 @@ def test_lm_cli_names_an_output_it_cannot_write(char_tokenizer, tmp_path):
         with pytest.raises(SystemExit, match="^error: --out .*file/lm.arpa: cannot write the LM"):
             main(["lm", "--tokenizer", str(char_tokenizer), "--unit", unit, "--text", str(tmp_path / "t.txt"),
                   "--out", str(tmp_path / "file" / "lm.arpa")])
+
+
+def test_arpa_files_of_other_writers(tmp_path):
+    """A byte-order mark before \\data\\ was 'n-gram line before any section'; a positive or NaN
+    log-probability loaded as a probability above 1 (or none); -inf made a weight of 0 NaN; a
+    truncated gzip stream was 'not an ARPA text file'."""
+    symbols = ["<blk>", "<unk>", "A", "B"]
+    text = ("\\data\\\nngram 1=5\nngram 2=3\n\n\\1-grams:\n-0.5\tA\t-0.2\n-0.6\tB\t-inf\n-0.7\t</s>\n-99\t<s>\t-0.3\n"
+            "-inf\t<unk>\n\n\\2-grams:\n-0.25\tA B\n-0.1\t<s> A\n-inf\tB A\n\n\\end\\\n")
+    (tmp_path / "lm.arpa").write_text(text)
+    (tmp_path / "bom.arpa").write_text(text, encoding="utf-8-sig")
+    lm = NgramLM.load_arpa(tmp_path / "lm.arpa", symbols)
+    floor = -99 * math.log(10)
+    assert lm.log_probs(())[1] == floor and lm.log_probs((3,))[2] == floor and lm.log_probs((3,))[3] == pytest.approx(floor - 0.6 * math.log(10))
+    np.testing.assert_array_equal(NgramLM.load_arpa(tmp_path / "bom.arpa", symbols).log_probs((3,)), lm.log_probs((3,)))
+    for name, body, msg in [("pos.arpa", text.replace("-0.6\tB", "0.6\tB"), "the 1-gram 'B' has the log10-probability 0.6"),
+                            ("nan.arpa", text.replace("-0.25\tA B", "nan\tA B"), "the 2-gram 'A B' has the log10-probability nan")]:
+        (tmp_path / name).write_text(body)
+        with pytest.raises(ValueError, match=msg):
+            NgramLM.load_arpa(tmp_path / name, symbols)
+    (tmp_path / "zero.arpa").write_text(text.replace("-0.1\t<s> A", "0.000000\t<s> A"))  # p = 1 is a probability
+    assert NgramLM.load_arpa(tmp_path / "zero.arpa", symbols).log_probs((lm.bos,))[2] == 0.0
+    (tmp_path / "cut.arpa.gz").write_bytes(gzip.compress(text.encode())[:-12])  # the trailer and the last bytes
+    with pytest.raises(ValueError, match="cut.arpa.gz: the gzip stream ends early: the file is truncated"):
+        NgramLM.load_arpa(tmp_path / "cut.arpa.gz", symbols)
