@@ -1229,7 +1229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lm-unit", choices=["token", "word"], default="token", help=(
         "what --lm's words are: the model's tokens (default), or words (`asr lm --unit word`): the search is then "
         "restricted to the LM's vocabulary, spelled by the model's tokenizer"))
-    sp.add_argument("--lm-weight", type=float, help="with --lm: weight of the LM log-probability (default 0.5)")
+    sp.add_argument("--lm-weight", type=float, help="with --lm: weight (>= 0) of the LM log-probability (default 0.5)")
     sp.add_argument("--token-bonus", type=float, help="with --lm: score added per emitted token (default 0)")
     sp.add_argument("--context", help="Conformer attention context LEFT,RIGHT in encoder frames (see `asr info`)")
     sp.add_argument("--chunkwise", action="store_true", help="stream window by window through forward_chunk")

@@ -517,6 +517,8 @@ class LMFusion:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.weight) and math.isfinite(self.bonus)):  # NaN or inf wipes every hypothesis out
             raise ValueError(f"the LM weight and token bonus must be finite numbers, got {self.weight} and {self.bonus}")
+        if self.weight < 0:  # it would reward what the LM finds improbable (93.7% WER on mini test-seen cuts at -0.5)
+            raise ValueError(f"the LM weight must be >= 0 (0: no LM), got {self.weight}")
 
     def kwargs(self) -> dict:
         return {"lm": self.lm, "lm_weight": self.weight, "token_bonus": self.bonus}
