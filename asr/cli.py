@@ -1331,9 +1331,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("lm", help="train a token or word n-gram LM for beam-search fusion", description=(
         "Interpolated Kneser-Ney n-gram LM over a model's tokens (characters or BPE pieces) or, with --unit word, "
-        "over words, trained on the transcripts of cut manifests or on plain text and written as ARPA (.arpa or .arpa.gz); fuse it "
-        "with `asr decode --method beam --lm FILE [--lm-unit word] --lm-weight A --token-bonus B` (tune A and B on "
-        "a dev set). A word LM restricts the search to its vocabulary."))
+        "over words, trained on the transcripts of cut manifests or on plain text and written as ARPA (.arpa or "
+        ".arpa.gz); fuse it with `asr decode --method beam --lm FILE [--lm-unit word] --lm-weight A --token-bonus B` (tune A "
+        "and B on a dev set). A word LM restricts the search to its vocabulary."))
     sp.add_argument("--model", help="model file: use its tokenizer")
     sp.add_argument("--tokenizer", help="or a tokenizer dir (bpe.model)")
     sp.add_argument("--cuts", nargs="+", help="cut manifests whose transcripts train the LM")

@@ -232,7 +232,8 @@ def test_arpa_files_of_other_writers(tmp_path):
     (tmp_path / "bom.arpa").write_text(text, encoding="utf-8-sig")
     lm = NgramLM.load_arpa(tmp_path / "lm.arpa", symbols)
     floor = -99 * math.log(10)
-    assert lm.log_probs(())[1] == floor and lm.log_probs((3,))[2] == floor and lm.log_probs((3,))[3] == pytest.approx(floor - 0.6 * math.log(10))
+    assert lm.log_probs(())[1] == floor and lm.log_probs((3,))[2] == floor  # -inf: the floor
+    assert lm.log_probs((3,))[3] == pytest.approx(floor - 0.6 * math.log(10))  # a back-off of -inf: the floor
     np.testing.assert_array_equal(NgramLM.load_arpa(tmp_path / "bom.arpa", symbols).log_probs((3,)), lm.log_probs((3,)))
     for name, body, msg in [("pos.arpa", text.replace("-0.6\tB", "0.6\tB"), "the 1-gram 'B' has the log10-probability 0.6"),
                             ("nan.arpa", text.replace("-0.25\tA B", "nan\tA B"), "the 2-gram 'A B' has the log10-probability nan")]:
