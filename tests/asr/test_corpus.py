@@ -256,8 +256,21 @@ def test_config_change_crash_resume_and_determinism(built, tmp_path, monkeypatch
     assert other["fingerprint"] != ref_stats["fingerprint"]
     assert _transcripts(out, "train") != _transcripts(ref, "train")
 
-    real = tts.synthesize
-    calls = {"n": 0}
+    _crash_after_some_syntheses(monkeypatch, out, tiny())
+    assert not (out / "corpus.json").exists()  # an interrupted build never looks complete
+    assert (out / ".build" / "build.json").is_file()
+
+    stats = build_mini_librispeech(out, tiny(), num_jobs=1, progress=False)
+    assert stats["build"]["resumed_jobs"] > 0
+    assert _file_hashes(out) == _file_hashes(ref)
+    assert _manifest_text(out) == _manifest_text(ref)
+    strip = lambda s: {k: v for k, v in s.items() if k != "build"}  # noqa: E731
+    assert strip(stats) == strip(ref_stats)
+
+
+def _crash_after_some_syntheses(monkeypatch, out: Path, cfg) -> None:
+    """A build of ``out`` that 'crashes' (KeyboardInterrupt) after 8 utterances."""
+    real, calls = tts.synthesize, {"n": 0}
 
     def crash_after_some(voice, text, workdir):
         calls["n"] += 1
@@ -267,17 +280,8 @@ def test_config_change_crash_resume_and_determinism(built, tmp_path, monkeypatch
 
     monkeypatch.setattr(tts, "synthesize", crash_after_some)
     with pytest.raises(KeyboardInterrupt):
-        build_mini_librispeech(out, tiny(), num_jobs=1, progress=False)
-    assert not (out / "corpus.json").exists()  # an interrupted build never looks complete
-    assert (out / ".build" / "build.json").is_file()
+        build_mini_librispeech(out, cfg, num_jobs=1, progress=False)
     monkeypatch.setattr(tts, "synthesize", real)
-
-    stats = build_mini_librispeech(out, tiny(), num_jobs=1, progress=False)
-    assert stats["build"]["resumed_jobs"] > 0
-    assert _file_hashes(out) == _file_hashes(ref)
-    assert _manifest_text(out) == _manifest_text(ref)
-    strip = lambda s: {k: v for k, v in s.items() if k != "build"}  # noqa: E731
-    assert strip(stats) == strip(ref_stats)
 
 
 def _killed_while_removing(monkeypatch, out: Path, remove_first: bool):
@@ -312,18 +316,7 @@ def test_a_build_killed_while_it_removes_the_old_files_is_rebuilt(tmp_path, monk
     assert flacs(out) == sum(stats["utterances"].values())
 
     out = tmp_path / "partial"
-    real, calls = tts.synthesize, {"n": 0}
-
-    def crash_after_some(voice, text, workdir):
-        calls["n"] += 1
-        if calls["n"] > 8:
-            raise KeyboardInterrupt("simulated crash")
-        return real(voice, text, workdir)
-
-    monkeypatch.setattr(tts, "synthesize", crash_after_some)
-    with pytest.raises(KeyboardInterrupt):
-        build_mini_librispeech(out, cfg, num_jobs=1, progress=False)
-    monkeypatch.setattr(tts, "synthesize", real)
+    _crash_after_some_syntheses(monkeypatch, out, cfg)
     assert list((out / ".build" / "jobs").glob("*.json"))
     _killed_while_removing(monkeypatch, out, remove_first=True)  # LibriSpeech/ goes, the job records stay
     with pytest.raises(KeyboardInterrupt):
