@@ -21,10 +21,10 @@ change is a line ``partial <t>s | text``. Every segment closed by an endpoint, a
 is a line ``final <start>-<end>s (rule) | text`` (seconds of captured audio), as ``asr stream``
 prints for files; segments with no text (silence) are not shown.
 
-Stopping: after ``seconds`` of audio (if given), or at the first Ctrl-C (SIGINT). Either way
-the capture stops, the blocks already captured are fed, ``input_finished()`` flushes the
-resampler, the features and the last (zero-padded) windows, and the last words are printed. A
-second Ctrl-C aborts at once.
+Stopping: after ``seconds`` of audio (if given), or at the first Ctrl-C (SIGINT) or SIGTERM.
+Either way the capture stops, the blocks already captured are fed, ``input_finished()`` flushes
+the resampler, the features and the last (zero-padded) windows, and the last words are printed.
+A second Ctrl-C aborts at once.
 
 Nothing here imports torch.
 """
@@ -275,34 +275,41 @@ class LiveDisplay:
             self._shown = ""
 
 
-class _StopOnSigint:
-    """The first SIGINT sets ``event`` (the live loop then flushes and returns); the handler is
-    then removed, so a second SIGINT raises KeyboardInterrupt as usual. Off the main thread
-    (where signal handlers cannot be set) it does nothing."""
+class _StopOnSignals:
+    """The first SIGINT or SIGTERM sets ``event`` (the live loop then flushes and returns); the
+    handlers are then removed, so a second SIGINT raises KeyboardInterrupt and a second SIGTERM
+    terminates, as usual. Off the main thread (where signal handlers cannot be set) it does
+    nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, event: threading.Event):
         self.event = event
-        self._old = None
+        self._old: dict | None = None
+
+    def _restore(self) -> None:
+        if self._old is not None:
+            for sig, old in self._old.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)  # None: set outside Python
+            self._old = None
 
     def _handler(self, signum, frame) -> None:
         self.event.set()
-        signal.signal(signal.SIGINT, self._old)
+        self._restore()
 
-    def __enter__(self) -> "_StopOnSigint":
+    def __enter__(self) -> "_StopOnSignals":
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._old = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        self._restore()
 
 
 def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, seconds: float | None = None,
              stop: threading.Event | None = None, audio_timeout: float = 5.0, on_start=None, on_audio=None):
     """Recognize ``mic`` (started here if it is not) until ``seconds`` of audio have been
-    captured, ``stop`` is set, or SIGINT; then flush: the blocks already captured (up to
+    captured, ``stop`` is set, or SIGINT or SIGTERM; then flush: the blocks already captured (up to
     ``seconds``), ``input_finished()``, the last windows. ``display`` gets every changed partial
     result and every final segment; ``on_start()`` is called when the first audio arrives (an
     audio system may take a moment after the stream starts, e.g. PulseAudio ~0.8 s for its first
@@ -315,7 +322,6 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
         raise ValueError(f"seconds must be positive, got {seconds}")
     stop = stop if stop is not None else threading.Event()
     stream = recognizer.create_stream()
-    stream.accept_waveform(mic.rate, np.zeros(0, np.float32))  # the resampler's filter, before capture starts
     limit = None if seconds is None else int(round(seconds * mic.rate))  # samples
     fed = 0
 
@@ -345,8 +351,10 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
         if display is not None and not res.is_final:
             display.partial(res)
 
-    with _StopOnSigint(stop):
-        mic.start()
+    with _StopOnSignals(stop):  # from here on: a Ctrl-C during the set-up below stops cleanly too
+        stream.accept_waveform(mic.rate, np.zeros(0, np.float32))  # the resampler's filter, before capture starts
+        if not stop.is_set():
+            mic.start()
         last_audio = time.monotonic()
         started = False
         try:

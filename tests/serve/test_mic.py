@@ -37,6 +37,7 @@ import tempfile
 import termios
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -335,6 +336,106 @@ def test_mic_ctrl_c_on_a_terminal_flushes_the_last_words(pulse, live_model, tmp_
     assert finals[0][2] == "", output  # closed by Ctrl-C, not by an endpoint
     endpoint = EndpointConfig(rule2=EndpointRule(True, 30.0, 0.0))
     assert _check_live(lines, saved, endpoint, live_model.onnx_dir, wav, ref) == finals[0][3]
+
+
+def _start_mic(pulse, live_model, tmp_path, *args):
+    """``asr stream --mic`` (not a terminal, --rule2 30: no endpoint closes the utterance) with
+    --save, started and listening: (proc, stdout file, stderr file, recording)."""
+    out, err, saved = tmp_path / "out.txt", tmp_path / "err.txt", tmp_path / "mic.wav"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen([sys.executable, "-c", CLI, "stream", "--mic", "--rule2", "30", "--onnx",
+                                 str(live_model.onnx_dir), "--save", str(saved), *args],
+                                cwd=ROOT, env=pulse, stdout=fo, stderr=fe)
+    try:
+        _wait_for(err.read_text, "listening", proc, timeout=120)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, out, err, saved
+
+
+def test_mic_sigterm_stops_like_ctrl_c(pulse, live_model, tmp_path):
+    """SIGTERM (a service manager, `timeout`, `kill`) mid-utterance stops like the first Ctrl-C:
+    the last words are decoded and printed, the transcript follows, exit status 0, and the
+    recording is a complete WAV file. It used to kill the command at once: no last words, no
+    transcript, exit 143, and a WAV header that still said 0 samples (other readers than
+    libsndfile saw an empty or broken file)."""
+    from scipy.io import wavfile
+
+    wav, ref = live_model.utterances[0]
+    proc, out, err, saved = _start_mic(pulse, live_model, tmp_path)
+    try:
+        time.sleep(1.0)
+        _play(pulse, wav)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stdout, stderr = out.read_text(), err.read_text()
+    assert rc == 0, stderr
+    assert "Traceback" not in stderr and "captured " in stderr, stderr
+    finals = FINAL.findall(stdout)
+    assert len(finals) == 1 and finals[0][2] == "", stdout  # closed by the signal, not by an endpoint
+    endpoint = EndpointConfig(rule2=EndpointRule(True, 30.0, 0.0))
+    assert _check_live(stdout, saved, endpoint, live_model.onnx_dir, wav, ref) == finals[0][3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wavfile.WavFileWarning)  # libsndfile's PEAK chunk
+        rate, x = wavfile.read(str(saved))  # the header was written: the size of the data is right
+    assert rate == 44100 and len(x) == sf.info(str(saved)).frames > 0
+
+
+def test_ctrl_c_during_set_up_stops_cleanly():
+    """A Ctrl-C while ``run_live`` sets up (the resampler's filter: ~1 s for scipy's first
+    import) is the first Ctrl-C: nothing is captured, the (empty) result is returned. It used to
+    arrive before the handler was installed: KeyboardInterrupt, which the command reports as a
+    second Ctrl-C ("interrupted", exit 130)."""
+    from serve.mic import run_live
+
+    class FakeStream:
+        def accept_waveform(self, rate, samples):
+            os.kill(os.getpid(), signal.SIGINT)  # typed while the filter is designed
+            time.sleep(0.1)  # the handler runs here
+
+        def input_finished(self):
+            pass
+
+        def pop_segments(self):
+            return []
+
+        def result(self):
+            return Result(text="", is_final=True)
+
+    class FakeRecognizer:
+        def create_stream(self):
+            return FakeStream()
+
+        def decode(self, stream):
+            return 0
+
+    class FakeMic:
+        rate = 16000
+        started = False
+
+        def start(self):
+            self.started = True
+
+        def stop(self):
+            pass
+
+        def read(self, timeout=None):
+            return None
+
+    mic = FakeMic()
+    try:
+        assert isinstance(run_live(FakeRecognizer(), mic), FakeStream)
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C during the set-up escaped run_live as KeyboardInterrupt")
+    assert not mic.started
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
 def test_live_display(monkeypatch):
