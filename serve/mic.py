@@ -24,7 +24,8 @@ prints for files; segments with no text (silence) are not shown.
 Stopping: after ``seconds`` of audio (if given), or at the first Ctrl-C (SIGINT) or SIGTERM.
 Either way the capture stops, the blocks already captured are fed, ``input_finished()`` flushes
 the resampler, the features and the last (zero-padded) windows, and the last words are printed.
-A second Ctrl-C aborts at once.
+A second Ctrl-C aborts at once. A device that stops delivering audio (unplugged, its server
+gone) gets the same flush before its :class:`MicError`.
 
 Nothing here imports torch.
 """
@@ -210,11 +211,13 @@ class Microphone:
                        + "; ".join(errors) + " (try another --device; --list-devices lists them)")
 
     def stop(self) -> None:
-        """Stop capturing; blocks already captured stay readable."""
+        """Stop capturing; blocks already captured stay readable. The stream is aborted, not
+        stopped: PortAudio's stop waits for its capture thread, which waits for the device, so
+        on a device that delivers nothing (suspended, gone) it never returned."""
         if self._stream is not None:
             stream, self._stream = self._stream, None
             try:
-                stream.stop()
+                stream.abort()
             finally:
                 stream.close()
 
@@ -317,7 +320,8 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
     with every block fed, in order (to save the recording: decoding it in one piece gives the same
     result). Returns the :class:`~serve.Stream` (``stream.transcript()``).
 
-    A device that delivers nothing for ``audio_timeout`` seconds is a :class:`MicError`."""
+    A device that delivers nothing for ``audio_timeout`` seconds is a :class:`MicError`, raised
+    after the flush (the display has shown the last words, ``on_audio`` has had every block)."""
     if seconds is not None and not seconds > 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     stop = stop if stop is not None else threading.Event()
@@ -357,15 +361,17 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
             mic.start()
         last_audio = time.monotonic()
         started = False
+        lost = None  # the MicError of a device that stopped delivering, raised after the flush
         try:
             while not stop.is_set() and (limit is None or fed < limit):
                 block = mic.read(0.05)
                 if block is None:
                     if time.monotonic() - last_audio > audio_timeout:
                         d = mic.device
-                        raise MicError(f"input device {d.index} ({d.name!r}) delivered no audio for "
-                                       f"{audio_timeout:g} s: is it in use or disconnected? "
-                                       "(--list-devices lists the devices)")
+                        lost = MicError(f"input device {d.index} ({d.name!r}) delivered no audio for "
+                                        f"{audio_timeout:g} s: is it in use or disconnected? "
+                                        "(--list-devices lists the devices)")
+                        break
                     continue
                 last_audio = time.monotonic()
                 if not started and on_start is not None:
@@ -383,4 +389,6 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
         report()
         if display is not None:
             display.close()
+    if lost is not None:  # the words captured before the device went away were shown first
+        raise lost
     return stream

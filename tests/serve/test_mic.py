@@ -355,6 +355,17 @@ def _start_mic(pulse, live_model, tmp_path, *args):
     return proc, out, err, saved
 
 
+def _decoded(saved: Path, endpoint: EndpointConfig, onnx_dir: Path) -> list[tuple[str, str, str, str]]:
+    """The final lines the runtime gives for the recording decoded in one piece."""
+    x, rate = sf.read(str(saved), dtype="float32")
+    rec = Recognizer(onnx_dir, endpoint=endpoint)
+    s = rec.create_stream()
+    s.accept_waveform(rate, x)
+    s.input_finished()
+    rec.decode(s)
+    return [(f"{r.start:.2f}", f"{r.end:.2f}", r.endpoint or "", r.text) for r in s.segments if r.text]
+
+
 def test_mic_sigterm_stops_like_ctrl_c(pulse, live_model, tmp_path):
     """SIGTERM (a service manager, `timeout`, `kill`) mid-utterance stops like the first Ctrl-C:
     the last words are decoded and printed, the transcript follows, exit status 0, and the
@@ -386,6 +397,36 @@ def test_mic_sigterm_stops_like_ctrl_c(pulse, live_model, tmp_path):
         warnings.simplefilter("ignore", wavfile.WavFileWarning)  # libsndfile's PEAK chunk
         rate, x = wavfile.read(str(saved))  # the header was written: the size of the data is right
     assert rate == 44100 and len(x) == sf.info(str(saved)).frames > 0
+
+
+def test_mic_device_that_stops_delivering(pulse, live_model, tmp_path):
+    """The device stops delivering mid-utterance (its sink suspended: no more samples, as an
+    unplugged or stalled device): after 5 s the command prints the words captured until then
+    (exactly the recording's decoding), then the error, exit status 1; the recording is closed.
+    It used to hang for ever in PortAudio's stop (waiting for a capture thread that waits for
+    the device), where neither the 5 s error nor Ctrl-C could end it; and the error, when it
+    came (a device that failed), lost the last words."""
+    wav, _ = live_model.utterances[0]
+    proc, out, err, saved = _start_mic(pulse, live_model, tmp_path)
+    try:
+        time.sleep(1.0)
+        _play(pulse, wav)
+        subprocess.run(["pactl", "suspend-sink", "feed", "1"], env=pulse, check=True, timeout=30)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=30)
+        waited = time.monotonic() - t0
+    finally:
+        subprocess.run(["pactl", "suspend-sink", "feed", "0"], env=pulse, timeout=30)  # for the other tests
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stdout, stderr = out.read_text(), err.read_text()
+    assert rc == 1, stderr
+    assert "delivered no audio for 5 s" in stderr and "Traceback" not in stderr, stderr
+    assert 4 < waited < 20, waited
+    finals = FINAL.findall(stdout)
+    assert finals and finals[-1][3], stdout  # the utterance's words
+    assert finals == _decoded(saved, EndpointConfig(rule2=EndpointRule(True, 30.0, 0.0)), live_model.onnx_dir), stdout
 
 
 def test_ctrl_c_during_set_up_stops_cleanly():
