@@ -359,21 +359,25 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
         stream.accept_waveform(mic.rate, np.zeros(0, np.float32))  # the resampler's filter, before capture starts
         if not stop.is_set():
             mic.start()
-        last_audio = time.monotonic()
+        waited = 0.0  # seconds waited for audio since the last block
         started = False
         lost = None  # the MicError of a device that stopped delivering, raised after the flush
         try:
             while not stop.is_set() and (limit is None or fed < limit):
+                t0 = time.monotonic()
                 block = mic.read(0.05)
                 if block is None:
-                    if time.monotonic() - last_audio > audio_timeout:
+                    # the time this read took, but not the time the process was stopped (Ctrl-Z):
+                    # the capture thread was stopped too, and resumes with the process
+                    waited += min(time.monotonic() - t0, 0.5)
+                    if waited > audio_timeout:
                         d = mic.device
                         lost = MicError(f"input device {d.index} ({d.name!r}) delivered no audio for "
                                         f"{audio_timeout:g} s: is it in use or disconnected? "
                                         "(--list-devices lists the devices)")
                         break
                     continue
-                last_audio = time.monotonic()
+                waited = 0.0
                 if not started and on_start is not None:
                     on_start()
                 started = True

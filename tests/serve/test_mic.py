@@ -429,6 +429,27 @@ def test_mic_device_that_stops_delivering(pulse, live_model, tmp_path):
     assert finals == _decoded(saved, EndpointConfig(rule2=EndpointRule(True, 30.0, 0.0)), live_model.onnx_dir), stdout
 
 
+def test_mic_survives_being_suspended(pulse, live_model, tmp_path):
+    """A process stopped for longer than the 5 s no-audio limit (Ctrl-Z, then fg) goes on
+    listening when it is continued; it used to stop at once with "delivered no audio for 5 s"
+    (the time it was stopped counted as the device's silence)."""
+    proc, out, err, _ = _start_mic(pulse, live_model, tmp_path)
+    try:
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(6.5)
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(1.5)
+        assert proc.poll() is None, err.read_text()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, err.read_text()
+    assert "text: " in out.read_text()
+
+
 def test_ctrl_c_during_set_up_stops_cleanly():
     """A Ctrl-C while ``run_live`` sets up (the resampler's filter: ~1 s for scipy's first
     import) is the first Ctrl-C: nothing is captured, the (empty) result is returned. It used to
