@@ -670,8 +670,9 @@ def _stream_mic(args: argparse.Namespace, endpoint) -> None:
 
         try:  # float samples: decoding the file gives exactly what was shown live
             save = sf.SoundFile(args.save, "w", samplerate=mic.rate, channels=1, subtype="FLOAT")
-        except (OSError, RuntimeError, ValueError) as e:
-            raise SystemExit(f"error: cannot write --save {args.save}: {e}") from None
+        except (OSError, RuntimeError, ValueError, TypeError) as e:  # TypeError: no known extension
+            raise SystemExit(f"error: cannot write --save {args.save}: {e} (it writes a float WAV file: "
+                             "name it FILE.wav)") from None
     t0 = time.perf_counter()
     try:
         stream = run_live(rec, mic, LiveDisplay(partials=not args.quiet), seconds=args.seconds, on_start=started,

@@ -216,6 +216,18 @@ def test_list_devices_and_bad_device(pulse, live_model):
     assert r.returncode == 0 and "'pulse'" in r.stderr, r.stderr
 
 
+def test_save_to_a_bad_name_is_a_clear_error(pulse, live_model, tmp_path):
+    """--save to a name without an extension or to a directory used to be a TypeError traceback
+    from soundfile; to a .flac or .ogg name, a bare "Invalid combination of format, subtype and
+    endian". Each is now one error line that says what --save writes."""
+    (tmp_path / "rec.wav").mkdir()
+    for name in ("rec", "rec.flac", ".", "rec.wav"):
+        r = _asr(pulse, "--mic", "--onnx", str(live_model.onnx_dir), "--seconds", "0.5", "--save", str(tmp_path / name))
+        assert r.returncode == 1, r.stderr
+        assert f"error: cannot write --save {tmp_path / name}: " in r.stderr and "FILE.wav" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "listening" not in r.stderr, r.stderr
+
+
 def test_missing_portaudio_is_a_clear_error(tmp_path):
     """Without libportaudio, `sounddevice` cannot load: the command says what to install."""
     code = ("import ctypes.util, sys\nfind = ctypes.util.find_library\n"
