@@ -640,10 +640,14 @@ def cmd_stream(args: argparse.Namespace) -> None:
     if args.seconds is not None and not args.seconds > 0:
         raise SystemExit(f"error: --seconds must be positive, got {args.seconds}")
     endpoint = _endpoint_config(args)
-    if args.mic:
-        _stream_mic(args, endpoint)
-    else:
-        _stream_file(args, endpoint)
+    try:
+        if args.mic:
+            _stream_mic(args, endpoint)
+        else:
+            _stream_file(args, endpoint)
+    except BrokenPipeError:  # stdout closed early (`asr stream ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails too otherwise
+        raise SystemExit(1) from None
 
 
 def _stream_mic(args: argparse.Namespace, endpoint) -> None:
@@ -725,8 +729,12 @@ def _stream_file(args: argparse.Namespace, endpoint) -> None:
         why = f" ({r.endpoint})" if r.endpoint else ""
         print(f"final   {r.start:7.2f}-{r.end:.2f}s{why} | {r.text}", flush=True)
 
-    stats, stream = simulate(rec, samples, rate, piece_seconds=args.piece_ms / 1000, realtime=args.realtime,
-                             on_partial=partial if not args.quiet else None, on_final=final)
+    try:
+        stats, stream = simulate(rec, samples, rate, piece_seconds=args.piece_ms / 1000, realtime=args.realtime,
+                                 on_partial=partial if not args.quiet else None, on_final=final)
+    except KeyboardInterrupt:  # the segments so far are printed; no summary for part of a file
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     st = stats.summary()
     print(f"text: {stream.transcript().text}")
     print(f"audio {st['audio_s']:.2f} s, compute {st['compute_s']:.3f} s, RTF {st['rtf']:.4f}, {st['windows']} windows "

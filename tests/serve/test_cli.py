@@ -4,6 +4,7 @@ benchmark on its tiny setting."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +59,34 @@ main(["stream", "--onnx", sys.argv[1], sys.argv[2], "--piece-ms", "50"])
 assert "torch" not in sys.modules, "torch was imported"
 print("NO_TORCH")
 """
+
+
+def test_stream_file_ctrl_c_and_a_closed_pipe(model_dir, wavs):
+    """`asr stream FILE --realtime`: Ctrl-C is "interrupted" and exit 130, and a reader that
+    stops reading (`| head -3`) ends it quietly with exit 1; both used to be tracebacks
+    (KeyboardInterrupt, BrokenPipeError), the first also dying by SIGINT."""
+    _, out = model_dir
+    cmd = [sys.executable, "-m", "asr.cli", "stream", "--onnx", str(out), str(wavs[0]), "--realtime", "--piece-ms", "50"]
+    for stop in ("ctrl-c", "pipe"):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(3):  # the two header lines and the first partial: streaming has started
+                assert proc.stdout.readline(), proc.stderr.read()
+            if stop == "ctrl-c":
+                proc.send_signal(signal.SIGINT)
+            else:
+                proc.stdout.close()
+            rc = proc.wait(timeout=120)
+            err = proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert "Traceback" not in err, err
+        if stop == "ctrl-c":
+            assert rc == 130 and err.endswith("interrupted\n"), (rc, err)
+        else:
+            assert rc == 1 and err == "", (rc, err)
 
 
 def test_runtime_and_commands_run_without_torch(model_dir, wavs):
