@@ -14,8 +14,9 @@ Measured:
   the pieces give (a piece may run 0, 1 or several windows);
 - **token latency** (p50/p95): for every token, when it first appeared in a result minus the
   end of its encoder frame in the audio, on the simulated clock (a piece becomes available when
-  its last sample has been recorded, then takes its compute time). It includes the model's
-  look-ahead, the window size, the piece size and the compute time: what a user would see.
+  its last sample has been recorded, waits for the pieces before it, then takes its compute
+  time). It includes the model's look-ahead, the window size, the piece size, the compute time
+  and, when compute falls behind the audio, the queue: what a user would see.
 - **final latency**: compute time from the end of the input to the final result.
 """
 
@@ -80,6 +81,7 @@ def simulate(recognizer, samples: np.ndarray, sample_rate: int, piece_seconds: f
     fs = recognizer.frame_seconds
     s.accept_waveform(sample_rate, samples[:0])  # set-up (a resampler's filter) before the clock starts
     seen = 0  # tokens of the stream already reported (finished segments + current)
+    busy_until = 0.0  # simulated clock: when the pieces so far are decoded (one decoder: a piece waits for the last)
     done_tokens = 0
     last_text = ""
     start = time.perf_counter()
@@ -93,13 +95,13 @@ def simulate(recognizer, samples: np.ndarray, sample_rate: int, piece_seconds: f
             stats.window_seconds.append(time.perf_counter() - t0)
             stats.windows += 1
 
-    def report(available_at: float, elapsed: float) -> None:
+    def report(done_at: float) -> None:
         nonlocal seen, done_tokens, last_text
         popped = s.pop_segments()
         for seg in popped:
             new = len(seg.frames) - (seen - done_tokens)
             for f in seg.frames[len(seg.frames) - max(new, 0):]:
-                stats.token_latency.append(available_at + elapsed - (f + 1) * fs)
+                stats.token_latency.append(done_at - (f + 1) * fs)
             done_tokens += len(seg.frames)
             seen = done_tokens
             last_text = ""
@@ -111,7 +113,7 @@ def simulate(recognizer, samples: np.ndarray, sample_rate: int, piece_seconds: f
         cur = len(res.frames)
         if cur > seen - done_tokens:
             for f in res.frames[seen - done_tokens:]:
-                stats.token_latency.append(available_at + elapsed - (f + 1) * fs)
+                stats.token_latency.append(done_at - (f + 1) * fs)
             seen = done_tokens + cur
         if res.text != last_text and not res.is_final:
             last_text = res.text
@@ -131,14 +133,15 @@ def simulate(recognizer, samples: np.ndarray, sample_rate: int, piece_seconds: f
         dt = time.perf_counter() - t0
         stats.piece_seconds.append(dt)
         stats.compute_seconds += dt
-        report(available_at, dt)
+        busy_until = max(available_at, busy_until) + dt
+        report(busy_until)
     t0 = time.perf_counter()
     s.input_finished()
     run_windows()
     dt = time.perf_counter() - t0
     stats.final_seconds = dt
     stats.compute_seconds += dt
-    report(stats.audio_seconds, dt)
+    report(max(stats.audio_seconds, busy_until) + dt)
     final = s.result()
     if on_final is not None and final.token_ids and (not s.segments or s.segments[-1] is not final):
         on_final(final)

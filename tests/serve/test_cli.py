@@ -61,6 +61,34 @@ print("NO_TORCH")
 """
 
 
+def test_stream_token_latency_counts_the_queue(model_dir, wavs):
+    """When decoding is slower than the audio (here every window sleeps twice the audio it
+    moves on), pieces queue up behind each other and the token latency `asr stream` reports
+    grows with the queue: the last tokens wait for all the compute before them, about (RTF - 1)
+    x the audio. It used to charge each piece only its own compute, as if it had started the
+    moment it was recorded (under a second here, whatever the backlog)."""
+    from serve import Recognizer
+    from serve.simulate import simulate
+
+    _, out = model_dir
+    rec = Recognizer(out, endpoint=None)
+    x = read_audio(wavs[0], 16000)
+    step = rec.decode_step
+
+    def slow(streams):
+        ran = step(streams)
+        if ran:
+            time.sleep(2 * rec.chunk_seconds)
+        return ran
+
+    rec.decode_step = slow
+    stats, stream = simulate(rec, x, 16000)
+    assert stats.rtf > 2 and stream.transcript().token_ids, stats.summary()
+    behind = stats.compute_seconds - stats.audio_seconds
+    assert max(stats.token_latency) > max(0.5 * behind, 1.0), (behind, stats.summary())
+    assert max(stats.token_latency) < stats.compute_seconds, stats.summary()
+
+
 def test_stream_file_ctrl_c_and_a_closed_pipe(model_dir, wavs):
     """`asr stream FILE --realtime`: Ctrl-C is "interrupted" and exit 130, and a reader that
     stops reading (`| head -3`) ends it quietly with exit 1; both used to be tracebacks
