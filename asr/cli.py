@@ -717,6 +717,8 @@ def _stream_file(args: argparse.Namespace, endpoint) -> None:
         rate = rec.sample_rate  # read_audio names the problem
     try:
         samples = read_audio(args.audio, rate)
+        stream = rec.create_stream()
+        stream.accept_waveform(rate, samples[:0])  # a rate the runtime cannot resample (191999 Hz) is refused here
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"{rec}\nstreaming {args.audio}: {len(samples) / rate:.2f} s at {rate} Hz in {args.piece_ms:g} ms pieces"
@@ -731,7 +733,7 @@ def _stream_file(args: argparse.Namespace, endpoint) -> None:
 
     try:
         stats, stream = simulate(rec, samples, rate, piece_seconds=args.piece_ms / 1000, realtime=args.realtime,
-                                 on_partial=partial if not args.quiet else None, on_final=final)
+                                 on_partial=partial if not args.quiet else None, on_final=final, stream=stream)
     except KeyboardInterrupt:  # the segments so far are printed; no summary for part of a file
         print("\ninterrupted", file=sys.stderr)
         raise SystemExit(130) from None

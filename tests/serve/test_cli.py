@@ -195,6 +195,12 @@ def test_stream_command_segments_and_realtime(model_dir, wavs, tmp_path, capsys)
         main(["stream", "--onnx", str(out), str(wav), "--piece-ms", "0"])
     with pytest.raises(SystemExit, match="audio file not found"):
         main(["stream", "--onnx", str(out), str(tmp_path / "nope.wav")])
+    odd = tmp_path / "odd.wav"  # a rate whose filter would be too long: was a ValueError traceback
+    sf.write(str(odd), speech, 191999)
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match=r"error: resampling 191999 Hz to 16000 Hz .* send audio at a common rate"):
+        main(["stream", "--onnx", str(out), str(odd)])
+    assert capsys.readouterr().out == ""  # refused before the header
 
 
 def test_bench_tiny_setting_runs(tmp_path):
