@@ -320,11 +320,13 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
     with every block fed, in order (to save the recording: decoding it in one piece gives the same
     result). Returns the :class:`~serve.Stream` (``stream.transcript()``).
 
-    A device that delivers nothing for ``audio_timeout`` seconds is a :class:`MicError`, raised
+    A device that delivers nothing for ``audio_timeout`` seconds (at least two blocks' time: a
+    block comes only when it is full) is a :class:`MicError`, raised
     after the flush (the display has shown the last words, ``on_audio`` has had every block)."""
     if seconds is not None and not seconds > 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     stop = stop if stop is not None else threading.Event()
+    audio_timeout = max(audio_timeout, 2 * mic.block_seconds)  # --piece-ms 6000: the first block comes after 6 s
     stream = recognizer.create_stream()
     limit = None if seconds is None else int(round(seconds * mic.rate))  # samples
     fed = 0

@@ -228,6 +228,14 @@ def test_save_to_a_bad_name_is_a_clear_error(pulse, live_model, tmp_path):
         assert "Traceback" not in r.stderr and "listening" not in r.stderr, r.stderr
 
 
+def test_mic_blocks_longer_than_the_no_audio_limit(pulse, live_model):
+    """--piece-ms 5500: the first block arrives after 5.5 s, which is not a device that
+    delivers nothing (it used to be the "delivered no audio for 5 s" error every time)."""
+    r = _asr(pulse, "--mic", "--onnx", str(live_model.onnx_dir), "--piece-ms", "5500", "--seconds", "5.5")
+    assert r.returncode == 0, r.stderr
+    assert "captured 5.50 s" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_missing_portaudio_is_a_clear_error(tmp_path):
     """Without libportaudio, `sounddevice` cannot load: the command says what to install."""
     code = ("import ctypes.util, sys\nfind = ctypes.util.find_library\n"
@@ -492,6 +500,7 @@ def test_ctrl_c_during_set_up_stops_cleanly():
 
     class FakeMic:
         rate = 16000
+        block_seconds = 0.1
         started = False
 
         def start(self):
