@@ -635,10 +635,11 @@ def cmd_stream(args: argparse.Namespace) -> None:
                 raise SystemExit(f"error: --{name} applies to --mic only")
     elif args.realtime:
         raise SystemExit("error: --realtime applies to files (a microphone is real time)")
-    if not args.piece_ms > 0:  # NaN too
-        raise SystemExit(f"error: --piece-ms must be positive, got {args.piece_ms}")
-    if args.seconds is not None and not args.seconds > 0:
-        raise SystemExit(f"error: --seconds must be positive, got {args.seconds}")
+    if not 0 < args.piece_ms < float("inf"):  # NaN too
+        raise SystemExit(f"error: --piece-ms must be positive and finite, got {args.piece_ms}")
+    if args.seconds is not None and not 0 < args.seconds < float("inf"):  # inf was an OverflowError traceback
+        raise SystemExit(f"error: --seconds must be positive and finite (leave it out to listen until Ctrl-C), "
+                         f"got {args.seconds}")
     endpoint = _endpoint_config(args)
     try:
         if args.mic:

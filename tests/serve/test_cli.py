@@ -193,6 +193,10 @@ def test_stream_command_segments_and_realtime(model_dir, wavs, tmp_path, capsys)
     assert "(real time)" in lines[1] and not any(line.startswith("partial ") for line in lines)
     with pytest.raises(SystemExit, match="piece-ms"):
         main(["stream", "--onnx", str(out), str(wav), "--piece-ms", "0"])
+    with pytest.raises(SystemExit, match="--piece-ms must be positive and finite, got inf"):  # was an OverflowError
+        main(["stream", "--onnx", str(out), str(wav), "--piece-ms", "inf"])
+    with pytest.raises(SystemExit, match="--seconds must be positive and finite"):  # refused before any device is opened
+        main(["stream", "--mic", "--onnx", str(out), "--seconds", "inf"])
     with pytest.raises(SystemExit, match="audio file not found"):
         main(["stream", "--onnx", str(out), str(tmp_path / "nope.wav")])
     odd = tmp_path / "odd.wav"  # a rate whose filter would be too long: was a ValueError traceback
