@@ -154,7 +154,8 @@ class Microphone:
     """Mono float32 capture from one input device in blocks of ``block_seconds``.
 
     ``rate``: the device's default sample rate unless given. A device that cannot record mono is
-    opened with two channels and downmixed. Use as a context manager (or ``start``/``stop``);
+    opened with two channels and downmixed. Samples are clipped to [-1, 1] (``peak`` is measured
+    before). Use as a context manager (or ``start``/``stop``);
     ``read(timeout)`` returns the next block, ``(n,)`` float32 in [-1, 1], or None when none
     arrived within ``timeout`` seconds."""
 
@@ -186,6 +187,9 @@ class Microphone:
         block = indata[:, 0].copy() if indata.shape[1] == 1 else indata.mean(axis=1, dtype=np.float32)
         self.samples += len(block)
         self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
+        # a float device can go past full scale (input gain); the runtime refuses samples beyond
+        # +-2, which ended the capture with a traceback: clip as a fixed-point device would
+        np.clip(block, -1.0, 1.0, out=block)
         self._queue.put(block)
 
     def start(self) -> "Microphone":

@@ -521,6 +521,34 @@ def test_ctrl_c_during_set_up_stops_cleanly():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
+def test_samples_past_full_scale_are_clipped(monkeypatch):
+    """A float device past full scale (a high input gain: samples up to 3 here) is clipped to
+    [-1, 1] as a fixed-point device would be; the runtime refuses samples beyond +-2, and such a
+    block used to end the capture with a ValueError traceback. ``peak`` keeps the level before
+    clipping."""
+    import types
+
+    from serve.features import check_samples
+    from serve.mic import Microphone
+
+    sd = types.ModuleType("sounddevice")
+    sd.PortAudioError = type("PortAudioError", (Exception,), {})
+    device = {"index": 0, "name": "hot", "max_input_channels": 2, "default_samplerate": 48000.0, "hostapi": 0}
+    sd.query_devices = lambda kind=None: device if kind == "input" else [device]
+    sd.query_hostapis = lambda: [{"name": "Core Audio"}]
+    monkeypatch.setitem(sys.modules, "sounddevice", sd)
+    mic = Microphone()
+    status = types.SimpleNamespace(input_overflow=False)
+    loud = np.linspace(-3, 3, 4800, dtype=np.float32)
+    for indata in (loud[:, None], np.stack([loud, loud], axis=1)):  # mono, and stereo downmixed
+        mic._callback(indata, len(indata), None, status)
+        block = mic.read(0)
+        assert block.dtype == np.float32 and block.min() == -1 and block.max() == 1
+        np.testing.assert_array_equal(block, np.clip(loud, -1, 1))
+        check_samples(block)  # what Stream.accept_waveform checks
+    assert mic.peak == 3.0
+
+
 def test_live_display(monkeypatch):
     """In place on a terminal (cut to its width, from the left), lines otherwise; empty segments
     are not shown."""
