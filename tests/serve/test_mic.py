@@ -20,6 +20,7 @@ only once audio arrives).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import fcntl
 import functools
@@ -358,9 +359,11 @@ def test_mic_ctrl_c_on_a_terminal_flushes_the_last_words(pulse, live_model, tmp_
     assert _check_live(lines, saved, endpoint, live_model.onnx_dir, wav, ref) == finals[0][3]
 
 
-def _start_mic(pulse, live_model, tmp_path, *args):
+@contextlib.contextmanager
+def _mic_running(pulse, live_model, tmp_path, *args):
     """``asr stream --mic`` (not a terminal, --rule2 30: no endpoint closes the utterance) with
-    --save, started and listening: (proc, stdout file, stderr file, recording)."""
+    --save, started and listening: (proc, stdout file, stderr file, recording); killed at the
+    end of the block if it is still running."""
     out, err, saved = tmp_path / "out.txt", tmp_path / "err.txt", tmp_path / "mic.wav"
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.Popen([sys.executable, "-c", CLI, "stream", "--mic", "--rule2", "30", "--onnx",
@@ -368,11 +371,11 @@ def _start_mic(pulse, live_model, tmp_path, *args):
                                 cwd=ROOT, env=pulse, stdout=fo, stderr=fe)
     try:
         _wait_for(err.read_text, "listening", proc, timeout=120)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc, out, err, saved
+        yield proc, out, err, saved
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _decoded(saved: Path, endpoint: EndpointConfig, onnx_dir: Path) -> list[tuple[str, str, str, str]]:
@@ -395,17 +398,12 @@ def test_mic_sigterm_stops_like_ctrl_c(pulse, live_model, tmp_path):
     from scipy.io import wavfile
 
     wav, ref = live_model.utterances[0]
-    proc, out, err, saved = _start_mic(pulse, live_model, tmp_path)
-    try:
+    with _mic_running(pulse, live_model, tmp_path) as (proc, out, err, saved):
         time.sleep(1.0)
         _play(pulse, wav)
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     stdout, stderr = out.read_text(), err.read_text()
     assert rc == 0, stderr
     assert "Traceback" not in stderr and "captured " in stderr, stderr
@@ -427,19 +425,16 @@ def test_mic_device_that_stops_delivering(pulse, live_model, tmp_path):
     the device), where neither the 5 s error nor Ctrl-C could end it; and the error, when it
     came (a device that failed), lost the last words."""
     wav, _ = live_model.utterances[0]
-    proc, out, err, saved = _start_mic(pulse, live_model, tmp_path)
-    try:
-        time.sleep(1.0)
-        _play(pulse, wav)
-        subprocess.run(["pactl", "suspend-sink", "feed", "1"], env=pulse, check=True, timeout=30)
-        t0 = time.monotonic()
-        rc = proc.wait(timeout=30)
-        waited = time.monotonic() - t0
-    finally:
-        subprocess.run(["pactl", "suspend-sink", "feed", "0"], env=pulse, timeout=30)  # for the other tests
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with _mic_running(pulse, live_model, tmp_path) as (proc, out, err, saved):
+        try:
+            time.sleep(1.0)
+            _play(pulse, wav)
+            subprocess.run(["pactl", "suspend-sink", "feed", "1"], env=pulse, check=True, timeout=30)
+            t0 = time.monotonic()
+            rc = proc.wait(timeout=30)
+            waited = time.monotonic() - t0
+        finally:
+            subprocess.run(["pactl", "suspend-sink", "feed", "0"], env=pulse, timeout=30)  # for the other tests
     stdout, stderr = out.read_text(), err.read_text()
     assert rc == 1, stderr
     assert "delivered no audio for 5 s" in stderr and "Traceback" not in stderr, stderr
@@ -453,8 +448,7 @@ def test_mic_survives_being_suspended(pulse, live_model, tmp_path):
     """A process stopped for longer than the 5 s no-audio limit (Ctrl-Z, then fg) goes on
     listening when it is continued; it used to stop at once with "delivered no audio for 5 s"
     (the time it was stopped counted as the device's silence)."""
-    proc, out, err, _ = _start_mic(pulse, live_model, tmp_path)
-    try:
+    with _mic_running(pulse, live_model, tmp_path) as (proc, out, err, _):
         proc.send_signal(signal.SIGSTOP)
         time.sleep(6.5)
         proc.send_signal(signal.SIGCONT)
@@ -462,10 +456,6 @@ def test_mic_survives_being_suspended(pulse, live_model, tmp_path):
         assert proc.poll() is None, err.read_text()
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert rc == 0, err.read_text()
     assert "text: " in out.read_text()
 
