@@ -641,14 +641,10 @@ def cmd_stream(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --seconds must be positive and finite (leave it out to listen until Ctrl-C), "
                          f"got {args.seconds}")
     endpoint = _endpoint_config(args)
-    try:
-        if args.mic:
-            _stream_mic(args, endpoint)
-        else:
-            _stream_file(args, endpoint)
-    except BrokenPipeError:  # stdout closed early (`asr stream ... | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails too otherwise
-        raise SystemExit(1) from None
+    if args.mic:
+        _stream_mic(args, endpoint)
+    else:
+        _stream_file(args, endpoint)
 
 
 def _stream_mic(args: argparse.Namespace, endpoint) -> None:
@@ -1408,7 +1404,14 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.cmd != "train":
         _setup_logging(args.verbose)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:  # a Ctrl-C the command does not handle itself (loading a model, reading data)
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:  # stdout closed early (`asr transcribe ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails too otherwise
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
