@@ -922,7 +922,7 @@ def cmd_lm(args: argparse.Namespace) -> None:
 
     def save(lm, symbols) -> None:
         try:
-            lm.save_arpa(args.out, symbols)
+            lm.save_arpa(args.out, symbols, progress=not args.no_progress)
         except OSError as e:
             raise SystemExit(f"error: --out {args.out}: cannot write the LM ({type(e).__name__}: {e})") from None
 
@@ -983,10 +983,10 @@ def _fusion(args: argparse.Namespace, tokenizer):
             symbols = arpa_words(args.lm)
             pieces = tokenizer.pieces()
             spelled = dict(zip(symbols, tokenizer.encode_batch(symbols)))  # at once: one by one took 15 s for 164k words
-            lm = LexiconLM(NgramLM.load_arpa(args.lm, symbols), symbols, spelled.__getitem__,
+            lm = LexiconLM(NgramLM.load_arpa(args.lm, symbols, progress=not args.no_progress), symbols, spelled.__getitem__,
                            len(pieces), [p.startswith("\u2581") for p in pieces])
         else:
-            lm = NgramLM.load_arpa(args.lm, tokenizer.pieces())
+            lm = NgramLM.load_arpa(args.lm, tokenizer.pieces(), progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: --lm: {e}") from None
     try:
@@ -1354,6 +1354,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lexicon (`asr decode --lm FILE --lm-unit word`)"))
     sp.add_argument("--order", type=int, default=8, help="n-gram order (default 8, for characters; ~4 for BPE; ~3 for words)")
     sp.add_argument("--out", required=True, help="ARPA file to write (.gz compresses)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar while the LM is written")
     sp.set_defaults(func=cmd_lm)
 
     sp = sub.add_parser("prepare-noise", help="MUSAN -> noise manifest for augmentation", description=(

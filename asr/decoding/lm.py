@@ -298,8 +298,9 @@ class NgramLM(TokenLM):
         return np.concatenate([self._grams(n - 1, codes // self.num_ids), (codes % self.num_ids)[:, None]], axis=1)
 
     # ------------------------------------------------------------------ ARPA
-    def save_arpa(self, path: str | Path, symbols: Sequence[str]) -> None:
-        """Write ARPA (``.gz`` compresses). ``symbols[i]`` names token id ``i``."""
+    def save_arpa(self, path: str | Path, symbols: Sequence[str], progress: bool = False) -> None:
+        """Write ARPA (``.gz`` compresses). ``symbols[i]`` names token id ``i``. ``progress``:
+        a progress bar over the n-grams (a LibriSpeech-sized LM takes a minute or two)."""
         if len(symbols) != self.vocab_size:
             raise ValueError(f"{len(symbols)} symbols for a vocabulary of {self.vocab_size}")
         names = list(symbols) + [_BOS, _EOS]
@@ -312,16 +313,20 @@ class NgramLM(TokenLM):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         try:
-            self._write_arpa(tmp, names, gz=path.suffix == ".gz")
+            self._write_arpa(tmp, names, gz=path.suffix == ".gz", progress=progress)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         tmp.replace(path)
 
-    def _write_arpa(self, tmp: Path, names: list[str], gz: bool) -> None:
+    def _write_arpa(self, tmp: Path, names: list[str], gz: bool, progress: bool) -> None:
+        from tqdm import tqdm
+
         shown = [self._listed(n) for n in range(1, self.order + 1)]
         # gzip level 4: a third of the default level's time for a few percent more bytes
-        with (gzip.open(tmp, "wt", encoding="utf-8", compresslevel=4) if gz else open(tmp, "w", encoding="utf-8")) as f:
+        with (gzip.open(tmp, "wt", encoding="utf-8", compresslevel=4) if gz else open(tmp, "w", encoding="utf-8")) as f, \
+                tqdm(total=sum(map(len, shown)), unit=" n-grams", unit_scale=True, desc="writing the LM", disable=not progress,
+                     leave=False) as bar:
             f.write("\n\\data\\\n")
             for n in range(1, self.order + 1):
                 f.write(f"ngram {n}={len(shown[n - 1])}\n")
@@ -340,14 +345,18 @@ class NgramLM(TokenLM):
                     else:
                         f.writelines(f"{lp:.6f}\t{t}\t{b:.6f}\n" if b == b else f"{lp:.6f}\t{t}\n"
                                      for lp, t, b in zip(lps.tolist(), text, bows.tolist()))
+                    bar.update(len(rows))
             f.write("\n\\end\\\n")
 
     @classmethod
-    def load_arpa(cls, path: str | Path, symbols: Sequence[str]) -> "NgramLM":
+    def load_arpa(cls, path: str | Path, symbols: Sequence[str], progress: bool = False) -> "NgramLM":
         """Read ARPA whose words are ``symbols`` (token id = index), ``<s>`` and ``</s>``.
         A word that is not a symbol is an error that names it (the LM was built for another
         tokenizer), and so is an LM without a unigram for most symbols (built for another
-        tokenizer whose units are among these, as characters are among BPE pieces)."""
+        tokenizer whose units are among these, as characters are among BPE pieces).
+        ``progress``: a progress bar over the lines read."""
+        from tqdm import tqdm
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"LM file {path} does not exist")
@@ -360,7 +369,9 @@ class NgramLM(TokenLM):
         lps: list[array] = [array("d")]
         bows: list[array] = [array("d")]
         order, n, ended, declared = 0, 0, False, {}
-        for ln, line in enumerate(arpa_lines(path), 1):
+        lines = tqdm(arpa_lines(path), unit=" lines", unit_scale=True, desc=f"reading {path.name}", disable=not progress,
+                     leave=False, mininterval=0.5)
+        for ln, line in enumerate(lines, 1):
             parts = line.split()
             if n and (len(parts) == n + 1 or len(parts) == n + 2):  # the common case first
                 try:
@@ -393,6 +404,7 @@ class NgramLM(TokenLM):
             if n == 0:
                 raise ValueError(f"{path}:{ln}: n-gram line before any \\N-grams: section")
             raise ValueError(f"{path}:{ln}: expected {n} words, a log-probability and an optional back-off")
+        lines.close()
         if order == 0 or len(grams) <= 1:
             raise ValueError(f"{path} is not an ARPA file (no \\data\\ counts or n-gram sections)")
         if not ended:

@@ -256,7 +256,7 @@ def test_a_failed_lm_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
     lm = NgramLM.train([[1, 2, 3], [2, 3, 1]], 2, 4)
 
-    def broken(self, tmp, names, gz):
+    def broken(self, tmp, names, gz, progress):
         Path(tmp).write_text("half an ARPA")
         raise OSError("disk full")
 

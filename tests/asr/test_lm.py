@@ -45,16 +45,18 @@ def test_every_context_is_a_distribution(order):
         assert lm.perplexity(seqs) < NgramLM.train(seqs, order - 1, 7).perplexity(seqs)
 
 
-def test_arpa_round_trip_and_errors(tmp_path):
+def test_arpa_round_trip_and_errors(tmp_path, capsys):
     rng = random.Random(0)
     seqs = [[rng.randint(1, 4) for _ in range(rng.randint(1, 7))] for _ in range(30)]
     lm = NgramLM.train(seqs, 3, vocab_size=5)
     symbols = ["<blk>", "<unk>", "A", "B", "\u2581"]
-    for name in ("lm.arpa", "lm.arpa.gz"):
-        lm.save_arpa(tmp_path / name, symbols)
-        back = NgramLM.load_arpa(tmp_path / name, symbols)
+    for name, progress in (("lm.arpa", False), ("lm.arpa.gz", True)):
+        lm.save_arpa(tmp_path / name, symbols, progress=progress)
+        back = NgramLM.load_arpa(tmp_path / name, symbols, progress=progress)
         for ctx in [(), (lm.bos,), (2, 3), (lm.bos, 4), (1, 1)]:
             np.testing.assert_allclose(back.log_probs(ctx), lm.log_probs(ctx), atol=1e-5)
+        err = capsys.readouterr().err  # the progress bars (a LibriSpeech LM takes minutes to write and read)
+        assert ("writing the LM" in err and "reading lm.arpa.gz" in err) == progress, err
     text = gzip.open(tmp_path / "lm.arpa.gz", "rt").read()
     assert text.startswith("\n\\data\\\nngram 1=") and "\\3-grams:" in text and text.rstrip().endswith("\\end\\")
     with pytest.raises(ValueError, match="not a token of this model's tokenizer"):
