@@ -649,7 +649,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
 
 def _stream_mic(args: argparse.Namespace, endpoint) -> None:
     """``asr stream --mic``: partial text as it changes, a final line per segment; stops after
-    --seconds or at Ctrl-C or SIGTERM, after decoding the last words (serve/mic.py)."""
+    --seconds or at Ctrl-C, SIGTERM or SIGHUP, after decoding the last words (serve/mic.py)."""
     import math
 
     from serve.mic import LiveDisplay, MicError, Microphone, run_live
@@ -1279,7 +1279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  asr stream --onnx DIR FILE         simulate it from a file, with timings\n\n"
         "Partial text is shown as it changes (rewritten in place on a terminal, one line each\n"
         "otherwise) and a final line with start-end times closes every segment at an endpoint.\n"
-        "With --mic, Ctrl-C or SIGTERM (or --seconds) stops the capture, decodes the last words\n"
+        "With --mic, Ctrl-C, SIGTERM or SIGHUP (or --seconds) stops the capture, decodes the last words\n"
         "and exits. A file is fed in small pieces as a microphone would deliver it; the real-time\n"
         "factor and latencies (per piece, per window, per token, final) follow."))
     sp.add_argument("audio", nargs="?", help="audio file (any rate: the runtime resamples); not with --mic")

@@ -21,7 +21,8 @@ change is a line ``partial <t>s | text``. Every segment closed by an endpoint, a
 is a line ``final <start>-<end>s (rule) | text`` (seconds of captured audio), as ``asr stream``
 prints for files; segments with no text (silence) are not shown.
 
-Stopping: after ``seconds`` of audio (if given), or at the first Ctrl-C (SIGINT) or SIGTERM.
+Stopping: after ``seconds`` of audio (if given), or at the first Ctrl-C (SIGINT), SIGTERM or
+SIGHUP (the terminal closed).
 Either way the capture stops, the blocks already captured are fed, ``input_finished()`` flushes
 the resampler, the features and the last (zero-padded) windows, and the last words are printed.
 A second Ctrl-C aborts at once. A device that stops delivering audio (unplugged, its server
@@ -283,12 +284,12 @@ class LiveDisplay:
 
 
 class _StopOnSignals:
-    """The first SIGINT or SIGTERM sets ``event`` (the live loop then flushes and returns); the
+    """The first SIGINT, SIGTERM or SIGHUP sets ``event`` (the live loop then flushes and returns); the
     handlers are then removed, so a second SIGINT raises KeyboardInterrupt and a second SIGTERM
     terminates, as usual. Off the main thread (where signal handlers cannot be set) it does
     nothing."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
     def __init__(self, event: threading.Event):
         self.event = event
@@ -316,7 +317,7 @@ class _StopOnSignals:
 def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, seconds: float | None = None,
              stop: threading.Event | None = None, audio_timeout: float = 5.0, on_start=None, on_audio=None):
     """Recognize ``mic`` (started here if it is not) until ``seconds`` of audio have been
-    captured, ``stop`` is set, or SIGINT or SIGTERM; then flush: the blocks already captured (up to
+    captured, ``stop`` is set, or SIGINT, SIGTERM or SIGHUP; then flush: the blocks already captured (up to
     ``seconds``), ``input_finished()``, the last windows. ``display`` gets every changed partial
     result and every final segment; ``on_start()`` is called when the first audio arrives (an
     audio system may take a moment after the stream starts, e.g. PulseAudio ~0.8 s for its first

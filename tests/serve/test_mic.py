@@ -389,8 +389,10 @@ def _decoded(saved: Path, endpoint: EndpointConfig, onnx_dir: Path) -> list[tupl
     return [(f"{r.start:.2f}", f"{r.end:.2f}", r.endpoint or "", r.text) for r in s.segments if r.text]
 
 
-def test_mic_sigterm_stops_like_ctrl_c(pulse, live_model, tmp_path):
-    """SIGTERM (a service manager, `timeout`, `kill`) mid-utterance stops like the first Ctrl-C:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_mic_sigterm_stops_like_ctrl_c(pulse, live_model, tmp_path, sig):
+    """SIGTERM (a service manager, `timeout`, `kill`) or SIGHUP (the terminal closed)
+    mid-utterance stops like the first Ctrl-C:
     the last words are decoded and printed, the transcript follows, exit status 0, and the
     recording is a complete WAV file. It used to kill the command at once: no last words, no
     transcript, exit 143, and a WAV header that still said 0 samples (other readers than
@@ -402,7 +404,7 @@ def test_mic_sigterm_stops_like_ctrl_c(pulse, live_model, tmp_path):
         time.sleep(1.0)
         _play(pulse, wav)
         time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         rc = proc.wait(timeout=60)
     stdout, stderr = out.read_text(), err.read_text()
     assert rc == 0, stderr
