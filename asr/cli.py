@@ -652,7 +652,7 @@ def _stream_mic(args: argparse.Namespace, endpoint) -> None:
     --seconds or at Ctrl-C, SIGTERM or SIGHUP, after decoding the last words (serve/mic.py)."""
     import math
 
-    from serve.mic import LiveDisplay, MicError, Microphone, run_live
+    from serve.mic import LiveDisplay, MicError, Microphone, WavRecorder, run_live
 
     try:
         mic = Microphone(args.device, block_seconds=args.piece_ms / 1000)  # the device's own rate
@@ -667,11 +667,9 @@ def _stream_mic(args: argparse.Namespace, endpoint) -> None:
 
     save = None
     if args.save:
-        import soundfile as sf
-
-        try:  # float samples: decoding the file gives exactly what was shown live
-            save = sf.SoundFile(args.save, "w", samplerate=mic.rate, channels=1, subtype="FLOAT")
-        except (OSError, RuntimeError, ValueError, TypeError) as e:  # TypeError: no known extension
+        try:  # float samples: decoding the file gives exactly what was shown live; valid after a crash too
+            save = WavRecorder(args.save, mic.rate)
+        except (OSError, ValueError) as e:
             raise SystemExit(f"error: cannot write --save {args.save}: {e} (it writes a float WAV file: "
                              "name it FILE.wav)") from None
     t0 = time.perf_counter()

@@ -239,6 +239,54 @@ class Microphone:
         self.stop()
 
 
+class WavRecorder:
+    """A mono float32 WAV file (``WAVE_FORMAT_IEEE_FLOAT``) whose header is rewritten after every
+    block: a process killed while recording (kill -9, a crash, the power) leaves a valid file
+    holding every block written, where a header written at ``close`` would still say 0 samples.
+    ``write(block)`` takes float samples; ``close()`` (or the context manager) ends it."""
+
+    _HEADER = 58  # RIFF + fmt (18 bytes: IEEE float needs cbSize) + fact + data chunk headers
+
+    def __init__(self, path, rate: int):
+        from pathlib import Path
+
+        p = Path(path)
+        if p.suffix.lower() != ".wav":
+            raise ValueError(f"{path}: the recording is a float WAV file: name it FILE.wav")
+        self.path, self.rate, self.frames = p, int(rate), 0
+        self._f = open(p, "wb")
+        self._f.write(self._header())
+        self._f.flush()
+
+    def _header(self) -> bytes:
+        import struct
+
+        data = 4 * self.frames
+        return (b"RIFF" + struct.pack("<I", self._HEADER - 8 + data) + b"WAVE"
+                + b"fmt " + struct.pack("<IHHIIHHH", 18, 3, 1, self.rate, 4 * self.rate, 4, 32, 0)
+                + b"fact" + struct.pack("<II", 4, self.frames)
+                + b"data" + struct.pack("<I", data))
+
+    def write(self, block: np.ndarray) -> None:
+        self._f.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+        self.frames += len(block)
+        end = self._f.tell()
+        self._f.seek(0)
+        self._f.write(self._header())
+        self._f.seek(end)
+        self._f.flush()  # to the OS: what a killed process wrote stays
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> "WavRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class LiveDisplay:
     """Prints results as they change. ``tty`` (default: ``out.isatty()``): the partial text is
     rewritten in place (``\\r``, clear line, the end of the text cut to the terminal width);

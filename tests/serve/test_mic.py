@@ -229,6 +229,30 @@ def test_save_to_a_bad_name_is_a_clear_error(pulse, live_model, tmp_path):
         assert "Traceback" not in r.stderr and "listening" not in r.stderr, r.stderr
 
 
+def test_the_recording_survives_a_killed_process(tmp_path):
+    """--save's WAV header used to be written at close: a process killed while recording (kill
+    -9, a crash) left a file whose header said 0 samples. ``WavRecorder`` rewrites it after every
+    block: a process that dies without closing leaves a valid float WAV of every block written,
+    read alike by libsndfile and scipy."""
+    from scipy.io import wavfile
+
+    x = np.random.default_rng(0).uniform(-1, 1, 3 * 4410).astype(np.float32)
+    path = tmp_path / "rec.wav"
+    code = ("import os, sys, numpy as np\nfrom serve.mic import WavRecorder\n"
+            "x = np.frombuffer(sys.stdin.buffer.read(), np.float32)\n"
+            f"w = WavRecorder({str(path)!r}, 44100)\n"
+            "for i in range(0, len(x), 4410):\n    w.write(x[i : i + 4410])\n"
+            "os._exit(9)  # no close, no interpreter shutdown: as kill -9\n")
+    r = subprocess.run([sys.executable, "-c", code], input=x.tobytes(), cwd=ROOT, capture_output=True, timeout=60)
+    assert r.returncode == 9, r.stderr
+    y, rate = sf.read(str(path), dtype="float32")
+    assert rate == 44100 and np.array_equal(y, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even a warning about the header
+        rate, z = wavfile.read(str(path))
+    assert rate == 44100 and z.dtype == np.float32 and np.array_equal(z, x)
+
+
 def test_mic_blocks_longer_than_the_no_audio_limit(pulse, live_model):
     """--piece-ms 5500: the first block arrives after 5.5 s, which is not a device that
     delivers nothing (it used to be the "delivered no audio for 5 s" error every time)."""
