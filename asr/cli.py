@@ -695,6 +695,9 @@ def _stream_mic(args: argparse.Namespace, endpoint) -> None:
     if mic.peak == 0:
         print("warning: the device delivered only silence: is the microphone muted? (--list-devices)",
               file=sys.stderr, flush=True)
+    elif mic.clipped:  # distorted audio decodes worse
+        print(f"warning: {mic.clipped} samples ({100 * mic.clipped / max(1, mic.samples):.2g}%) reached full scale: the "
+              "input clips; lower the microphone's gain", file=sys.stderr, flush=True)
 
 
 def _stream_file(args: argparse.Namespace, endpoint) -> None:

@@ -50,6 +50,9 @@ _INSTALL_PORTAUDIO = ("install the PortAudio library: `sudo apt-get install libp
                       "`sudo dnf install portaudio` (Fedora), `brew install portaudio` (macOS)")
 
 
+_FULL_SCALE = 32767 / 32768  # an int16 device's largest sample, as float
+
+
 class MicError(RuntimeError):
     """A microphone that cannot be used: no PortAudio, an unknown device, a device that fails
     to open or delivers no audio. The message says what to do."""
@@ -173,6 +176,7 @@ class Microphone:
         self.overflows = 0  # blocks PortAudio reported as overflowed (samples lost before we got them)
         self.samples = 0  # samples delivered by the device so far
         self.peak = 0.0  # largest |sample| so far
+        self.clipped = 0  # samples at or beyond full scale (an int16 device's largest value counts)
         self.max_backlog = 0.0  # seconds: the most audio :func:`run_live` found queued at once
         self._queue: queue.Queue[np.ndarray] = queue.Queue()
         self._stream = None
@@ -187,7 +191,9 @@ class Microphone:
             self.overflows += 1
         block = indata[:, 0].copy() if indata.shape[1] == 1 else indata.mean(axis=1, dtype=np.float32)
         self.samples += len(block)
-        self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
+        level = np.abs(block)
+        self.peak = max(self.peak, float(level.max(initial=0.0)))
+        self.clipped += int(np.count_nonzero(level >= _FULL_SCALE))
         # a float device can go past full scale (input gain); the runtime refuses samples beyond
         # +-2, which ended the capture with a traceback: clip as a fixed-point device would
         np.clip(block, -1.0, 1.0, out=block)

@@ -433,6 +433,7 @@ def test_mic_sigterm_stops_like_ctrl_c(pulse, live_model, tmp_path, sig):
     stdout, stderr = out.read_text(), err.read_text()
     assert rc == 0, stderr
     assert "Traceback" not in stderr and "captured " in stderr, stderr
+    assert "full scale" not in stderr, stderr  # speech at a normal level: no clipping warning
     finals = FINAL.findall(stdout)
     assert len(finals) == 1 and finals[0][2] == "", stdout  # closed by the signal, not by an endpoint
     endpoint = EndpointConfig(rule2=EndpointRule(True, 30.0, 0.0))
@@ -541,7 +542,7 @@ def test_samples_past_full_scale_are_clipped(monkeypatch):
     """A float device past full scale (a high input gain: samples up to 3 here) is clipped to
     [-1, 1] as a fixed-point device would be; the runtime refuses samples beyond +-2, and such a
     block used to end the capture with a ValueError traceback. ``peak`` keeps the level before
-    clipping."""
+    clipping, and ``clipped`` counts the samples at full scale (`asr stream --mic` warns)."""
     import types
 
     from serve.features import check_samples
@@ -563,6 +564,7 @@ def test_samples_past_full_scale_are_clipped(monkeypatch):
         np.testing.assert_array_equal(block, np.clip(loud, -1, 1))
         check_samples(block)  # what Stream.accept_waveform checks
     assert mic.peak == 3.0
+    assert mic.clipped == 2 * int(np.count_nonzero(np.abs(loud) >= 32767 / 32768))  # counted for the warning
 
 
 def test_live_display(monkeypatch):
