@@ -945,6 +945,12 @@ def cmd_lm(args: argparse.Namespace) -> None:
             msg += (f"; perplexity per word: train {lm.perplexity(words(texts)):.2f}, dev {dev_ppl} "
                     f"({len(closed)} of {len(dev)} sentences; {oov} of {sum(len(t.split()) for t in dev)} dev words are "
                     "out of the vocabulary, which the lexicon cannot output)")
+        if args.model or args.tokenizer:  # the model it is for: words it cannot spell stay out of its lexicon
+            tok = _tokenizer_of(args)
+            odd = [w for w in symbols if not w.startswith("<") and tok.missing_chars(w)]
+            if odd:
+                msg += (f"; {len(odd)} of {len(symbols) - 1} words have characters the tokenizer cannot spell (e.g. "
+                        f"{', '.join(map(repr, odd[:3]))}): decoding leaves them out of its lexicon")
         print(msg)
         return
     tok = _tokenizer_of(args)
@@ -1343,7 +1349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "over words, trained on the transcripts of cut manifests or on plain text and written as ARPA (.arpa or "
         ".arpa.gz); fuse it with `asr decode --method beam --lm FILE [--lm-unit word] --lm-weight A --token-bonus B` (tune A "
         "and B on a dev set). A word LM restricts the search to its vocabulary."))
-    sp.add_argument("--model", help="model file: use its tokenizer")
+    sp.add_argument("--model", help="model file: use its tokenizer (with --unit word: to name the words it cannot spell)")
     sp.add_argument("--tokenizer", help="or a tokenizer dir (bpe.model)")
     sp.add_argument("--cuts", nargs="+", help="cut manifests whose transcripts train the LM")
     sp.add_argument("--text", nargs="+", help=(

@@ -174,6 +174,10 @@ def test_lm_trains_on_plain_text(char_tokenizer, tmp_path, capsys):
     main(["lm", "--unit", "word", "--text", str(text), "--order", "2", "--out", str(tmp_path / "words.arpa")])
     words = (tmp_path / "words.arpa").read_text()
     assert "\tHELLO\t" in words and "\tTHE CAT\n" in words and "Hello," not in words and "\tTHE\t" in words
+    capsys.readouterr()
+    main(["lm", "--unit", "word", "--tokenizer", str(char_tokenizer), "--text", str(text), "--order", "2",
+          "--out", str(tmp_path / "words.arpa")])  # with the model's tokenizer: the words it cannot spell named
+    assert "1 of 8 words have characters the tokenizer cannot spell (e.g. '東京')" in capsys.readouterr().out
     (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
     (tmp_path / "empty.txt").write_text("\n  \n...\n")
     for args, msg in [(["--text", str(tmp_path / "latin1.txt")], "latin1.txt: not UTF-8 text"),
