@@ -16,6 +16,7 @@ const live = (window.live = {
 });
 const MODEL_RATE = 16000;  // the rate the page sends; the server resamples any other
 let ws = null, ctx = null, media = null, node = null, queue = [];
+let session = 0;  // Start's number: a Stop (or the next Start) while one is still setting up makes it give up
 
 function setStatus(text) {
   live.status = text;
@@ -39,6 +40,7 @@ function wsUrl() {
 }
 
 async function start() {
+  const id = ++session;
   buttons(true);
   $("finals").textContent = "";
   $("partial").textContent = "";
@@ -51,25 +53,35 @@ async function start() {
     buttons(false);
     return;
   }
+  // The audio graph is ready before the microphone opens, so its first samples are not lost.
+  // It runs at the device's own rate; the worklet resamples to the model's rate with the
+  // filter the training files went through (docs/live.md). Until the WebSocket is made, the
+  // graph and the microphone are this call's own: a Stop meanwhile leaves them to it to close.
+  let graph, mic;
   try {
-    // The audio graph is ready before the microphone opens, so its first samples are not lost.
-    // It runs at the device's own rate; the worklet resamples to the model's rate with the
-    // filter the training files went through (docs/live.md).
-    await buildGraph();
+    graph = await buildGraph();
   } catch (e) {
-    failCapture("Audio processing failed: " + e.message);
+    if (id === session) failCapture("Audio processing failed: " + e.message);
     return;
   }
+  if (id !== session) return void graph.ctx.close();
   setStatus("asking for the microphone ...");
   try {
-    media = await navigator.mediaDevices.getUserMedia({
+    mic = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
   } catch (e) {
-    failCapture("Microphone unavailable: " + e.name + ": " + e.message);
-    setStatus("idle");
+    graph.ctx.close();
+    if (id === session) { failCapture("Microphone unavailable: " + e.name + ": " + e.message); setStatus("idle"); }
     return;
   }
+  if (id !== session) {
+    mic.getTracks().forEach((t) => t.stop());
+    return void graph.ctx.close();
+  }
+  ({ ctx, node } = graph);
+  media = mic;
+  live.sampleRate = graph.rate;
   try {
     ctx.createMediaStreamSource(media).connect(node);
   } catch (e) {
@@ -90,26 +102,32 @@ function failCapture(message) {
   buttons(false);
 }
 
-async function buildGraph() {
-  ctx = new AudioContext();
-  live.deviceRate = ctx.sampleRate;
-  await ctx.audioWorklet.addModule("worklet.js");
-  node = new AudioWorkletNode(ctx, "pcm-pieces", { processorOptions: { pieceSeconds: 0.1, targetRate: MODEL_RATE } });
-  const rate = new Promise((resolve) => {
-    node.port.onmessage = (e) => {  // the worklet's first message: the rate of its pieces
-      node.port.onmessage = (m) => {
-        if (m.data instanceof Float32Array) sendPiece(m.data);
-        else if (m.data === "flushed") sendEnd();
+async function buildGraph() {  // -> {ctx, node, rate}; closed by the caller on a failure after it
+  const c = new AudioContext();
+  try {
+    live.deviceRate = c.sampleRate;
+    await c.audioWorklet.addModule("worklet.js");
+    const n = new AudioWorkletNode(c, "pcm-pieces", { processorOptions: { pieceSeconds: 0.1, targetRate: MODEL_RATE } });
+    const rate = new Promise((resolve) => {
+      n.port.onmessage = (e) => {  // the worklet's first message: the rate of its pieces
+        n.port.onmessage = (m) => {
+          if (n !== node) return;  // a graph that a Stop has left behind
+          if (m.data instanceof Float32Array) sendPiece(m.data);
+          else if (m.data === "flushed") sendEnd();
+        };
+        resolve(e.data.rate);
       };
-      resolve(e.data.rate);
-    };
-  });
-  const mute = ctx.createGain();
-  mute.gain.value = 0;  // the graph runs to the speakers, silently
-  node.connect(mute);
-  mute.connect(ctx.destination);
-  if (ctx.state === "suspended") await ctx.resume();
-  live.sampleRate = await rate;
+    });
+    const mute = c.createGain();
+    mute.gain.value = 0;  // the graph runs to the speakers, silently
+    n.connect(mute);
+    mute.connect(c.destination);
+    if (c.state === "suspended") await c.resume();
+    return { ctx: c, node: n, rate: await rate };
+  } catch (e) {
+    c.close();
+    throw e;
+  }
 }
 
 function sendPiece(x) {
@@ -183,11 +201,27 @@ function captureStats() {
 
 function stop() {
   $("stop").disabled = true;
+  if (!ws) {  // Start is still opening the microphone: it gives up (and closes what it opened)
+    session++;
+    buttons(false);
+    setStatus("stopped");
+    return;
+  }
   setStatus("finishing ...");
   captureStats();
   if (media) media.getTracks().forEach((t) => t.stop());
-  if (node && live.ready) node.port.postMessage("flush");  // the last samples, then "end"
-  else { stopCapture(); if (ws) ws.close(1000, "stopped before the server was ready"); }
+  if (node && live.ready) {
+    node.port.postMessage("flush");  // the last samples, then "end"
+  } else {  // nothing was decoded yet: closed here, not reported as a failure to connect
+    const w = ws, bye = () => w.close(1000, "stopped before the server was ready");
+    w.onmessage = w.onclose = null;
+    if (w.readyState === WebSocket.CONNECTING) w.onopen = bye;  // closing it now would log an error
+    else bye();
+    ws = null;
+    stopCapture();
+    buttons(false);
+    setStatus("stopped");
+  }
 }
 
 $("start").addEventListener("click", start);

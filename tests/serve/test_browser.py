@@ -46,11 +46,13 @@ def find_chromium() -> str:
 
 
 class DevTools:
-    """A minimal Chrome DevTools protocol client: ``call(method, **params)`` -> result."""
+    """A minimal Chrome DevTools protocol client: ``call(method, **params)`` -> result;
+    ``events``: the events received meanwhile (``console()``: the page's console errors)."""
 
     def __init__(self, ws_url: str):
         self.ws = connect(ws_url, max_size=None, open_timeout=30).__enter__()
         self.next_id = 0
+        self.events: list[dict] = []
 
     def call(self, method: str, **params) -> dict:
         self.next_id += 1
@@ -61,6 +63,7 @@ class DevTools:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg["result"]
+            self.events.append(msg)
 
     def eval(self, expression: str, gesture: bool = False):
         r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True, userGesture=gesture)
@@ -68,16 +71,33 @@ class DevTools:
             raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
         return r["result"].get("value")
 
+    def console(self, levels=("error", "warning")) -> list[str]:
+        """The page's console messages, exceptions and browser log entries (failed loads) of
+        these levels since ``Runtime.enable`` and ``Log.enable``."""
+        out = []
+        for m in self.events:
+            p = m.get("params", {})
+            if m.get("method") == "Runtime.consoleAPICalled" and p["type"] in levels:
+                out.append(f"console.{p['type']}: " + " ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
+            elif m.get("method") == "Runtime.exceptionThrown":
+                out.append("exception: " + str(p["exceptionDetails"].get("exception", {}).get("description")))
+            elif m.get("method") == "Log.entryAdded" and p["entry"]["level"] in levels:
+                out.append(f"log.{p['entry']['level']}: {p['entry']['text']} {p['entry'].get('url', '')}")
+        return out
+
     def close(self) -> None:
         self.ws.__exit__(None, None, None)
 
 
-def launch(binary: str, wav: Path, profile: Path) -> tuple[subprocess.Popen, DevTools]:
+def launch(binary: str, wav: Path, profile: Path, flags: tuple[str, ...] | None = None) -> tuple[subprocess.Popen, DevTools]:
+    """Chromium with ``wav`` as its microphone (``flags``: instead of the fake microphone's
+    flags, e.g. none: no microphone), its page's console recorded (``DevTools.console``)."""
+    if flags is None:
+        flags = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 f"--use-file-for-fake-audio-capture={wav}%noloop")  # played once from each getUserMedia on, then silence
     proc = subprocess.Popen(
         [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-         f"--use-file-for-fake-audio-capture={wav}%noloop",  # played once from getUserMedia on, then silence
-         "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0",
+         *flags, "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0",
          f"--user-data-dir={profile}", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     port_file = profile / "DevToolsActivePort"
@@ -90,7 +110,10 @@ def launch(binary: str, wav: Path, profile: Path) -> tuple[subprocess.Popen, Dev
     port = int(port_file.read_text().split()[0])
     targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30).read())
     page = next(t for t in targets if t["type"] == "page")
-    return proc, DevTools(page["webSocketDebuggerUrl"])
+    cdp = DevTools(page["webSocketDebuggerUrl"])
+    cdp.call("Runtime.enable")
+    cdp.call("Log.enable")
+    return proc, cdp
 
 
 def wait_for(cdp: DevTools, expression: str, timeout: float, what: str):
@@ -277,3 +300,67 @@ def test_page_transcribes_the_microphone(live_model, tmp_path, monkeypatch):
     # and 0.52 against the offline transcript with the audio intact: SNR above, and the same text
     # from the runtime); an empty, looped or garbled stream is far off
     assert cer(ref, text) < 0.6 and cer(offline, text) < 0.6, (ref, offline, text)
+
+
+def open_page(cdp: DevTools, url: str) -> None:
+    cdp.call("Page.navigate", url=url)
+    wait_for(cdp, "document.readyState === 'complete' && typeof window.live === 'object'", 30, "the page")
+
+
+def page_state(cdp: DevTools) -> dict:
+    """``window.live`` and what the page shows: status, error, transcript, the buttons' states."""
+    return json.loads(cdp.eval(
+        "JSON.stringify({live: window.live, status: document.getElementById('status').textContent, "
+        "error: document.getElementById('error').textContent, transcript: document.getElementById('transcript').textContent, "
+        "start: !document.getElementById('start').disabled, stop: !document.getElementById('stop').disabled})"))
+
+
+STOP_WHEN = """
+(async (status) => {  // Start, then Stop as soon as the status reads `status` (null: at once)
+  document.getElementById('start').click();
+  while (status !== null && window.live.status !== status) await new Promise((r) => setTimeout(r, 0));
+  document.getElementById('stop').click();
+})
+"""
+
+
+def test_stop_while_starting(live_model, tmp_path):
+    """Stop pressed while Start is still setting up (the audio graph, the microphone, the
+    connection) stops quietly: no error, the buttons back, no connection left open; a
+    10-times-fast Start/Stop leaves the page working. (Before: 'Audio processing failed: Cannot
+    read properties of null', a status stuck at 'finishing ...', or 'Could not connect ... is the
+    server running'.)"""
+    binary = find_chromium()
+    path, _ = live_model.utterances[0]
+    with ServerThread(Recognizer(live_model.onnx_dir)) as srv:
+        proc, cdp = launch(binary, path, tmp_path / "profile")
+        try:
+            open_page(cdp, srv.http_url)
+            for status in (None, "asking for the microphone ...", "connecting ..."):
+                cdp.eval(f"{STOP_WHEN}({json.dumps(status)})", gesture=True)
+                time.sleep(1.0)  # the abandoned Start resumes (the microphone opens, the socket connects)
+                s = page_state(cdp)
+                assert s["live"]["errors"] == [] and s["error"] == "", (status, s)
+                assert s["status"] == "stopped" and s["start"] and not s["stop"], (status, s)
+            cdp.eval("""(async () => { for (let i = 0; i < 10; i++) {
+                document.getElementById('start').click(); await new Promise((r) => setTimeout(r, 30));
+                document.getElementById('stop').click(); await new Promise((r) => setTimeout(r, 30)); } })()""", gesture=True)
+            time.sleep(1.0)
+            s = page_state(cdp)
+            assert s["live"]["errors"] == [] and s["start"] and not s["stop"], s
+            # and then a whole session
+            cdp.eval("document.getElementById('start').click()", gesture=True)
+            wait_for(cdp, "window.live.ready", 30, "the server's ready message")
+            time.sleep(0.5)
+            cdp.eval("document.getElementById('stop').click()", gesture=True)
+            wait_for(cdp, "window.live.closeCode !== null", 30, "the end of the stream")
+            s = page_state(cdp)
+            console = cdp.console()
+        finally:
+            cdp.close()
+            proc.kill()
+            proc.wait(30)
+        stats = srv.server.stats()
+    assert s["live"]["done"] and s["live"]["errors"] == [] and s["status"].startswith("done:"), s
+    assert stats["open"] == 0 and stats["errors"] == 0 and stats["completed"] >= 1, stats
+    assert not [m for m in console if "WebSocket" in m], console
