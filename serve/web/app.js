@@ -28,6 +28,10 @@ function showError(text) {
   $("error").textContent = text;
 }
 
+function gap() {  // before new text: nothing, a space, or a new line (the first text of a new Start)
+  return !$("finals").hasChildNodes() ? "" : live.finals.length ? " " : "\n";
+}
+
 function buttons(running) {
   $("start").disabled = running;
   $("stop").disabled = !running;
@@ -42,9 +46,7 @@ function wsUrl() {
 async function start() {
   const id = ++session;
   buttons(true);
-  $("finals").textContent = "";
-  $("partial").textContent = "";
-  $("error").textContent = "";
+  $("error").textContent = "";  // the transcript stays: this session's text goes on a new line
   Object.assign(live, { ready: false, done: false, finals: [], partial: "", errors: [], closeCode: null,
                         closeReason: "", piecesSent: 0, ended: false, droppedMs: null });
   queue = [];
@@ -155,13 +157,13 @@ function onMessage(msg) {
     queue = [];
   } else if (msg.type === "partial") {
     live.partial = msg.text;
-    $("partial").textContent = msg.text;
+    $("partial").textContent = msg.text ? gap() + msg.text : "";
   } else if (msg.type === "final") {
     live.partial = "";
     $("partial").textContent = "";
     if (msg.text) {
+      $("finals").append(gap() + msg.text);
       live.finals.push(msg.text);
-      $("finals").textContent += ($("finals").textContent ? " " : "") + msg.text;
     }
   } else if (msg.type === "done") {
     live.done = true;
@@ -177,8 +179,13 @@ function onClose(e) {
   live.closeReason = e.reason;
   stopCapture();
   buttons(false);
+  if (!live.done && live.partial) {  // no more audio will revise it: kept as it stands
+    $("partial").textContent = "";
+    $("finals").append(gap() + live.partial);
+  }
   if (e.code !== 1000 && live.errors.length === 0) {
-    showError(live.ready ? `Connection lost (code ${e.code}${e.reason ? ": " + e.reason : ""}).`
+    const why = { 1001: ": the server shut down", 1006: ": the server stopped or the network failed" }[e.code] || "";
+    showError(live.ready ? `Connection lost (code ${e.code}${e.reason ? ": " + e.reason : ""})${why}. The transcript so far is kept; press Start to go on.`
                          : `Could not connect to ${wsUrl().split("?")[0]} (code ${e.code}): is the server running, and the token right (open this page as /?token=...)?`);
   }
   if (!live.done && live.status !== "idle") setStatus("stopped");
@@ -224,5 +231,11 @@ function stop() {
   }
 }
 
+function clear() {
+  $("finals").textContent = "";
+  $("partial").textContent = live.partial;
+}
+
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
+$("clear").addEventListener("click", clear);

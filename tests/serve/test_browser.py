@@ -364,3 +364,57 @@ def test_stop_while_starting(live_model, tmp_path):
     assert s["live"]["done"] and s["live"]["errors"] == [] and s["status"].startswith("done:"), s
     assert stats["open"] == 0 and stats["errors"] == 0 and stats["completed"] >= 1, stats
     assert not [m for m in console if "WebSocket" in m], console
+
+
+def test_page_keeps_the_transcript(live_model, tmp_path):
+    """A new segment's text is set off from the last final by a space, also while it is a
+    partial (it ran on into the last word); when the server goes away mid-stream the page says
+    so and keeps the transcript, the partial included; Start on the restarted server adds a
+    line below it instead of wiping it (what was said before a lost connection was lost too);
+    Clear empties it."""
+    from serve.endpoint import EndpointConfig, EndpointRule
+    from serve.server import ServerConfig
+
+    binary = find_chromium()
+    (p0, _), (p1, _) = live_model.utterances[:2]
+    wav = tmp_path / "mic.wav"  # two utterances: an endpoint (0.6 s of silence) between them
+    sf.write(str(wav), np.concatenate([read_wav(p0), np.zeros(16000, np.float32), read_wav(p1)]), 16000, subtype="PCM_16")
+    rec = Recognizer(live_model.onnx_dir, endpoint=EndpointConfig(rule2=EndpointRule(True, 0.6, 0.0)))
+    text = "document.getElementById('transcript').textContent"
+    srv = ServerThread(rec).__enter__()
+    port = srv.server.port
+    proc, cdp = launch(binary, wav, tmp_path / "profile")
+    try:
+        open_page(cdp, srv.http_url)
+        cdp.eval("document.getElementById('start').click()", gesture=True)
+        wait_for(cdp, "window.live.finals.length > 0 && window.live.partial.length > 0", 30, "a final, then a partial")
+        shown, finals, partial = cdp.eval(f"[{text}, window.live.finals, window.live.partial]")
+        assert shown == " ".join(finals) + " " + partial, (shown, finals, partial)
+        srv.__exit__(None, None, None)  # the server shuts down mid-stream
+        srv = None
+        wait_for(cdp, "window.live.closeCode !== null", 30, "the page to see the server go")
+        s = page_state(cdp)
+        before = " ".join(s["live"]["finals"] + [s["live"]["partial"]]).strip()
+        assert s["transcript"] == before and before, s  # the last partial kept
+        assert cdp.eval("document.getElementById('partial').textContent") == ""
+        assert s["status"] == "stopped" and s["start"] and not s["stop"], s
+        assert len(s["live"]["errors"]) == 1 and s["error"].startswith("Connection lost (code 1001") and "kept" in s["error"], s
+        srv = ServerThread(rec, ServerConfig(port=port)).__enter__()  # restarted where the page knows it
+        cdp.eval("document.getElementById('start').click()", gesture=True)
+        wait_for(cdp, "window.live.ready", 30, "the server's ready message")
+        wait_for(cdp, "window.live.partial.length > 0 || window.live.finals.length > 0", 30, "the new session's text")
+        cdp.eval("document.getElementById('stop').click()", gesture=True)
+        wait_for(cdp, "window.live.done", 30, "the end of the stream")
+        s = page_state(cdp)
+        assert s["live"]["errors"] == [] and s["error"] == "", s
+        assert s["transcript"] == before + "\n" + " ".join(s["live"]["finals"]), (before, s)
+        cdp.eval("document.getElementById('clear').click()", gesture=True)
+        assert cdp.eval(text) == ""
+        console = cdp.console()
+    finally:
+        cdp.close()
+        proc.kill()
+        proc.wait(30)
+        if srv is not None:
+            srv.__exit__(None, None, None)
+    assert not [m for m in console if "exception" in m or "console.error" in m], console
