@@ -16,6 +16,9 @@ const live = (window.live = {
 });
 const MODEL_RATE = 16000;  // the rate the page sends; the server resamples any other
 let ws = null, ctx = null, media = null, node = null, queue = [];
+const INSECURE = "No microphone on this page: browsers give it only to https pages, and to http://localhost or " +
+  "http://127.0.0.1 on the machine itself. From another machine, start the server with --certfile and --keyfile " +
+  "and open https://" + location.host + "/ (docs/live.md, TLS).";
 let session = 0;  // Start's number: a Stop (or the next Start) while one is still setting up makes it give up
 
 function setStatus(text) {
@@ -51,7 +54,7 @@ async function start() {
                         closeReason: "", piecesSent: 0, ended: false, droppedMs: null });
   queue = [];
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    showError("No microphone access on this page: browsers allow it only over https, or from http://localhost / http://127.0.0.1.");
+    showError(INSECURE);
     buttons(false);
     return;
   }
@@ -63,7 +66,8 @@ async function start() {
   try {
     graph = await buildGraph();
   } catch (e) {
-    if (id === session) failCapture("Audio processing failed: " + e.message);
+    const reason = await serverTrouble();  // worklet.js is fetched from the server at each Start
+    if (id === session) failCapture(reason ? `Could not load worklet.js: ${reason}.` : "Audio processing failed: " + e.message);
     return;
   }
   if (id !== session) return void graph.ctx.close();
@@ -74,7 +78,7 @@ async function start() {
     });
   } catch (e) {
     graph.ctx.close();
-    if (id === session) { failCapture("Microphone unavailable: " + e.name + ": " + e.message); setStatus("idle"); }
+    if (id === session) { failCapture(micError(e)); setStatus("idle"); }
     return;
   }
   if (id !== session) {
@@ -96,6 +100,16 @@ async function start() {
   ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: live.sampleRate, format: "float32" }));
   ws.onmessage = (e) => onMessage(JSON.parse(e.data));
   ws.onclose = (e) => onClose(e);
+}
+
+function micError(e) {  // getUserMedia's refusal, in words a user can act on
+  const why = {
+    NotAllowedError: "permission denied: allow the microphone for this site (the icon in the address bar, or the " +
+                     "site's settings), then press Start again",
+    NotFoundError: "none found: connect one (or enable it in the system's sound settings), then press Start again",
+    NotReadableError: "it could not be opened: another application may be using it, or the system blocks it",
+  }[e.name];
+  return `Microphone unavailable: ${why ? why + " (" : ""}${e.name}: ${e.message}${why ? ")" : ""}`;
 }
 
 function failCapture(message) {
@@ -185,11 +199,31 @@ function onClose(e) {
   }
   if (e.code !== 1000 && live.errors.length === 0) {
     const why = { 1001: ": the server shut down", 1006: ": the server stopped or the network failed" }[e.code] || "";
-    showError(live.ready ? `Connection lost (code ${e.code}${e.reason ? ": " + e.reason : ""})${why}. The transcript so far is kept; press Start to go on.`
-                         : `Could not connect to ${wsUrl().split("?")[0]} (code ${e.code}): is the server running, and the token right (open this page as /?token=...)?`);
+    if (live.ready) showError(`Connection lost (code ${e.code}${e.reason ? ": " + e.reason : ""})${why}. The transcript so far is kept; press Start to go on.`);
+    else {
+      const id = session;
+      serverTrouble().then((reason) => {
+        reason = reason || "the server answers, but not at its WebSocket endpoint: a proxy without WebSocket support?";
+        if (id === session) showError(`Could not connect to ${wsUrl().split("?")[0]} (code ${e.code}): ${reason}.`);
+      });
+    }
   }
   if (!live.done && live.status !== "idle") setStatus("stopped");
   ws = null;
+}
+
+async function serverTrouble() {
+  // A browser does not tell a page why a WebSocket did not open (or a module did not load);
+  // the page's own server does: GET /stats checks the token as /ws does. null: no trouble seen.
+  const token = new URLSearchParams(location.search).get("token");
+  try {
+    const r = await fetch("stats" + (token ? "?token=" + encodeURIComponent(token) : ""), { method: "HEAD", cache: "no-store" });
+    if (r.status !== 401) return null;
+    return token ? "the server refused the token in this page's address (?token=...): check it"
+                 : "the server needs a token: open this page as /?token=SECRET, SECRET as given to asr serve --token";
+  } catch (e) {
+    return "the server does not answer: is asr serve running? (press Start again once it is)";
+  }
 }
 
 function stopCapture() {
@@ -236,6 +270,7 @@ function clear() {
   $("partial").textContent = live.partial;
 }
 
+if (!window.isSecureContext) showError(INSECURE);  // said before Start is pressed
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
 $("clear").addEventListener("click", clear);

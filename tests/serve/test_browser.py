@@ -418,3 +418,54 @@ def test_page_keeps_the_transcript(live_model, tmp_path):
         if srv is not None:
             srv.__exit__(None, None, None)
     assert not [m for m in console if "exception" in m or "console.error" in m], console
+
+
+def test_page_says_what_went_wrong(live_model, tmp_path):
+    """Each refusal in words a user can act on: no token or a wrong one (the page asks its
+    server; the browser says only 1006), a server that is gone (Start loads worklet.js from it
+    first: before, 'Audio processing failed: ... (Network error)'), a denied microphone, a page
+    opened over plain http by another name than localhost (said on load, before Start)."""
+    from serve.server import ServerConfig
+
+    binary = find_chromium()
+    path, _ = live_model.utterances[0]
+    error = "document.getElementById('error').textContent"
+    fake_mic = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={path}%noloop", "--host-resolver-rules=MAP asr.test 127.0.0.1")
+    srv = ServerThread(Recognizer(live_model.onnx_dir), ServerConfig(port=0, token="s3cret")).__enter__()
+    proc, cdp = launch(binary, path, tmp_path / "profile", fake_mic)
+    try:
+        open_page(cdp, srv.http_url.replace("127.0.0.1", "asr.test"))  # not a secure context
+        shown = {"http": (cdp.eval(error), cdp.eval("window.isSecureContext"))}
+        for query in ("", "?token=wrong"):
+            open_page(cdp, srv.http_url + query)
+            cdp.eval("document.getElementById('start').click()", gesture=True)
+            shown[query] = wait_for(cdp, f"window.live.errors.length && {error}", 30, "the error")
+        srv.__exit__(None, None, None)
+        srv = None
+        cdp.eval("document.getElementById('start').click()", gesture=True)
+        shown["gone"] = wait_for(cdp, f"window.live.errors.length && {error}", 30, "the error")
+    finally:
+        cdp.close()
+        proc.kill()
+        proc.wait(30)
+        if srv is not None:
+            srv.__exit__(None, None, None)
+    assert "needs a token: open this page as /?token=" in shown[""], shown
+    assert "refused the token" in shown["?token=wrong"] and "wrong" not in shown["?token=wrong"], shown
+    assert "does not answer" in shown["gone"], shown
+    assert shown["http"][1] is False and "https" in shown["http"][0] and "--certfile" in shown["http"][0], shown
+
+    proc, cdp = launch(binary, path, tmp_path / "profile2", ("--use-fake-device-for-media-stream", "--deny-permission-prompts"))
+    try:
+        with ServerThread(Recognizer(live_model.onnx_dir)) as srv:
+            open_page(cdp, srv.http_url)
+            cdp.eval("document.getElementById('start').click()", gesture=True)
+            wait_for(cdp, "window.live.errors.length > 0", 30, "the error")
+            s = page_state(cdp)
+    finally:
+        cdp.close()
+        proc.kill()
+        proc.wait(30)
+    assert "permission denied: allow the microphone" in s["error"] and "NotAllowedError" in s["error"], s
+    assert s["start"] and not s["stop"], s
