@@ -259,6 +259,10 @@ def test_page_transcribes_the_microphone(live_model, tmp_path, monkeypatch):
             status = cdp.eval("document.getElementById('status').textContent")
             error_text = cdp.eval("document.getElementById('error').textContent")
             has_track_stats = cdp.eval("'stats' in MediaStreamTrack.prototype")  # Chromium 124+
+            console = cdp.console()
+            # what a screen reader needs: the status and the error are announced, the transcript named
+            a11y = cdp.eval("['status', 'error', 'transcript'].map((id) => { const e = document.getElementById(id); "
+                            "return [e.getAttribute('role'), e.getAttribute('aria-label')]; })")
         finally:
             cdp.close()
             proc.kill()
@@ -267,6 +271,8 @@ def test_page_transcribes_the_microphone(live_model, tmp_path, monkeypatch):
     monkeypatch.undo()
     live = json.loads(state)
     assert live["errors"] == [] and error_text == "", live
+    assert console == [], console  # no error or warning in the page's console (a favicon.ico 404 was one)
+    assert a11y == [["status", None], ["alert", None], ["region", "Transcript"]], a11y
     assert live["closeCode"] == 1000 and live["done"], live
     assert status.startswith("done:"), status
     text = " ".join(live["finals"])
