@@ -184,7 +184,7 @@ function onMessage(msg) {
     const dropped = live.droppedMs ? `; the browser dropped ${Math.round(live.droppedMs)} ms of microphone audio (a busy machine?)` : "";
     setStatus(`done: ${msg.audio_seconds.toFixed(1)} s of audio, ${msg.segments} segment(s)${dropped}`);
   } else if (msg.type === "error") {
-    showError("Server: " + msg.message);
+    showError("Server: " + msg.message + (live.ready ? " The transcript so far is kept; press Start to go on." : ""));
   }
 }
 

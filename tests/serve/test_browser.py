@@ -430,7 +430,8 @@ def test_page_says_what_went_wrong(live_model, tmp_path):
     """Each refusal in words a user can act on: no token or a wrong one (the page asks its
     server; the browser says only 1006), a server that is gone (Start loads worklet.js from it
     first: before, 'Audio processing failed: ... (Network error)'), a denied microphone, a page
-    opened over plain http by another name than localhost (said on load, before Start)."""
+    opened over plain http by another name than localhost (said on load, before Start); the
+    server's own error (max_stream_seconds) with what to do on the page."""
     from serve.server import ServerConfig
 
     binary = find_chromium()
@@ -438,7 +439,7 @@ def test_page_says_what_went_wrong(live_model, tmp_path):
     error = "document.getElementById('error').textContent"
     fake_mic = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                 f"--use-file-for-fake-audio-capture={path}%noloop", "--host-resolver-rules=MAP asr.test 127.0.0.1")
-    srv = ServerThread(Recognizer(live_model.onnx_dir), ServerConfig(port=0, token="s3cret")).__enter__()
+    srv = ServerThread(Recognizer(live_model.onnx_dir), ServerConfig(port=0, token="s3cret", max_stream_seconds=1)).__enter__()
     proc, cdp = launch(binary, path, tmp_path / "profile", fake_mic)
     try:
         open_page(cdp, srv.http_url.replace("127.0.0.1", "asr.test"))  # not a secure context
@@ -447,6 +448,9 @@ def test_page_says_what_went_wrong(live_model, tmp_path):
             open_page(cdp, srv.http_url + query)
             cdp.eval("document.getElementById('start').click()", gesture=True)
             shown[query] = wait_for(cdp, f"window.live.errors.length && {error}", 30, "the error")
+        open_page(cdp, srv.http_url + "?token=s3cret")  # the right token: a stream beyond max_stream_seconds
+        cdp.eval("document.getElementById('start').click()", gesture=True)
+        shown["limit"] = wait_for(cdp, f"window.live.errors.length && {error}", 30, "the error")
         srv.__exit__(None, None, None)
         srv = None
         cdp.eval("document.getElementById('start').click()", gesture=True)
@@ -460,6 +464,7 @@ def test_page_says_what_went_wrong(live_model, tmp_path):
     assert "needs a token: open this page as /?token=" in shown[""], shown
     assert "refused the token" in shown["?token=wrong"] and "wrong" not in shown["?token=wrong"], shown
     assert "does not answer" in shown["gone"], shown
+    assert shown["limit"].startswith("Server: stream longer than max_stream_seconds") and "press Start" in shown["limit"], shown
     assert shown["http"][1] is False and "https" in shown["http"][0] and "--certfile" in shown["http"][0], shown
 
     proc, cdp = launch(binary, path, tmp_path / "profile2", ("--use-fake-device-for-media-stream", "--deny-permission-prompts"))
