@@ -199,7 +199,10 @@ function onClose(e) {
   }
   if (e.code !== 1000 && live.errors.length === 0) {
     const why = { 1001: ": the server shut down", 1006: ": the server stopped or the network failed" }[e.code] || "";
-    if (live.ready) showError(`Connection lost (code ${e.code}${e.reason ? ": " + e.reason : ""})${why}. The transcript so far is kept; press Start to go on.`);
+    if (live.ready) {
+      showError(`Connection lost (code ${e.code}${e.reason ? ": " + e.reason : ""})${why}. ` +
+                "The transcript so far is kept; press Start to go on.");
+    }
     else {
       const id = session;
       serverTrouble().then((reason) => {
