@@ -89,6 +89,15 @@ class DevTools:
         self.ws.__exit__(None, None, None)
 
 
+def quit_browser(proc, cdp, srv=None) -> None:
+    """Close the DevTools connection, kill Chromium, and stop ``srv`` (a ServerThread) if given."""
+    cdp.close()
+    proc.kill()
+    proc.wait(30)
+    if srv is not None:
+        srv.__exit__(None, None, None)
+
+
 def launch(binary: str, wav: Path, profile: Path, flags: tuple[str, ...] | None = None) -> tuple[subprocess.Popen, DevTools]:
     """Chromium with ``wav`` as its microphone (``flags``: instead of the fake microphone's
     flags, e.g. none: no microphone), its page's console recorded (``DevTools.console``)."""
@@ -210,9 +219,7 @@ def test_the_page_resamples_like_the_server(live_model, tmp_path, rate):
             arg = json.dumps([base64.b64encode(x.tobytes()).decode(), rate])
             got = json.loads(cdp.eval(f"{WORKLET_RUN}({arg})"))
         finally:
-            cdp.close()
-            proc.kill()
-            proc.wait(30)
+            quit_browser(proc, cdp)
     assert got["first"] == {"rate": 16000}
     sizes = got["sizes"]
     assert sizes and set(sizes) == {1600}, sizes  # 100 ms pieces at 16 kHz
@@ -264,9 +271,7 @@ def test_page_transcribes_the_microphone(live_model, tmp_path, monkeypatch):
             a11y = cdp.eval("['status', 'error', 'transcript'].map((id) => { const e = document.getElementById(id); "
                             "return [e.getAttribute('role'), e.getAttribute('aria-label')]; })")
         finally:
-            cdp.close()
-            proc.kill()
-            proc.wait(30)
+            quit_browser(proc, cdp)
         stats = srv.server.stats()
     monkeypatch.undo()
     live = json.loads(state)
@@ -363,9 +368,7 @@ def test_stop_while_starting(live_model, tmp_path):
             s = page_state(cdp)
             console = cdp.console()
         finally:
-            cdp.close()
-            proc.kill()
-            proc.wait(30)
+            quit_browser(proc, cdp)
         stats = srv.server.stats()
     assert s["live"]["done"] and s["live"]["errors"] == [] and s["status"].startswith("done:"), s
     assert stats["open"] == 0 and stats["errors"] == 0 and stats["completed"] >= 1, stats
@@ -418,11 +421,7 @@ def test_page_keeps_the_transcript(live_model, tmp_path):
         assert cdp.eval(text) == ""
         console = cdp.console()
     finally:
-        cdp.close()
-        proc.kill()
-        proc.wait(30)
-        if srv is not None:
-            srv.__exit__(None, None, None)
+        quit_browser(proc, cdp, srv)
     assert not [m for m in console if "exception" in m or "console.error" in m], console
 
 
@@ -456,11 +455,7 @@ def test_page_says_what_went_wrong(live_model, tmp_path):
         cdp.eval("document.getElementById('start').click()", gesture=True)
         shown["gone"] = wait_for(cdp, f"window.live.errors.length && {error}", 30, "the error")
     finally:
-        cdp.close()
-        proc.kill()
-        proc.wait(30)
-        if srv is not None:
-            srv.__exit__(None, None, None)
+        quit_browser(proc, cdp, srv)
     assert "needs a token: open this page as /?token=" in shown[""], shown
     assert "refused the token" in shown["?token=wrong"] and "wrong" not in shown["?token=wrong"], shown
     assert "does not answer" in shown["gone"], shown
@@ -475,8 +470,6 @@ def test_page_says_what_went_wrong(live_model, tmp_path):
             wait_for(cdp, "window.live.errors.length > 0", 30, "the error")
             s = page_state(cdp)
     finally:
-        cdp.close()
-        proc.kill()
-        proc.wait(30)
+        quit_browser(proc, cdp)
     assert "permission denied: allow the microphone" in s["error"] and "NotAllowedError" in s["error"], s
     assert s["start"] and not s["stop"], s
