@@ -71,6 +71,10 @@ class SSMConfig:
         check_dropout(self, "dropout")
 
 
+#: Encoder frames an :class:`S4D` convolves at once; a longer sequence goes through in pieces.
+PIECE_FRAMES = 1024
+
+
 class S4D(nn.Module):
     """Diagonal SSM per channel. u (B, E, T) -> y (B, E, T); state (2, B, E, N)."""
 
@@ -125,9 +129,40 @@ class S4D(nn.Module):
             return 2 * (torch.einsum("en,enl->el", cb_re, p_re) - torch.einsum("en,enl->el", cb_im, p_im))
 
     def forward(self, u: Tensor) -> Tensor:
-        """Whole sequence from a zero state, FFT convolution. u (B, E, T) -> (B, E, T)."""
+        """Whole sequence from a zero state, FFT convolution. u (B, E, T) -> (B, E, T).
+
+        The kernel holds E x N x T powers (in float64 for their phase): 12 GB per layer for
+        30 minutes of the mini SSM. Past :data:`PIECE_FRAMES` frames the sequence goes through
+        in pieces of that many, each an FFT convolution from a zero state plus the state the
+        pieces before it left, carried as :meth:`forward_chunk` carries it."""
         t = u.size(2)
-        k = self.kernel(t)
+        if t <= PIECE_FRAMES or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self._convolve(u, self.kernel(t))
+        p = PIECE_FRAMES
+        k = self.kernel(p)
+        da_re, da_im, cb_re, cb_im, _, _ = self._discrete()
+        r_re, r_im = self._powers(da_re, da_im, torch.arange(p - 1, -1, -1, device=u.device))  # Ab^(P-1-s)
+        f_re, f_im = self._powers(da_re, da_im, torch.arange(1, p + 1, device=u.device))  # Ab^(t+1)
+        q_re = cb_re[..., None] * f_re - cb_im[..., None] * f_im
+        q_im = cb_re[..., None] * f_im + cb_im[..., None] * f_re
+        h_re = h_im = u.new_zeros(u.size(0), *da_re.shape)  # (B, E, N)
+        out = []
+        for a in range(0, t, p):
+            x = u[:, :, a:a + p]
+            m = x.size(2)
+            y = self._convolve(x, k[:, :m])
+            if a:
+                y = y + 2 * (torch.einsum("ben,enm->bem", h_re, q_re[..., :m])
+                             - torch.einsum("ben,enm->bem", h_im, q_im[..., :m]))
+            if a + p < t:
+                h_re, h_im = (f_re[..., -1] * h_re - f_im[..., -1] * h_im + torch.einsum("bes,ens->ben", x, r_re),
+                              f_re[..., -1] * h_im + f_im[..., -1] * h_re + torch.einsum("bes,ens->ben", x, r_im))
+            out.append(y)
+        return torch.cat(out, 2)
+
+    def _convolve(self, u: Tensor, k: Tensor) -> Tensor:
+        """u (B, E, T) from a zero state through kernel k (E, T), plus D u."""
+        t = u.size(2)
         n = 2 * t
         ft = torch.float64 if u.dtype == torch.float64 else torch.float32  # no half-precision FFT
         y = torch.fft.irfft(torch.fft.rfft(u.to(ft), n=n) * torch.fft.rfft(k.to(ft), n=n), n=n)[..., :t]

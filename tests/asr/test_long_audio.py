@@ -1,5 +1,6 @@
-"""Long recordings: features, subsampling and the Conformer's layers go through a long input in
-pieces, with the same outputs as in one go and memory that does not grow with the recording."""
+"""Long recordings: features, subsampling, the Conformer's layers and the SSM's convolutions go
+through a long input in pieces, with the same outputs as in one go and memory that does not
+grow with the recording."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 import asr.data.features as features
 import asr.encoders.conformer as conformer
+import asr.encoders.ssm as ssm
 import asr.encoders.subsampling as subsampling
 from asr.data.features import FeatureConfig
 from asr.encoders import build_encoder
@@ -74,6 +76,51 @@ def test_conformer_layers_in_pieces_equal_one_go(monkeypatch, context):
     assert torch.equal(got_lens, want_lens)
     valid = (torch.arange(want.size(1))[None, :] < want_lens[:, None])[..., None]
     torch.testing.assert_close(got * valid, want * valid, rtol=0, atol=1e-5)
+
+
+def test_ssm_in_pieces_equals_one_go(monkeypatch):
+    """Pieces of 7 frames: each piece's FFT convolution plus the state the pieces before it left."""
+    torch.manual_seed(0)
+    enc = build_encoder("ssm", d_model=16, num_layers=2, d_state=4, expand=2, conv_kernel=3, subsampling=4,
+                        subsampling_channels=8).eval()
+    x, lens = torch.randn(3, 333, 80), torch.tensor([333, 313, 9])
+    with torch.no_grad():
+        want, want_lens = enc(x, lens)
+        monkeypatch.setattr(ssm, "PIECE_FRAMES", 7)
+        got, got_lens = enc(x, lens)
+    assert torch.equal(got_lens, want_lens)
+    valid = (torch.arange(want.size(1))[None, :] < want_lens[:, None])[..., None]
+    torch.testing.assert_close(got * valid, want * valid, rtol=0, atol=1e-5)
+    s4 = ssm.S4D(8, 4, 1e-3, 1e-1)  # and it trains: the same gradients through the carried state
+    u = torch.randn(2, 8, 100, requires_grad=True)
+    grads = []
+    for piece in (10**9, 7):
+        monkeypatch.setattr(ssm, "PIECE_FRAMES", piece)
+        grads.append(torch.autograd.grad(s4(u).square().sum(), [u, s4.log_dt]))
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_long_ssm_convolution_holds_one_pieces_powers():
+    """The mini SSM's S4D (512 channels, 32 states) over 15000 frames (10 minutes at 4x): the
+    whole-sequence kernel's powers alone were 2 GB in float64 and three times 1 GB in float32."""
+    code = textwrap.dedent("""
+        import resource, torch
+        from asr.encoders.ssm import S4D
+        torch.set_num_threads(1)
+        s4 = S4D(512, 32, 1e-3, 1e-1).eval()
+        u = torch.randn(1, 512, 15000)
+        with torch.no_grad():
+            s4(u[:, :, :2000])
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            s4(u)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=conformer.__file__.rsplit("/asr/", 1)[0])
+    assert out.returncode == 0, out.stderr[-2000:]
+    grew_mb = int(out.stdout.split()[-1])
+    assert grew_mb < 500, f"peak memory grew by {grew_mb} MB"
 
 
 def test_transcribing_ten_minutes_does_not_hold_the_whole_recordings_activations():
