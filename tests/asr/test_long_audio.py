@@ -101,25 +101,28 @@ def test_ssm_in_pieces_equals_one_go(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_a_long_ssm_convolution_holds_one_pieces_powers():
-    """The mini SSM's S4D (512 channels, 32 states) over 15000 frames (10 minutes at 4x): the
-    whole-sequence kernel's powers alone were 2 GB in float64 and three times 1 GB in float32."""
-    code = textwrap.dedent("""
-        import resource, torch
-        from asr.encoders.ssm import S4D
-        torch.set_num_threads(1)
-        s4 = S4D(512, 32, 1e-3, 1e-1).eval()
-        u = torch.randn(1, 512, 15000)
-        with torch.no_grad():
-            s4(u[:, :, :2000])
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            s4(u)
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
-    """)
+def peak_growth_mb(setup: str, measured: str) -> int:
+    """In a fresh Python (one thread, at the repository root): run ``setup`` (its warm-up
+    included), then ``measured``; -> how many MB ``measured`` raised the process's peak RSS."""
+    code = "import resource, torch\ntorch.set_num_threads(1)\n" + textwrap.dedent(setup) + (
+        "\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n" + textwrap.dedent(measured)
+        + "\nprint((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=conformer.__file__.rsplit("/asr/", 1)[0])
     assert out.returncode == 0, out.stderr[-2000:]
-    grew_mb = int(out.stdout.split()[-1])
+    return int(out.stdout.split()[-1])
+
+
+def test_a_long_ssm_convolution_holds_one_pieces_powers():
+    """The mini SSM's S4D (512 channels, 32 states) over 15000 frames (10 minutes at 4x): the
+    whole-sequence kernel's powers alone were 2 GB in float64 and three times 1 GB in float32
+    (the peak grew by 4065 MB)."""
+    grew_mb = peak_growth_mb("""
+        from asr.encoders.ssm import S4D
+        s4 = S4D(512, 32, 1e-3, 1e-1).eval().requires_grad_(False)
+        u = torch.randn(1, 512, 15000)
+        s4(u[:, :, :2000])
+    """, "s4(u)")
     assert grew_mb < 500, f"peak memory grew by {grew_mb} MB"
 
 
@@ -128,14 +131,13 @@ def test_transcribing_ten_minutes_does_not_hold_the_whole_recordings_activations
     10-minute recording. Before the pieces its peak grew by 727 MB (features 460 MB of it, the
     first subsampling convolution and the layers the rest); in pieces by about 250 MB, most of it
     the recording's features and the decoder's tables."""
-    code = textwrap.dedent("""
-        import resource, numpy as np, torch
+    grew_mb = peak_growth_mb("""
+        import numpy as np
         from asr.config import load_yaml
         from asr.data.features import FeatureConfig
         from asr.data.tokenizer import Tokenizer
         from asr.models import ASRModel
         from asr.training.trainer import TrainConfig
-        torch.set_num_threads(1)
         cfg = load_yaml(TrainConfig, "recipes/mini/conf/conformer.yaml")
         tok = Tokenizer.train(["the quick brown fox jumps over the lazy dog"], model_type="char")
         m = ASRModel(cfg.model, FeatureConfig(), tok).eval()
@@ -143,12 +145,5 @@ def test_transcribing_ten_minutes_does_not_hold_the_whole_recordings_activations
         minute = (np.sin(np.arange(16000 * 60) * 0.05) * rng.uniform(0.01, 0.3, 16000 * 60)).astype(np.float32)
         m.transcribe(minute)
         audio = np.tile(minute, 10)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        m.transcribe(audio)
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=conformer.__file__.rsplit("/asr/", 1)[0])
-    assert out.returncode == 0, out.stderr[-2000:]
-    grew_mb = int(out.stdout.split()[-1])
+    """, "m.transcribe(audio)")
     assert grew_mb < 400, f"peak memory grew by {grew_mb} MB transcribing 10 minutes"
