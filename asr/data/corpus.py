@@ -53,6 +53,7 @@ The noise manifest is a lhotse ``RecordingSet``; MUSAN's RecordingSet can be use
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -892,15 +893,50 @@ def build_mini_librispeech(
         log.info("mini LibriSpeech already built in %s (fingerprint %s)", out, fingerprint[:12])
         return done
 
-    start = time.perf_counter()
     _refuse_foreign(out)
     engines = config.engines()
     tts.check_engines(engines)
     _check_voices(config)
+    out.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out):
+        done = _load_done(out, fingerprint)  # built by the build this one waited for
+        if done is not None:
+            log.info("mini LibriSpeech built in %s by the other build (fingerprint %s)", out, fingerprint[:12])
+            shutil.rmtree(out / ".build", ignore_errors=True)  # only this lock: a finished corpus has no .build
+            return done
+        return _build(out, config, fingerprint, engines, num_jobs, progress)
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.build/lock`` (flock) for one build: a second build of the same directory (two
+    recipes started at once) waits for the first, then reuses what it built, instead of both
+    writing and clearing the same files. The lock goes with ``.build`` when the build is done;
+    the kernel releases it when a build dies."""
+    import fcntl
+
+    (out / ".build").mkdir(parents=True, exist_ok=True)
+    with open(out / ".build" / "lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            log.warning("another build is writing %s (pid %s); waiting for it to finish", out, holder)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def _build(out: Path, config: MiniCorpusConfig, fingerprint: str, engines: set[str], num_jobs: int,
+           progress: bool) -> dict:
+    start = time.perf_counter()
     sentences = closed_vocabulary(load_wordnet_sentences(config.wordnet_dir, config.min_words, config.max_words),
                                   config.vocabulary_size, config.min_word_count)
     plan = _make_plan(config, sentences)
-    out.mkdir(parents=True, exist_ok=True)
     resuming = _prepare_out_dir(out, fingerprint)
 
     jobs: list[ChapterJob | NoiseJob] = [*plan.chapters, *plan.noise]

@@ -326,6 +326,42 @@ def test_a_build_killed_while_it_removes_the_old_files_is_rebuilt(tmp_path, monk
     assert flacs(out) == sum(stats["utterances"].values())
 
 
+def test_a_second_build_of_the_same_directory_waits_then_reuses_the_first(built, tmp_path, monkeypatch, caplog):
+    """Two recipes started at once on one --out used to write and clear the same files. The
+    second now waits on the first's lock (here held by the test, which plays the first build by
+    putting a finished corpus in place) and then reuses it: no text loaded, no TTS run."""
+    import fcntl
+    import threading
+
+    src, stats = built
+    out = tmp_path / "corpus"
+    (out / ".build").mkdir(parents=True)
+    lock = open(out / ".build" / "lock", "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.write("4242\n")
+    lock.flush()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the waiting build must reuse the corpus, not build one")
+
+    monkeypatch.setattr(corpus_mod, "load_wordnet_sentences", forbidden)
+    monkeypatch.setattr(tts, "synthesize", forbidden)
+    got: list = []
+    second = threading.Thread(target=lambda: got.append(build_mini_librispeech(out, tiny(), num_jobs=1, progress=False)))
+    with caplog.at_level("WARNING", logger=corpus_mod.log.name):
+        second.start()
+        second.join(timeout=3)
+        assert second.is_alive()  # waiting, not writing
+        assert f"another build is writing {out} (pid 4242)" in caplog.text
+        assert sorted(p.name for p in out.iterdir()) == [".build"]
+        shutil.copytree(src, out, dirs_exist_ok=True)  # what the first build leaves
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+        second.join(timeout=60)
+    assert not second.is_alive() and got == [stats]
+    assert not (out / ".build").exists()
+
+
 def test_failing_tts_call_is_retried_then_skipped_and_counted(tmp_path, monkeypatch, caplog):
     real = tts.synthesize
     seen: dict[str, int] = {}
