@@ -273,7 +273,22 @@ function clear() {
   $("partial").textContent = live.partial;
 }
 
+function save() {  // the transcript as shown, the grey partial included, as a text file
+  const text = $("transcript").textContent.trim();
+  if (!text) {
+    setStatus("Nothing to save yet: the transcript is empty.");
+    return;
+  }
+  const stamp = new Date().toISOString().slice(0, 19).replace("T", "-").replace(/:/g, "");
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([text + "\n"], { type: "text/plain;charset=utf-8" }));
+  a.download = `transcript-${stamp}.txt`;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
 if (!window.isSecureContext) showError(INSECURE);  // said before Start is pressed
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
 $("clear").addEventListener("click", clear);
+$("save").addEventListener("click", save);

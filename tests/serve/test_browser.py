@@ -335,6 +335,18 @@ STOP_WHEN = """
 """
 
 
+def wait_for_file(folder: Path, pattern: str, timeout: float) -> Path:
+    """The one finished download in ``folder`` matching ``pattern``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        if found and not list(folder.glob("*.crdownload")):
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern} in {folder} after {timeout} s: {sorted(folder.glob('*')) if folder.is_dir() else 'no folder'}")
+
+
 def test_stop_while_starting(live_model, tmp_path):
     """Stop pressed while Start is still setting up (the audio graph, the microphone, the
     connection) stops quietly: no error, the buttons back, no connection left open; a
@@ -380,7 +392,7 @@ def test_page_keeps_the_transcript(live_model, tmp_path):
     partial (it ran on into the last word); when the server goes away mid-stream the page says
     so and keeps the transcript, the partial included; Start on the restarted server adds a
     line below it instead of wiping it (what was said before a lost connection was lost too);
-    Clear empties it."""
+    Save downloads it as shown; Clear empties it, and Save then says there is nothing to save."""
     from serve.endpoint import EndpointConfig, EndpointRule
     from serve.server import ServerConfig
 
@@ -417,8 +429,15 @@ def test_page_keeps_the_transcript(live_model, tmp_path):
         s = page_state(cdp)
         assert s["live"]["errors"] == [] and s["error"] == "", s
         assert s["transcript"] == before + "\n" + " ".join(s["live"]["finals"]), (before, s)
+        downloads = tmp_path / "downloads"
+        cdp.call("Page.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+        cdp.eval("document.getElementById('save').click()", gesture=True)
+        saved = wait_for_file(downloads, "transcript-*.txt", 10)
+        assert saved.read_text(encoding="utf-8") == s["transcript"] + "\n"
         cdp.eval("document.getElementById('clear').click()", gesture=True)
         assert cdp.eval(text) == ""
+        cdp.eval("document.getElementById('save').click()", gesture=True)
+        assert page_state(cdp)["status"].startswith("Nothing to save yet")
         console = cdp.console()
     finally:
         quit_browser(proc, cdp, srv)
