@@ -686,7 +686,7 @@ def _stream_mic(args: argparse.Namespace, endpoint) -> None:
             save.close()
     wall = time.perf_counter() - t0
     print(f"text: {stream.transcript().text}", flush=True)
-    audio = mic.samples / mic.rate
+    audio = mic.decoded / mic.rate  # what was transcribed: --seconds of it, not the device's last block beyond
     peak = 20 * math.log10(mic.peak) if mic.peak > 0 else float("-inf")
     print(f"captured {audio:.2f} s at {mic.rate} Hz (peak {peak:.1f} dBFS) in {wall:.2f} s; "
           f"at most {mic.max_backlog:.2f} s of audio waited for decoding"

@@ -178,6 +178,7 @@ class Microphone:
         self.peak = 0.0  # largest |sample| so far
         self.clipped = 0  # samples at or beyond full scale (an int16 device's largest value counts)
         self.max_backlog = 0.0  # seconds: the most audio :func:`run_live` found queued at once
+        self.decoded = 0  # samples :func:`run_live` gave the recognizer (``seconds`` worth at most)
         self._queue: queue.Queue[np.ndarray] = queue.Queue()
         self._stream = None
 
@@ -397,6 +398,7 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
         if len(block):
             stream.accept_waveform(mic.rate, block)
             fed += len(block)
+            mic.decoded = fed
             if on_audio is not None:
                 on_audio(block)
 

@@ -302,6 +302,7 @@ def test_mic_transcribes_speech_until_seconds(pulse, live_model, tmp_path):
     assert rc == 0, stderr
     assert "TORCH-FREE" in stderr, stderr
     assert "44100 Hz" in stderr, stderr  # captured at the device's rate, resampled by the runtime
+    assert f"captured {seconds:.2f} s at 44100 Hz" in stderr, stderr  # not the last 100 ms block's end
     assert elapsed < seconds + 15, (elapsed, seconds)
     partials = [line for line in stdout.splitlines() if line.startswith("partial ")]
     finals = FINAL.findall(stdout)
