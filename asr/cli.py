@@ -549,22 +549,29 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    from tqdm.auto import tqdm
+
+    # One file at a time (decoding 120 s of files together was 10% faster on the mini test
+    # sets and took 58% more memory); on a terminal, more than one file gets a progress bar,
+    # and the results, errors and log lines are written above it.
     failed = 0
-    for path in args.audio:
-        try:
-            samples = read_audio(path, model.features.sample_rate)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        t0 = time.perf_counter()
-        (res,) = model.transcribe(samples, ctc_guard=args.ctc_guard, method=args.method, beam=args.beam, use_ctc=args.use_ctc)
-        if args.timestamps:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(), tqdm(args.audio, unit="file", leave=False, dynamic_ncols=True,
+                                       disable=None if len(args.audio) > 1 else True) as bar:
+        for path in bar:
+            try:
+                samples = read_audio(path, model.features.sample_rate)
+            except (FileNotFoundError, ValueError) as e:
+                tqdm.write(f"error: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            t0 = time.perf_counter()
+            (res,) = model.transcribe(samples, ctc_guard=args.ctc_guard, method=args.method, beam=args.beam,
+                                      use_ctc=args.use_ctc)
             stamps = " ".join(f"{tok}@{ts:.2f}" for tok, ts in zip(res.tokens, res.timestamps))
-            print(f"{path}\t{res.text}\t[{stamps}]")
-        else:
-            print(f"{path}\t{res.text}")
-        log.debug("%s: %.2f s audio in %.3f s", path, len(samples) / model.features.sample_rate, time.perf_counter() - t0)
+            tqdm.write(f"{path}\t{res.text}" + (f"\t[{stamps}]" if args.timestamps else ""), file=sys.stdout)
+            log.debug("%s: %.2f s audio in %.3f s", path, len(samples) / model.features.sample_rate, time.perf_counter() - t0)
     if failed:
         raise SystemExit(1)
 

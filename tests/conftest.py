@@ -29,6 +29,30 @@ def speak(text: str, path: Path, voice: str = "en-us", rate: int = 170) -> Path:
     return path
 
 
+def run_with_terminal_stderr(cmd: list[str], cwd: Path, timeout: float = 300) -> tuple[int, str, str]:
+    """Run ``cmd`` with its stderr on a pseudo-terminal (24 x 100: a 0-column pty shows no
+    progress bar) and its stdout on a pipe -> (return code, stdout, what the terminal got)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "TERM": "xterm"})
+    os.close(slave)
+    err = b""
+    try:
+        while chunk := os.read(master, 4096):
+            err += chunk
+    except OSError:  # EIO: the child has closed the terminal
+        pass
+    finally:
+        os.close(master)
+    stdout, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, stdout.decode(), err.decode(errors="replace")
+
+
 def write_audio(path: Path, samples: np.ndarray, sr: int, fmt: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), samples, sr, format=fmt)

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from asr.cli import main
-from tests.conftest import TINY_TRAIN, tone, write_audio
+from tests.conftest import TINY_TRAIN, run_with_terminal_stderr, tone, write_audio
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +246,13 @@ def test_transcribe_other_rates_and_stereo(trained, tiny_data, tmp_path):
     texts = [l.split("\t")[1] for l in lines]
     # the stereo copy of the same mono signal decodes identically; rates decode to something
     assert texts[2] == texts[3]
+    # on a terminal: a progress bar over the files, with the errors and results written above it
+    missing = tmp_path / "missing.wav"
+    cmd = [sys.executable, "-m", "asr.cli", "transcribe", str(trained / "model.pt"), *map(str, files[:2]), str(missing), *map(str, files[2:])]
+    rc, stdout, terminal = run_with_terminal_stderr(cmd, Path(__file__).resolve().parents[2])
+    assert rc == 1 and stdout == r.stdout, (stdout, terminal)
+    assert "/5 [" in terminal and "file/s]" in terminal and f"audio file not found: {missing}" in terminal, terminal
+    assert "\nerror: audio file not found" in terminal.replace("\r", "\n"), terminal  # a line of its own, not after the bar
 
 
 def test_transcribe_with_the_ctc_guard(trained_tdt, trained, tiny_data, capsys):

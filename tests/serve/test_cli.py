@@ -17,7 +17,7 @@ import soundfile as sf
 from asr.cli import main
 from asr.data.audio import read_audio
 
-from ..conftest import speak
+from ..conftest import run_with_terminal_stderr, speak
 from .helpers import build, synthetic_audio, torch_stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,12 +167,6 @@ def test_transcribe_onnx_several_files_and_errors(model_dir, wavs, tmp_path, cap
 def test_transcribe_onnx_feeds_a_long_file_piecewise_with_a_progress_bar_on_a_terminal(model_dir, tmp_path):
     """A recording over a minute: fed 10 s at a time (the result equals the runtime's one-call
     transcribe), with a progress bar on a terminal's stderr and none on a pipe."""
-    import fcntl
-    import os
-    import pty
-    import struct
-    import termios
-
     from serve import Recognizer
 
     _, out = model_dir
@@ -180,29 +174,13 @@ def test_transcribe_onnx_feeds_a_long_file_piecewise_with_a_progress_bar_on_a_te
     wav = tmp_path / "long.wav"
     sf.write(str(wav), x, 16000, subtype="FLOAT")
     want = Recognizer(out, endpoint=None).transcribe(x).text
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 0-column pty shows no bar
-    proc = subprocess.Popen([sys.executable, "-m", "asr.cli", "transcribe", "--onnx", str(out), str(wav)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "TERM": "xterm"})
-    os.close(slave)
-    err = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        err += chunk
-    stdout, _ = proc.communicate(timeout=120)
-    os.close(master)
-    assert proc.returncode == 0, err.decode(errors="replace")
-    assert stdout.decode().rstrip("\n") == f"{wav}\t{want}"
-    bar = err.decode(errors="replace")
+    rc, stdout, bar = run_with_terminal_stderr([sys.executable, "-m", "asr.cli", "transcribe", "--onnx", str(out), str(wav)], ROOT)
+    assert rc == 0, bar
+    assert stdout.rstrip("\n") == f"{wav}\t{want}"
     assert "long.wav:" in bar and "/75 s of audio" in bar, bar
     piped = subprocess.run([sys.executable, "-m", "asr.cli", "transcribe", "--onnx", str(out), str(wav)],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert piped.returncode == 0 and piped.stdout == stdout.decode() and "of audio" not in piped.stderr, piped.stderr
+    assert piped.returncode == 0 and piped.stdout == stdout and "of audio" not in piped.stderr, piped.stderr
 
 
 def test_stream_command_segments_and_realtime(model_dir, wavs, tmp_path, capsys):
