@@ -13,6 +13,7 @@ const live = (window.live = {
   status: "idle", ready: false, done: false, finals: [], partial: "", errors: [],
   closeCode: null, closeReason: "", piecesSent: 0, sampleRate: null, deviceRate: null, ended: false,
   droppedMs: null,  // microphone audio the browser itself dropped (its track stats; null: not reported)
+  sentSeconds: 0, maxStreamSeconds: null, rollovers: 0,  // audio on this connection; the server's limit
 });
 const MODEL_RATE = 16000;  // the rate the page sends; the server resamples any other
 let ws = null, ctx = null, media = null, node = null, queue = [];
@@ -51,7 +52,7 @@ async function start() {
   buttons(true);
   $("error").textContent = "";  // the transcript stays: this session's text goes on a new line
   Object.assign(live, { ready: false, done: false, finals: [], partial: "", errors: [], closeCode: null,
-                        closeReason: "", piecesSent: 0, ended: false, droppedMs: null });
+                        closeReason: "", piecesSent: 0, ended: false, droppedMs: null, sentSeconds: 0, rollovers: 0 });
   queue = [];
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     showError(INSECURE);
@@ -95,11 +96,43 @@ async function start() {
     return;
   }
   setStatus("connecting ...");
-  ws = new WebSocket(wsUrl());
-  ws.binaryType = "arraybuffer";
-  ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: live.sampleRate, format: "float32" }));
-  ws.onmessage = (e) => onMessage(JSON.parse(e.data));
-  ws.onclose = (e) => onClose(e);
+  connect();
+}
+
+function connect() {
+  const w = (ws = new WebSocket(wsUrl()));
+  w.binaryType = "arraybuffer";
+  w.onopen = () => w.send(JSON.stringify({ type: "start", sample_rate: live.sampleRate, format: "float32" }));
+  w.onmessage = (e) => onMessage(JSON.parse(e.data));
+  w.onclose = (e) => onClose(e);
+}
+
+// A connection carries at most the server's max_stream_seconds of audio (an hour by default).
+// Before that the page moves to a new connection by itself: at the first final after the last
+// ROLL_MARGIN seconds before the limit began (a segment boundary: no word is cut), or, with no
+// endpoint in that time, just before the limit. The old connection gets `end` and its last
+// results are still shown; the audio goes on to the new one without a gap (queued until ready).
+const MIN_ROLL_SECONDS = 2;  // a shorter limit is not worth a connection each: the server's error says so
+
+function rollMargin() {
+  return Math.min(60, live.maxStreamSeconds / 2);
+}
+
+function rollover() {
+  const old = ws;
+  old.onmessage = (e) => {  // the old session's tail: its last finals (its partials are superseded)
+    const msg = JSON.parse(e.data);
+    if (msg.type === "final" && msg.text) {
+      $("finals").append(gap() + msg.text);
+      live.finals.push(msg.text);
+    }
+  };
+  old.onclose = null;
+  if (old.readyState === WebSocket.OPEN) old.send(JSON.stringify({ type: "end" }));
+  live.rollovers++;
+  Object.assign(live, { ready: false, sentSeconds: 0 });
+  queue = [];
+  connect();
 }
 
 function micError(e) {  // getUserMedia's refusal, in words a user can act on
@@ -148,27 +181,35 @@ async function buildGraph() {  // -> {ctx, node, rate}; closed by the caller on 
 
 function sendPiece(x) {
   if (live.ended) return;
-  if (!live.ready) {
-    queue.push(x);
-  } else if (ws && ws.readyState === WebSocket.OPEN) {
+  if (live.ready && live.maxStreamSeconds >= MIN_ROLL_SECONDS &&
+      live.sentSeconds + x.length / live.sampleRate > live.maxStreamSeconds - 0.5) rollover();
+  if (!live.ready) queue.push(x);
+  else transmit(x);
+}
+
+function transmit(x) {
+  if (ws && ws.readyState === WebSocket.OPEN) {
     ws.send(x.buffer);
     live.piecesSent++;
+    live.sentSeconds += x.length / live.sampleRate;
   }
 }
 
-function sendEnd() {
-  if (ws && ws.readyState === WebSocket.OPEN && !live.ended) ws.send(JSON.stringify({ type: "end" }));
+function sendEnd() {  // on a connection not ready yet (Stop during a rollover): sent after its queue, on ready
+  if (!live.ended && live.ready && ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "end" }));
   live.ended = true;
 }
 
 function onMessage(msg) {
   if (msg.type === "ready") {
     live.ready = true;
+    live.maxStreamSeconds = (msg.limits && msg.limits.max_stream_seconds) || null;
     const m = msg.model;
     setStatus(`listening: ${msg.sample_rate} Hz audio -> ${m.encoder} ${m.head} model at ${msg.model_sample_rate} Hz ` +
               `(${Math.round(m.window_seconds * 1000)} ms windows)`);
-    for (const x of queue) sendPiece(x);
+    for (const x of queue) transmit(x);
     queue = [];
+    if (live.ended) ws.send(JSON.stringify({ type: "end" }));  // Stop came during a rollover
   } else if (msg.type === "partial") {
     live.partial = msg.text;
     $("partial").textContent = msg.text ? gap() + msg.text : "";
@@ -179,6 +220,8 @@ function onMessage(msg) {
       $("finals").append(gap() + msg.text);
       live.finals.push(msg.text);
     }
+    if (live.ready && !live.ended && live.maxStreamSeconds >= MIN_ROLL_SECONDS &&
+        live.sentSeconds > live.maxStreamSeconds - rollMargin()) rollover();
   } else if (msg.type === "done") {
     live.done = true;
     const dropped = live.droppedMs ? `; the browser dropped ${Math.round(live.droppedMs)} ms of microphone audio (a busy machine?)` : "";
@@ -254,7 +297,7 @@ function stop() {
   setStatus("finishing ...");
   captureStats();
   if (media) media.getTracks().forEach((t) => t.stop());
-  if (node && live.ready) {
+  if (node && (live.ready || live.rollovers > 0)) {  // (during a rollover: sent once the new connection is ready)
     node.port.postMessage("flush");  // the last samples, then "end"
   } else {  // nothing was decoded yet: closed here, not reported as a failure to connect
     const w = ws, bye = () => w.close(1000, "stopped before the server was ready");

@@ -444,12 +444,67 @@ def test_page_keeps_the_transcript(live_model, tmp_path):
     assert not [m for m in console if "exception" in m or "console.error" in m], console
 
 
+def test_page_moves_to_a_new_connection_before_the_stream_limit(live_model, tmp_path, monkeypatch):
+    """A stream longer than the server's max_stream_seconds: the page ends its connection at a
+    final (a segment boundary) and goes on in a new one, by itself: no error, both utterances'
+    finals shown, and the audio the server got over all the connections is the microphone's,
+    whole (no gap, nothing twice), also when Stop comes while a new connection is opening."""
+    from serve.endpoint import EndpointConfig, EndpointRule
+    from serve.server import ServerConfig
+
+    binary = find_chromium()
+    (p0, r0), (p1, r1) = sorted(live_model.utterances[:4], key=lambda u: -len(read_wav(u[0])))[:2]
+    x0, x1 = read_wav(p0), read_wav(p1)
+    x = np.concatenate([x0, np.zeros(16000, np.float32), x1, np.zeros(24000, np.float32)])
+    wav = tmp_path / "mic.wav"
+    sf.write(str(wav), x, 16000, subtype="PCM_16")
+    limit = len(x0) / 16000 + 2.5  # the first final (after 0.6 s of silence) comes past half of it
+    received = []
+    accept = Stream.accept_waveform
+    monkeypatch.setattr(Stream, "accept_waveform", lambda stream, rate, samples: (
+        received.append((stream, np.array(samples, np.float32))), accept(stream, rate, samples))[1])
+    rec = Recognizer(live_model.onnx_dir, endpoint=EndpointConfig(rule2=EndpointRule(True, 0.6, 0.0)))
+    with ServerThread(rec, ServerConfig(port=0, max_stream_seconds=limit)) as srv:
+        proc, cdp = launch(binary, wav, tmp_path / "profile")
+        try:
+            open_page(cdp, srv.http_url)
+            cdp.eval("document.getElementById('start').click()", gesture=True)
+            wait_for(cdp, "window.live.ready", 30, "the server's ready message")
+            wait_for(cdp, f"window.live.piecesSent * 0.1 >= {len(x) / 16000:.2f}", len(x) / 16000 + 30, "the audio to play")
+            rolled = cdp.eval("window.live.rollovers")
+            # Stop while a new connection opens: its queued audio is sent once it is ready, then `end`
+            cdp.eval("rollover(); document.getElementById('stop').click()", gesture=True)
+            wait_for(cdp, "window.live.done || window.live.errors.length > 0", 30, "the end of the stream")
+            time.sleep(0.5)  # the old connections' last results
+            s = page_state(cdp)
+        finally:
+            quit_browser(proc, cdp)
+        stats = srv.server.stats()
+    monkeypatch.undo()
+    live = s["live"]
+    assert live["errors"] == [] and s["error"] == "" and rolled >= 1 and live["rollovers"] == rolled + 1, s
+    assert s["status"].startswith("done:") and live["closeCode"] == 1000, s
+    assert stats["errors"] == 0 and stats["completed"] == live["rollovers"] + 1, stats
+    assert s["transcript"] == " ".join(live["finals"]) and len(live["finals"]) >= 2, s
+    assert cer(f"{r0} {r1}", s["transcript"]) < 0.6, (r0, r1, s["transcript"])
+    streams = []  # the server's streams, in the order they got audio
+    for stream, _ in received:
+        if not any(stream is t for t in streams):
+            streams.append(stream)
+    assert len(streams) == live["rollovers"] + 1, len(streams)
+    audio = np.concatenate([a for _, a in received])
+    assert len(audio) / 16000 == pytest.approx(live["piecesSent"] * 0.1, abs=0.11)
+    start, gain, snr = aligned_snr(audio, 16000, x)
+    assert -0.02 < start < 0.3 and 0.9 < gain < 1.1 and snr > 20, (start, gain, snr)
+
+
 def test_page_says_what_went_wrong(live_model, tmp_path):
     """Each refusal in words a user can act on: no token or a wrong one (the page asks its
     server; the browser says only 1006), a server that is gone (Start loads worklet.js from it
     first: before, 'Audio processing failed: ... (Network error)'), a denied microphone, a page
     opened over plain http by another name than localhost (said on load, before Start); the
-    server's own error (max_stream_seconds) with what to do on the page."""
+    server's own error (a max_stream_seconds of 1 s: the page moves to a new connection before
+    a limit of 2 s or more) with what to do on the page."""
     from serve.server import ServerConfig
 
     binary = find_chromium()
