@@ -14,6 +14,7 @@ const live = (window.live = {
   closeCode: null, closeReason: "", piecesSent: 0, sampleRate: null, deviceRate: null, ended: false,
   droppedMs: null,  // microphone audio the browser itself dropped (its track stats; null: not reported)
   sentSeconds: 0, maxStreamSeconds: null, rollovers: 0,  // audio on this connection; the server's limit
+  connectionSamples: [],  // samples sent on each connection of this Start
 });
 const MODEL_RATE = 16000;  // the rate the page sends; the server resamples any other
 let ws = null, ctx = null, media = null, node = null, queue = [];
@@ -52,7 +53,8 @@ async function start() {
   buttons(true);
   $("error").textContent = "";  // the transcript stays: this session's text goes on a new line
   Object.assign(live, { ready: false, done: false, finals: [], partial: "", errors: [], closeCode: null,
-                        closeReason: "", piecesSent: 0, ended: false, droppedMs: null, sentSeconds: 0, rollovers: 0 });
+                        closeReason: "", piecesSent: 0, ended: false, droppedMs: null, sentSeconds: 0, rollovers: 0,
+                        connectionSamples: [] });
   queue = [];
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     showError(INSECURE);
@@ -192,6 +194,7 @@ function transmit(x) {
     ws.send(x.buffer);
     live.piecesSent++;
     live.sentSeconds += x.length / live.sampleRate;
+    live.connectionSamples[live.rollovers] = (live.connectionSamples[live.rollovers] || 0) + x.length;
   }
 }
 
