@@ -550,13 +550,12 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     # One file at a time (decoding 120 s of files together was 10% faster on the mini test
     # sets and took 58% more memory); on a terminal, more than one file gets a progress bar,
     # and the results, errors and log lines are written above it.
     failed = 0
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     with logging_redirect_tqdm(), tqdm(args.audio, unit="file", leave=False, dynamic_ncols=True,
                                        disable=None if len(args.audio) > 1 else True) as bar:
         for path in bar:

@@ -13,7 +13,7 @@ const live = (window.live = {
   status: "idle", ready: false, done: false, finals: [], partial: "", errors: [],
   closeCode: null, closeReason: "", piecesSent: 0, sampleRate: null, deviceRate: null, ended: false,
   droppedMs: null,  // microphone audio the browser itself dropped (its track stats; null: not reported)
-  sentSeconds: 0, maxStreamSeconds: null, rollovers: 0,  // audio on this connection; the server's limit
+  maxStreamSeconds: null, rollovers: 0,  // the server's limit of audio per connection; moves to a new one
   connectionSamples: [],  // samples sent on each connection of this Start
 });
 const MODEL_RATE = 16000;  // the rate the page sends; the server resamples any other
@@ -53,8 +53,7 @@ async function start() {
   buttons(true);
   $("error").textContent = "";  // the transcript stays: this session's text goes on a new line
   Object.assign(live, { ready: false, done: false, finals: [], partial: "", errors: [], closeCode: null,
-                        closeReason: "", piecesSent: 0, ended: false, droppedMs: null, sentSeconds: 0, rollovers: 0,
-                        connectionSamples: [] });
+                        closeReason: "", piecesSent: 0, ended: false, droppedMs: null, rollovers: 0, connectionSamples: [] });
   queue = [];
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     showError(INSECURE);
@@ -116,6 +115,10 @@ function connect() {
 // results are still shown; the audio goes on to the new one without a gap (queued until ready).
 const MIN_ROLL_SECONDS = 2;  // a shorter limit is not worth a connection each: the server's error says so
 
+function sentSeconds() {  // audio sent on the current connection
+  return (live.connectionSamples[live.rollovers] || 0) / live.sampleRate;
+}
+
 function rollMargin() {
   return Math.min(60, live.maxStreamSeconds / 2);
 }
@@ -132,7 +135,7 @@ function rollover() {
   old.onclose = null;
   if (old.readyState === WebSocket.OPEN) old.send(JSON.stringify({ type: "end" }));
   live.rollovers++;
-  Object.assign(live, { ready: false, sentSeconds: 0 });
+  live.ready = false;
   queue = [];
   connect();
 }
@@ -184,7 +187,7 @@ async function buildGraph() {  // -> {ctx, node, rate}; closed by the caller on 
 function sendPiece(x) {
   if (live.ended) return;
   if (live.ready && live.maxStreamSeconds >= MIN_ROLL_SECONDS &&
-      live.sentSeconds + x.length / live.sampleRate > live.maxStreamSeconds - 0.5) rollover();
+      sentSeconds() + x.length / live.sampleRate > live.maxStreamSeconds - 0.5) rollover();
   if (!live.ready) queue.push(x);
   else transmit(x);
 }
@@ -193,7 +196,6 @@ function transmit(x) {
   if (ws && ws.readyState === WebSocket.OPEN) {
     ws.send(x.buffer);
     live.piecesSent++;
-    live.sentSeconds += x.length / live.sampleRate;
     live.connectionSamples[live.rollovers] = (live.connectionSamples[live.rollovers] || 0) + x.length;
   }
 }
@@ -224,7 +226,7 @@ function onMessage(msg) {
       live.finals.push(msg.text);
     }
     if (live.ready && !live.ended && live.maxStreamSeconds >= MIN_ROLL_SECONDS &&
-        live.sentSeconds > live.maxStreamSeconds - rollMargin()) rollover();
+        sentSeconds() > live.maxStreamSeconds - rollMargin()) rollover();
   } else if (msg.type === "done") {
     live.done = true;
     const dropped = live.droppedMs ? `; the browser dropped ${Math.round(live.droppedMs)} ms of microphone audio (a busy machine?)` : "";
