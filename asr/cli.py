@@ -568,11 +568,17 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             (res,) = model.transcribe(samples, ctc_guard=args.ctc_guard, method=args.method, beam=args.beam,
                                       use_ctc=args.use_ctc)
-            stamps = " ".join(f"{tok}@{ts:.2f}" for tok, ts in zip(res.tokens, res.timestamps))
-            tqdm.write(f"{path}\t{res.text}" + (f"\t[{stamps}]" if args.timestamps else ""), file=sys.stdout)
+            tqdm.write(_transcript_line(path, res, args.timestamps), file=sys.stdout)
             log.debug("%s: %.2f s audio in %.3f s", path, len(samples) / model.features.sample_rate, time.perf_counter() - t0)
     if failed:
         raise SystemExit(1)
+
+
+def _transcript_line(path: str, res, timestamps: bool) -> str:
+    """``asr transcribe``'s line for one file: ``path<TAB>text`` (and ``<TAB>[token@seconds ...]``)."""
+    if not timestamps:
+        return f"{path}\t{res.text}"
+    return f"{path}\t{res.text}\t[" + " ".join(f"{tok}@{ts:.2f}" for tok, ts in zip(res.tokens, res.timestamps)) + "]"
 
 
 def _onnx_recognizer(args: argparse.Namespace, endpoint):
@@ -608,11 +614,7 @@ def _transcribe_onnx(args: argparse.Namespace) -> None:
             continue
         t0 = time.perf_counter()
         res = _transcribe_file(rec, samples, path)
-        if args.timestamps:
-            stamps = " ".join(f"{tok}@{ts:.2f}" for tok, ts in zip(res.tokens, res.timestamps))
-            print(f"{path}\t{res.text}\t[{stamps}]")
-        else:
-            print(f"{path}\t{res.text}")
+        print(_transcript_line(path, res, args.timestamps))
         log.debug("%s: %.2f s audio in %.3f s", path, len(samples) / rec.sample_rate, time.perf_counter() - t0)
     if failed:
         raise SystemExit(1)

@@ -389,16 +389,14 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
     audio_timeout = max(audio_timeout, 2 * mic.block_seconds)  # --piece-ms 6000: the first block comes after 6 s
     stream = recognizer.create_stream()
     limit = None if seconds is None else int(round(seconds * mic.rate))  # samples
-    fed = 0
+    mic.decoded = 0
 
     def accept(block: np.ndarray) -> None:
-        nonlocal fed
         if limit is not None:
-            block = block[: limit - fed]
+            block = block[: limit - mic.decoded]
         if len(block):
             stream.accept_waveform(mic.rate, block)
-            fed += len(block)
-            mic.decoded = fed
+            mic.decoded += len(block)
             if on_audio is not None:
                 on_audio(block)
 
@@ -426,7 +424,7 @@ def run_live(recognizer, mic: Microphone, display: LiveDisplay | None = None, se
         started = False
         lost = None  # the MicError of a device that stopped delivering, raised after the flush
         try:
-            while not stop.is_set() and (limit is None or fed < limit):
+            while not stop.is_set() and (limit is None or mic.decoded < limit):
                 t0 = time.monotonic()
                 block = mic.read(0.05)
                 if block is None:
