@@ -31,8 +31,23 @@ __all__ = ["main"]
 log = logging.getLogger("asr")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A console handler that writes to whatever ``sys.stderr`` is when a record is emitted, not
+    the stream of the moment it was made: a caller that swaps ``sys.stderr`` after ``main()``
+    (pytest's capture, a notebook, ``contextlib.redirect_stderr``) and closes the old one would
+    otherwise get "--- Logging error ---" and lose the record."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler.__init__ assigns it; nothing to keep
+        pass
+
+
 def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [_StderrHandler()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))

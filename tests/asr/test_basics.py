@@ -145,3 +145,29 @@ def test_python_m_asr_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "asr", "decode", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: asr decode")
+
+
+def test_cli_logging_follows_sys_stderr_after_it_is_swapped():
+    """The ``asr`` command's console log writes to the ``sys.stderr`` of the moment: after a caller
+    swaps it and closes the old stream (pytest's capture between tests, a notebook,
+    ``redirect_stderr``), a record reaches the new stream instead of "--- Logging error ---"."""
+    import contextlib
+    import io
+    import logging
+
+    from asr.cli import _setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        first, second = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(first):
+            _setup_logging(False)
+            logging.getLogger("asr").warning("into the first stream")
+        first.close()
+        with contextlib.redirect_stderr(second):
+            logging.getLogger("asr").warning("into the second stream")
+        assert "into the second stream" in second.getvalue()
+        assert "Logging error" not in second.getvalue()
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
