@@ -47,6 +47,11 @@ the same config returns at once, a different config rebuilds. Files are written 
 every finished chapter is recorded under ``<out>/.build/``, so an interrupted build resumes, and
 ``corpus.json`` (written last) exists only for a complete corpus. A TTS call that fails is
 retried once, then the utterance is skipped and counted (``corpus.json`` and the log).
+``checksums.sha256`` lists the SHA-256 of every audio file and transcript as written (check it by
+hand with ``sha256sum -c checksums.sha256`` in the corpus directory). Reusing a corpus reads
+them all again: a file that is missing or changed (a truncated copy, a disk fault) is
+synthesized again with the rest of its chapter, and when that cannot give the same bytes (a
+file no chapter writes, another TTS version) the corpus is rebuilt.
 
 The noise manifest is a lhotse ``RecordingSet``; MUSAN's RecordingSet can be used instead.
 """
@@ -95,6 +100,7 @@ log = logging.getLogger(__name__)
 SPLITS: tuple[str, ...] = ("train", "dev", "test-seen", "test-unseen")
 FORMAT_VERSION = 2
 GENERATOR = "asr.data.corpus.build_mini_librispeech"
+CHECKSUMS = "checksums.sha256"  # `sha256sum -c` format, paths under the corpus directory
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 _WORDNET_DEFAULT_DIRS = ("/usr/share/wordnet",)
 # Share of the shuffled sentence list given to each pool (the rest is train's).
@@ -608,20 +614,21 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x.astype(np.float64) * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def _write_flac(path: Path, x: np.ndarray) -> None:
-    """(T,) float samples -> 16 kHz mono 16-bit FLAC, written atomically."""
+def _write_flac(path: Path, x: np.ndarray) -> str:
+    """(T,) float samples -> 16 kHz mono 16-bit FLAC, written atomically; returns its SHA-256."""
     # Encoded in memory: libsndfile reports a full disk as "System error." without the errno.
     buf = io.BytesIO()
     sf.write(buf, _to_int16(x), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    _write_bytes(path, buf.getvalue())
+    return _write_bytes(path, buf.getvalue())
 
 
-def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
+def _write_text(path: Path, text: str) -> str:
+    return _write_bytes(path, text.encode("utf-8"))
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Written to a temporary file renamed into place; the temporary file goes when that fails."""
+def _write_bytes(path: Path, data: bytes) -> str:
+    """Written to a temporary file renamed into place; the temporary file goes when that fails.
+    Returns the SHA-256 of ``data`` (hex), for ``checksums.sha256``."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_bytes(data)
@@ -631,6 +638,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
         if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+    return hashlib.sha256(data).hexdigest()
 
 
 def _synthesize_with_retry(voice: Voice, text: str, workdir: str, what: str) -> tuple[np.ndarray | None, int]:
@@ -649,6 +657,7 @@ def _run_chapter(job: ChapterJob, out: Path, workdir: str) -> dict[str, Any]:
     chapter_dir = out / job.rel_dir
     chapter_dir.mkdir(parents=True, exist_ok=True)
     durations: dict[str, float] = {}
+    files: dict[str, str] = {}  # path under out -> SHA-256
     skipped: list[str] = []
     failed_calls = 0
     lines = []
@@ -663,12 +672,13 @@ def _run_chapter(job: ChapterJob, out: Path, workdir: str) -> dict[str, Any]:
         audio = noise_lib.peak_normalize(audio, job.speaker.peak_dbfs)
         hiss = np.random.default_rng([job.seed, 6, job.speaker.id, job.chapter, k]).standard_normal(audio.shape[0])
         audio = audio + (hiss * 10.0 ** (job.speaker.noise_floor_dbfs / 20.0)).astype(np.float32)
-        _write_flac(chapter_dir / f"{utt.id}.flac", audio)
+        files[f"{job.rel_dir}/{utt.id}.flac"] = _write_flac(chapter_dir / f"{utt.id}.flac", audio)
         durations[utt.id] = audio.shape[0] / SAMPLE_RATE
         lines.append(f"{utt.id} {utt.text}\n")
-    _write_text(chapter_dir / f"{job.speaker.id}-{job.chapter}.trans.txt", "".join(lines))
+    trans = f"{job.speaker.id}-{job.chapter}.trans.txt"
+    files[f"{job.rel_dir}/{trans}"] = _write_text(chapter_dir / trans, "".join(lines))
     return {"job": job.name, "split": job.split, "speaker": job.speaker.id, "chapter": job.chapter,
-            "durations": durations, "skipped": skipped, "failed_calls": failed_calls}
+            "durations": durations, "skipped": skipped, "failed_calls": failed_calls, "files": files}
 
 
 def _run_noise(job: NoiseJob, out: Path, workdir: str) -> dict[str, Any]:
@@ -687,15 +697,15 @@ def _run_noise(job: NoiseJob, out: Path, workdir: str) -> dict[str, Any]:
                 tracks.append(audio)
         if not tracks:
             return {"job": job.name, "kind": job.kind, "seconds": 0.0, "skipped": skipped + [job.name],
-                    "failed_calls": failed_calls, "file": None}
+                    "failed_calls": failed_calls, "file": None, "files": {}}
         x = noise_lib.mix_babble(tracks, n, rng)
     else:
         x = noise_lib.coloured_noise(job.kind, n, rng, SAMPLE_RATE)
     path = out / "noise" / f"{job.name}.flac"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_flac(path, x)
+    digest = _write_flac(path, x)
     return {"job": job.name, "kind": job.kind, "seconds": n / SAMPLE_RATE, "skipped": skipped,
-            "failed_calls": failed_calls, "file": path.name}
+            "failed_calls": failed_calls, "file": path.name, "files": {f"noise/{path.name}": digest}}
 
 
 def _run_job(args: tuple[ChapterJob | NoiseJob, str]) -> dict[str, Any]:
@@ -738,24 +748,104 @@ def _check_voices(cfg: MiniCorpusConfig) -> None:
                              f"installed: {sorted(cache[lister])}{hint}")
 
 
-def _load_done(out: Path, fingerprint: str) -> dict[str, Any] | None:
-    """Stats of a complete corpus built from this fingerprint, else None."""
+def _read_checksums(out: Path) -> dict[str, str] | None:
+    """path -> SHA-256 from ``checksums.sha256``; None when it is missing or malformed."""
+    try:
+        lines = (out / CHECKSUMS).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    sums = {}
+    for line in lines:
+        digest, sep, rel = line.partition("  ")
+        if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest) or not rel:
+            return None
+        sums[rel] = digest
+    return sums
+
+
+def _damaged(out: Path, sums: dict[str, str]) -> list[str]:
+    """The listed files that are missing or whose bytes are not those the build wrote (all of
+    them are read: about 0.2 s for the default corpus's 210 MB)."""
+    bad = []
+    for rel, digest in sorted(sums.items()):
+        try:
+            ok = hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
+        except OSError:
+            ok = False
+        if not ok:
+            bad.append(rel)
+    return bad
+
+
+def _load_done(out: Path, fingerprint: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """(stats, damaged files) of a complete corpus built from this fingerprint; (None, []) when
+    there is none. Damaged files are those ``checksums.sha256`` lists that are missing or changed."""
     try:
         stats = json.loads((out / "corpus.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return None, []
     if stats.get("generator") != GENERATOR or stats.get("fingerprint") != fingerprint:
-        return None
+        return None, []
     if not all((out / "LibriSpeech" / s).is_dir() for s in SPLITS):
-        return None
+        return None, []
     if not (out / "noise" / "recordings.jsonl.gz").is_file():
-        return None
-    n_flac = sum(1 for _ in (out / "LibriSpeech").glob("*/*/*/*.flac"))
-    if n_flac != sum(stats.get("utterances", {}).values()):
-        log.warning("%s: %d FLAC files where corpus.json lists %d utterances; rebuilding",
-                    out, n_flac, sum(stats.get("utterances", {}).values()))
-        return None
-    return stats
+        return None, []
+    sums = _read_checksums(out)
+    if sums is None:
+        log.warning("%s: no readable %s (a corpus built before it was written, or a damaged "
+                    "list); rebuilding", out, CHECKSUMS)
+        return None, []
+    expected = sum(stats.get("utterances", {}).values())
+    listed = {rel for rel in sums if rel.endswith(".flac") and rel.startswith("LibriSpeech/")}
+    unlisted = {p.relative_to(out).as_posix() for p in (out / "LibriSpeech").glob("*/*/*/*.flac")} - listed
+    if len(listed) != expected or unlisted:
+        log.warning("%s: %d FLAC files listed in %s and %d more on disk where corpus.json lists %d "
+                    "utterances; rebuilding", out, len(listed), CHECKSUMS, len(unlisted), expected)
+        return None, []
+    return stats, _damaged(out, sums)
+
+
+def _repair(out: Path, config: MiniCorpusConfig, damaged: list[str], num_jobs: int, progress: bool) -> bool:
+    """Synthesize again the chapters and noise files that wrote ``damaged`` files (the build is
+    deterministic, so they come out with the same bytes); True when every file those jobs
+    write matches ``checksums.sha256`` again. False (the caller rebuilds the whole corpus) when
+    a damaged file belongs to no job, or the new files differ (another TTS version, a failed
+    TTS call)."""
+    shown = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+    mismatch = f"{len(damaged)} file does not" if len(damaged) == 1 else f"{len(damaged)} files do not"
+    sums = _read_checksums(out) or {}
+    sentences = closed_vocabulary(load_wordnet_sentences(config.wordnet_dir, config.min_words, config.max_words),
+                                  config.vocabulary_size, config.min_word_count)
+    plan = _make_plan(config, sentences)
+    owner: dict[str, ChapterJob | NoiseJob] = {}
+    for chapter in plan.chapters:
+        for utt in chapter.utterances:
+            owner[f"{chapter.rel_dir}/{utt.id}.flac"] = chapter
+        owner[f"{chapter.rel_dir}/{chapter.speaker.id}-{chapter.chapter}.trans.txt"] = chapter
+    for noise in plan.noise:
+        owner[f"noise/{noise.name}.flac"] = noise
+    orphans = [rel for rel in damaged if rel not in owner]
+    if orphans:
+        log.warning("%s: %s match %s (%s), and %s belongs to no chapter; rebuilding the corpus",
+                    out, mismatch, CHECKSUMS, shown, orphans[0])
+        return False
+    jobs = list({owner[rel].name: owner[rel] for rel in damaged}.values())
+    log.warning("%s: %s match %s (%s); synthesizing again the %d chapter(s) or noise file(s) that hold them",
+                out, mismatch, CHECKSUMS, shown, len(jobs))
+    for stale in list(out.glob("LibriSpeech/**/*.tmp-*")) + list(out.glob("noise/*.tmp-*")):
+        stale.unlink(missing_ok=True)
+    (out / ".build" / "jobs").mkdir(parents=True, exist_ok=True)
+    differ = []
+    for result in _run_all(jobs, out, num_jobs, progress):
+        wrote = result["files"]
+        listed = {rel for rel, job in owner.items() if job.name == result["job"] and rel in sums}
+        differ += sorted(rel for rel in listed | set(wrote) if wrote.get(rel) != sums.get(rel))
+    if differ:
+        log.warning("%s: synthesized again, %d file(s) differ from the ones first built (%s; another TTS "
+                    "version?); rebuilding the corpus", out, len(differ), differ[0])
+        return False
+    log.info("%s: repaired (%d chapter(s) or noise file(s) synthesized again)", out, len(jobs))
+    return True
 
 
 def _ours(out: Path) -> bool:
@@ -794,6 +884,7 @@ def _prepare_out_dir(out: Path, fingerprint: str) -> bool:
     if ours:  # from here on the directory must not look complete
         (out / "corpus.json").unlink(missing_ok=True)
     if not resuming:
+        (out / CHECKSUMS).unlink(missing_ok=True)
         for name in ("LibriSpeech", "noise", ".build/jobs"):
             shutil.rmtree(out / name, ignore_errors=True)
     for stale in list(out.glob("LibriSpeech/**/*.tmp-*")) + list(out.glob("noise/*.tmp-*")):
@@ -832,7 +923,7 @@ def _run_all(jobs: list[ChapterJob | NoiseJob], out: Path, num_jobs: int, progre
         bar.close()
 
 
-def _write_speakers(out: Path, plan: _Plan, seconds: dict[int, float]) -> None:
+def _write_speakers(out: Path, plan: _Plan, seconds: dict[int, float]) -> str:
     rows = [
         "; Speakers of the mini LibriSpeech corpus, synthesized locally by text-to-speech.",
         "; RATE: espeak-ng words per minute; flite and festival duration stretch (>1 is slower).",
@@ -846,7 +937,7 @@ def _write_speakers(out: Path, plan: _Plan, seconds: dict[int, float]) -> None:
             f"{spk.id:<5} |{v.engine:<10}|{v.voice:<31}|{v.rate:<6g}|{v.pitch:<6g}|"
             f"{','.join(plan.speaker_splits.get(spk.id, [])):<23}|{seconds.get(spk.id, 0.0) / 60.0:.2f}"
         )
-    _write_text(out / "LibriSpeech" / "SPEAKERS.TXT", "\n".join(rows) + "\n")
+    return _write_text(out / "LibriSpeech" / "SPEAKERS.TXT", "\n".join(rows) + "\n")
 
 
 _README = """Mini LibriSpeech: synthesized locally by text-to-speech (espeak-ng, flite, festival)
@@ -888,8 +979,8 @@ def build_mini_librispeech(
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} is a file; the mini corpus is written to a directory")
     fingerprint = config_fingerprint(config)
-    done = _load_done(out, fingerprint)
-    if done is not None:
+    done, damaged = _load_done(out, fingerprint)
+    if done is not None and not damaged:
         log.info("mini LibriSpeech already built in %s (fingerprint %s)", out, fingerprint[:12])
         return done
 
@@ -899,10 +990,13 @@ def build_mini_librispeech(
     _check_voices(config)
     out.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):
-        done = _load_done(out, fingerprint)  # built by the build this one waited for
-        if done is not None:
+        done, damaged = _load_done(out, fingerprint)  # again: the build this one waited for may have made it
+        if done is not None and not damaged:
             log.info("mini LibriSpeech built in %s by the other build (fingerprint %s)", out, fingerprint[:12])
             shutil.rmtree(out / ".build", ignore_errors=True)  # only this lock: a finished corpus has no .build
+            return done
+        if done is not None and _repair(out, config, damaged, num_jobs, progress):
+            shutil.rmtree(out / ".build", ignore_errors=True)
             return done
         return _build(out, config, fingerprint, engines, num_jobs, progress)
 
@@ -947,7 +1041,7 @@ def _build(out: Path, config: MiniCorpusConfig, fingerprint: str, engines: set[s
                 result = json.loads((out / ".build" / "jobs" / f"{job.name}.json").read_text())
             except (OSError, ValueError):
                 continue
-            if not result.get("skipped"):
+            if not result.get("skipped") and "files" in result:  # older records lack the checksums
                 results[job.name] = result
         log.info("resuming the build in %s: %d of %d jobs already done", out, len(results), len(jobs))
     todo = [j for j in jobs if j.name not in results]
@@ -965,14 +1059,16 @@ def _build(out: Path, config: MiniCorpusConfig, fingerprint: str, engines: set[s
     for job in plan.chapters:
         seconds_per_speaker[job.speaker.id] = seconds_per_speaker.get(job.speaker.id, 0.0) + sum(
             results[job.name]["durations"].values())
-    _write_speakers(out, plan, seconds_per_speaker)
-    _write_text(out / "LibriSpeech" / "README.TXT", _README)
+    checksums = {rel: digest for r in results.values() for rel, digest in r["files"].items()}
+    checksums["LibriSpeech/SPEAKERS.TXT"] = _write_speakers(out, plan, seconds_per_speaker)
+    checksums["LibriSpeech/README.TXT"] = _write_text(out / "LibriSpeech" / "README.TXT", _README)
     noise_files = sorted((out / "noise" / r["file"]) for r in results.values() if r.get("file"))
     (out / "noise").mkdir(parents=True, exist_ok=True)
     noise_lib.write_recording_set(noise_files, out / "noise" / "recordings.jsonl.gz")
 
     stats["build"] = {"seconds": round(time.perf_counter() - start, 1), "num_jobs": num_jobs,
                       "resumed_jobs": len(jobs) - len(todo)}
+    _write_text(out / CHECKSUMS, "".join(f"{digest}  {rel}\n" for rel, digest in sorted(checksums.items())))
     _write_text(out / "corpus.json", json.dumps(stats, indent=2, sort_keys=False) + "\n")
     shutil.rmtree(out / ".build", ignore_errors=True)
     f = stats["tts_failures"]

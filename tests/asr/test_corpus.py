@@ -362,6 +362,108 @@ def test_a_second_build_of_the_same_directory_waits_then_reuses_the_first(built,
     assert not (out / ".build").exists()
 
 
+def _counting_synthesize(monkeypatch) -> list[str]:
+    """tts.synthesize, recording the text of every call."""
+    real, texts = tts.synthesize, []
+
+    def counting(voice, text, workdir):
+        texts.append(text)
+        return real(voice, text, workdir)
+
+    monkeypatch.setattr(tts, "synthesize", counting)
+    return texts
+
+
+def test_checksums_list_every_audio_file_and_transcript(built):
+    """``checksums.sha256`` is `sha256sum -c` input for every FLAC and transcript, as written."""
+    out, stats = built
+    lines = (out / corpus_mod.CHECKSUMS).read_text(encoding="utf-8").splitlines()
+    sums = dict(reversed(line.split("  ", 1)) for line in lines)
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*")
+               if p.is_file() and (p.suffix in (".flac", ".txt", ".TXT"))}
+    assert set(sums) == on_disk
+    assert sum(1 for rel in sums if rel.startswith("LibriSpeech/") and rel.endswith(".flac")) == sum(stats["utterances"].values())
+    assert all(hashlib.sha256((out / rel).read_bytes()).hexdigest() == d for rel, d in sums.items())
+
+
+def test_damaged_files_are_synthesized_again_with_their_chapter_only(built, tmp_path, monkeypatch, caplog):
+    """A truncated FLAC, a deleted FLAC and an edited transcript in a finished corpus used to be
+    reused as they were (training skips unreadable audio, and trains on a wrong transcript).
+    Now the chapters that hold them are synthesized again, and only those: the corpus is
+    byte-identical to the original afterwards, every other file untouched."""
+    src, stats = built
+    out = tmp_path / "corpus"
+    shutil.copytree(src, out)
+    ref = _file_hashes(src)
+    flacs = sorted((out / "LibriSpeech" / "train").rglob("*.flac"))
+    chapters = sorted({f.parent for f in flacs})
+    assert len(chapters) >= 3
+    truncated, deleted = sorted(chapters[0].glob("*.flac"))[0], sorted(chapters[1].glob("*.flac"))[-1]
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    deleted.unlink()
+    trans = next(chapters[2].glob("*.trans.txt"))
+    trans.write_text(trans.read_text(encoding="utf-8").replace(" ", "  ", 1), encoding="utf-8")
+    noise = sorted((out / "noise").glob("*.flac"))[0]
+    noise.write_bytes(b"\0" * noise.stat().st_size)  # same size, other bytes
+    untouched = {p: p.stat().st_mtime_ns for p in (out / "LibriSpeech").rglob("*")
+                 if p.is_file() and p.parent not in chapters[:3]}
+
+    texts = _counting_synthesize(monkeypatch)
+    with caplog.at_level("WARNING", logger=corpus_mod.log.name):
+        again = build_mini_librispeech(out, tiny(), num_jobs=1, progress=False)
+    assert again == stats
+    assert "4 files do not match checksums.sha256" in caplog.text
+    assert _file_hashes(out) == ref
+    expected_calls = sum(len(list(c.glob("*.flac"))) for c in chapters[:3])
+    assert expected_calls <= len(texts) < expected_calls + 10  # the three chapters plus one noise file's talkers
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    assert not (out / ".build").exists()
+    texts.clear()
+    build_mini_librispeech(out, tiny(), num_jobs=1, progress=False)
+    assert texts == []  # repaired: reused as it is
+
+
+def test_a_corpus_that_cannot_be_repaired_file_by_file_is_rebuilt(built, tmp_path, monkeypatch, caplog):
+    """A damaged file no chapter writes (SPEAKERS.TXT), a repair whose audio comes out different
+    (here: a TTS engine that now ends with 10 ms more silence), and a corpus without checksums.sha256 (built
+    before it existed) are rebuilt whole, and the result verifies again."""
+    src, stats = built
+    ref = _file_hashes(src)
+    out = tmp_path / "speakers"
+    shutil.copytree(src, out)
+    (out / "LibriSpeech" / "SPEAKERS.TXT").write_text("damaged\n")
+    texts = _counting_synthesize(monkeypatch)
+    with caplog.at_level("WARNING", logger=corpus_mod.log.name):
+        again = build_mini_librispeech(out, tiny(), num_jobs=1, progress=False)
+    assert "belongs to no chapter; rebuilding the corpus" in caplog.text
+    assert len(texts) > 20 and _file_hashes(out) == ref
+    assert {k: v for k, v in again.items() if k != "build"} == {k: v for k, v in stats.items() if k != "build"}
+
+    out = tmp_path / "other-tts"
+    shutil.copytree(src, out)
+    victim = sorted((out / "LibriSpeech" / "dev").rglob("*.flac"))[0]
+    victim.write_bytes(victim.read_bytes()[:-10])
+    real = tts.synthesize
+    monkeypatch.setattr(tts, "synthesize",
+                        lambda voice, text, workdir: np.pad(real(voice, text, workdir), (0, 160)))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=corpus_mod.log.name):
+        build_mini_librispeech(out, tiny(), num_jobs=1, progress=False)
+    assert "differ from the ones first built" in caplog.text
+    assert corpus_mod._damaged(out, corpus_mod._read_checksums(out)) == []
+    assert _file_hashes(out) != ref  # consistent with itself: every file from the new engine
+    monkeypatch.setattr(tts, "synthesize", real)
+
+    out = tmp_path / "old"
+    shutil.copytree(src, out)
+    (out / corpus_mod.CHECKSUMS).unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=corpus_mod.log.name):
+        build_mini_librispeech(out, tiny(), num_jobs=1, progress=False)
+    assert "no readable checksums.sha256" in caplog.text
+    assert _file_hashes(out) == ref
+
+
 def test_failing_tts_call_is_retried_then_skipped_and_counted(tmp_path, monkeypatch, caplog):
     real = tts.synthesize
     seen: dict[str, int] = {}
