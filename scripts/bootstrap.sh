@@ -15,6 +15,7 @@
 # answers within 5 s (PyPI's Linux torch is the CUDA build), otherwise pip's own sources (a
 # mirror or find-links with the CPU wheel). A torch $TORCH_VERSION already in .venv is kept,
 # whichever build it is: to switch builds, `.venv/bin/pip uninstall torch` first.
+# (ASR_NVIDIA_PROBES replaces the list of files that mean "NVIDIA driver here"; for tests.)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -91,7 +92,12 @@ if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
         if [ "$torch_index" = auto ]; then
             torch_index=""
             cpu_index="https://download.pytorch.org/whl/cpu"
-            if ! command -v nvidia-smi >/dev/null 2>&1 && [ ! -e /proc/driver/nvidia/version ] && [ ! -e /dev/nvidiactl ] && "$VPY" -c "import urllib.request as u; u.urlopen('$cpu_index/', timeout=5)" 2>/dev/null; then
+            gpu=0
+            command -v nvidia-smi >/dev/null 2>&1 && gpu=1
+            for probe in ${ASR_NVIDIA_PROBES-/proc/driver/nvidia/version /dev/nvidiactl}; do
+                [ -e "$probe" ] && gpu=1
+            done
+            if [ $gpu = 0 ] && "$VPY" -c "import urllib.request as u; u.urlopen('$cpu_index/', timeout=5)" 2>/dev/null; then
                 torch_index="$cpu_index"
             fi
         fi
