@@ -275,7 +275,7 @@ class LiveServer:
         self._wake = asyncio.Event()
         self._loop_task = asyncio.create_task(self._decode_loop(), name="decode-loop")
         self._server = await ws_serve(
-            self._handle, cfg.host, cfg.port, process_request=self._process_request,
+            self._handle, cfg.host, cfg.port, process_request=self._process_request, create_connection=_gated_connection(),
             max_size=cfg.max_message_bytes * _LIBRARY_SIZE_FACTOR, max_queue=_LIBRARY_QUEUE, ssl=ssl_ctx,
             compression=None, close_timeout=2, server_header=None,
         )
@@ -343,14 +343,13 @@ class LiveServer:
     def _process_request(self, ws, request):
         """HTTP before the WebSocket handshake: the token check for ``/ws``, the page and
         ``/stats`` for GET and HEAD (headers only), 405 for other methods. (A request with a
-        body, such as most POSTs, is refused by the websockets library before this runs: it
-        closes the connection without an answer.)"""
+        body, such as most POSTs, never gets here: :func:`_gated_connection` answers it.)"""
         path, _, query = request.path.partition("?")
         method = getattr(request, "method", "GET")  # websockets < 15 parses GET only
         head = method == "HEAD"
-        allowed = "GET" if path == "/ws" else "GET, HEAD"
-        if method not in allowed.split(", "):
-            return _response(405, f"{method} is not supported here: {allowed}\n", head=False, allow=allowed)
+        refused = _refusal(method, path)
+        if refused is not None:
+            return refused
         if path == "/ws":
             if not self._authorized(request, query):
                 self.counters["rejected"] += 1
@@ -695,6 +694,95 @@ def _response(status: int, body: str | bytes, head: bool = False, ctype: str = "
     if allow is not None:
         headers["Allow"] = allow
     return Response(status, http.HTTPStatus(status).phrase, headers, b"" if head else data)
+
+
+def _refusal(method: str, path: str, has_body: bool = False):
+    """The answer to a request the server does not take (None for the ones it does): 405 for a
+    method other than GET (and HEAD, except on ``/ws``), 400 for a GET or HEAD with a body."""
+    allowed = "GET" if path.partition("?")[0] == "/ws" else "GET, HEAD"
+    if method not in allowed.split(", "):
+        hint = (" (audio is streamed over the WebSocket at /ws, see docs/live.md; to transcribe a file, run "
+                "`asr transcribe --onnx DIR FILE`)") if method in ("POST", "PUT") else ""
+        return _response(405, f"{method} is not supported here: {allowed}{hint}\n", allow=allowed)
+    if has_body:
+        return _response(400, f"a {method} request with a body is not supported\n")
+    return None
+
+
+def _gated_connection():
+    """The websockets library's server connection, with the HTTP requests it would drop
+    without a word answered here: the library refuses any request with a body (a ``curl -d``, a
+    file upload, a form) by closing the connection, so the client sees an empty reply. This
+    reads the request head first; a request with a body gets :func:`_refusal`'s answer, its body
+    is read and dropped (closing with it unread would reset the connection under the client's
+    feet, losing the answer), then the connection closes. Every other request goes to the
+    library untouched."""
+    from websockets.asyncio.server import ServerConnection
+
+    class GatedConnection(ServerConnection):
+        _HEAD_LIMIT = 16384  # beyond this without a blank line, the library's own limits answer
+        _LINGER_S = 5.0  # the longest a refused body is read before the connection closes anyway
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._pending: bytes | None = b""  # the request head so far; None once it went on
+            self._drop: float | None = None  # bytes of a refused body still to read
+
+        def data_received(self, data: bytes) -> None:
+            if self._drop is not None:
+                self._drop -= len(data)
+                if self._drop <= 0:
+                    self.transport.close()
+                return
+            if self._pending is None:
+                super().data_received(data)
+                return
+            self._pending += data
+            end = self._pending.find(b"\r\n\r\n")
+            if end < 0 and len(self._pending) < self._HEAD_LIMIT:
+                return
+            data, self._pending = self._pending, None
+            answer, body = self._refuse(data[:end]) if end >= 0 else (None, 0.0)
+            if answer is None:
+                super().data_received(data)
+                return
+            self.transport.write(answer.serialize())
+            self._drop = body - (len(data) - end - 4)
+            if self._drop <= 0:
+                self.transport.close()
+            else:
+                self.loop.call_later(self._LINGER_S, self.transport.close)
+
+        def eof_received(self) -> bool | None:
+            if self._drop is not None or self._pending:
+                self.transport.close()
+                return None
+            return super().eof_received()
+
+        @staticmethod
+        def _refuse(head: bytes):
+            """(answer, body length; inf when chunked) for a request with a body, else (None, 0)."""
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ")
+            if len(parts) != 3:
+                return None, 0.0  # malformed: the library's answer
+            fields = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    fields[name.strip().lower()] = value.strip()
+            if "transfer-encoding" in fields:
+                body = math.inf
+            else:
+                try:
+                    body = float(int(fields.get("content-length", "0")))
+                except ValueError:
+                    return None, 0.0
+            if body == 0:
+                return None, 0.0
+            return _refusal(parts[0], parts[1], has_body=True), body
+
+    return GatedConnection
 
 
 def _first_bad(x: np.ndarray) -> int:
