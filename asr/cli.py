@@ -455,6 +455,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
         if (args.runtime != "ours" or args.max_symbols is not None or args.batch is not None or args.tail_padding is not None
                 or args.int8):
             raise SystemExit("error: --runtime, --max-symbols, --batch, --tail-padding and --int8 apply to --onnx DIR")
+        if args.lm and args.method != "beam":  # before the model loads
+            raise SystemExit("error: --lm fuses an LM into beam search: add --method beam")
         done = _decode_model(args)
     if args.compare_to:
         compare_decodes(done["out_dir"], Path(args.compare_to), done["splits"])
@@ -1029,8 +1031,6 @@ def _fusion(args: argparse.Namespace, tokenizer):
         return None
     args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
     args.token_bonus = 0.0 if args.token_bonus is None else args.token_bonus
-    if args.method != "beam":
-        raise SystemExit("error: --lm fuses an LM into beam search: add --method beam")
     from .decoding.lm import LMFusion, NgramLM
 
     try:
@@ -1408,7 +1408,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dev", nargs="*", default=[], help="cut manifests to report perplexity on")
     sp.add_argument("--unit", choices=["token", "word"], default="token", help=(
         "token (default): an LM over the model's tokens; word: over words, whose vocabulary becomes the decoding "
-        "lexicon (`asr decode --lm FILE --lm-unit word`)"))
+        "lexicon (`asr decode --method beam --lm FILE --lm-unit word`)"))
     sp.add_argument("--order", type=int, default=8, help="n-gram order (default 8, for characters; ~4 for BPE; ~3 for words)")
     sp.add_argument("--out", required=True, help="ARPA file to write (.gz compresses)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar while the LM is written")

@@ -148,6 +148,8 @@ def test_lm_trains_and_fuses_through_the_cli(trained_tdt, trained, capsys):
                      (["--device", "nonsense"], "--device nonsense")]:
         with pytest.raises(SystemExit, match=msg):
             main(["decode", "--model", model, "--cuts", cuts, "--out", str(trained_tdt / "dec_bad"), *bad])
+    with pytest.raises(SystemExit, match="add --method beam"):  # said before a model is loaded
+        main(["decode", "--model", str(trained_tdt / "no-such-model.pt"), "--cuts", cuts, "--lm", str(lm)])
     with pytest.raises(SystemExit, match="one of them"):
         main(["lm", "--cuts", cuts, "--out", str(lm)])
 

@@ -85,6 +85,28 @@ def test_librispeech_run_sh_checks_late_settings_first(tmp_path):
     assert r.returncode == 2 and "DOWNLOAD=1 fetches LibriSpeech into DL_DIR" in r.stderr, r.stderr
 
 
+def test_mini_run_sh_passes_train_args_to_asr_train(tiny_data, tmp_path):
+    """recipes/mini/run.sh's stage 2 with TRAIN_ARGS: the --set overrides reach `asr train`
+    (here the tiny corpus, a CTC head and one step instead of the recipe's 15 minutes)."""
+    import os
+    import subprocess
+
+    import yaml
+
+    manifests = tiny_data / "manifests"
+    train_args = " ".join([
+        "--set", f"data.train=[{manifests}/cuts_train.jsonl.gz]", f"data.dev=[{manifests}/cuts_dev.jsonl.gz]",
+        f"data.tokenizer={tiny_data}/lang_bpe48", f"data.augment.noise_manifest={tiny_data}/corpus/noise/recordings.jsonl.gz", "data.sampler.num_workers=0",
+        "model.head=ctc", "model.ctc_warmup_steps=0", "max_steps=1", "data.dev_max_cuts=2"])
+    env = {**os.environ, "EXP": "exp", "TRAIN_ARGS": train_args}
+    r = subprocess.run(["bash", str(RECIPES / "mini" / "run.sh"), "--stage", "2", "--stop-stage", "2"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    cfg = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
+    assert cfg["model"]["head"] == "ctc" and cfg["max_steps"] == 1 and cfg["data"]["tokenizer"].endswith("lang_bpe48")
+    assert (tmp_path / "exp" / "model.pt").is_file()
+
+
 @pytest.mark.slow
 def test_librispeech_run_sh_every_stage_on_the_tiny_corpus(tiny_data, tmp_path):
     """recipes/librispeech/run.sh, stages 0-6, on the tiny TTS corpus in LibriSpeech layout, with
