@@ -832,8 +832,7 @@ def _repair(out: Path, config: MiniCorpusConfig, damaged: list[str], num_jobs: i
     jobs = list({owner[rel].name: owner[rel] for rel in damaged}.values())
     log.warning("%s: %s match %s (%s); synthesizing again the %d chapter(s) or noise file(s) that hold them",
                 out, mismatch, CHECKSUMS, shown, len(jobs))
-    for stale in list(out.glob("LibriSpeech/**/*.tmp-*")) + list(out.glob("noise/*.tmp-*")):
-        stale.unlink(missing_ok=True)
+    _remove_temporaries(out)
     (out / ".build" / "jobs").mkdir(parents=True, exist_ok=True)
     differ = []
     for result in _run_all(jobs, out, num_jobs, progress):
@@ -866,6 +865,12 @@ def _refuse_foreign(out: Path) -> None:
         )
 
 
+def _remove_temporaries(out: Path) -> None:
+    """The ``*.tmp-PID`` files of writes that a killed build left unfinished."""
+    for stale in list(out.glob("LibriSpeech/**/*.tmp-*")) + list(out.glob("noise/*.tmp-*")):
+        stale.unlink(missing_ok=True)
+
+
 def _prepare_out_dir(out: Path, fingerprint: str) -> bool:
     """Clear a stale build (or keep a resumable one); returns True when resuming."""
     state = out / ".build" / "build.json"
@@ -887,8 +892,7 @@ def _prepare_out_dir(out: Path, fingerprint: str) -> bool:
         (out / CHECKSUMS).unlink(missing_ok=True)
         for name in ("LibriSpeech", "noise", ".build/jobs"):
             shutil.rmtree(out / name, ignore_errors=True)
-    for stale in list(out.glob("LibriSpeech/**/*.tmp-*")) + list(out.glob("noise/*.tmp-*")):
-        stale.unlink(missing_ok=True)
+    _remove_temporaries(out)
     (out / ".build" / "jobs").mkdir(parents=True, exist_ok=True)
     _write_text(state, json.dumps({"generator": GENERATOR, "fingerprint": fingerprint}))
     return resuming
