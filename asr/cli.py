@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -361,9 +362,10 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: --tail-padding must be 0 to 60 seconds, got {args.tail_padding}")
     args.threads = args.threads or 1
     prec = "int8" if args.int8 else "fp32"
-    if args.runtime == "sherpa" and (args.method != "greedy" or args.max_symbols is not None or args.ctc_guard is not None):
+    if args.runtime == "sherpa" and (args.method != "greedy" or args.max_symbols is not None or args.ctc_guard is not None
+                                     or args.lm):
         raise SystemExit("error: --runtime sherpa decodes greedily with sherpa-onnx's own rule (at most one symbol "
-                         "per frame): --method beam, --max-symbols and --ctc-guard apply to our runtime")
+                         "per frame): --method beam, --lm, --max-symbols and --ctc-guard apply to our runtime")
     manifests = _decode_inputs(args)
     if args.runtime == "sherpa":
         from serve.sherpa import SherpaRecognizer
@@ -388,7 +390,8 @@ def _decode_onnx(args: argparse.Namespace) -> dict:
         max_sym = "" if args.max_symbols is None else f", at most {args.max_symbols} symbol(s) per frame"
         what = (f"ONNX runtime ({prec}, {rec.model.num_threads} thread(s)), {args.method}"
                 f"{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}{max_sym}"
-                f"{f', TDT blank jumps guarded by the CTC head (blank > {args.ctc_guard})' if args.ctc_guard is not None else ''}, streaming"
+                f"{f', TDT blank jumps guarded by the CTC head (blank > {args.ctc_guard})' if args.ctc_guard is not None else ''}"
+                f"{_lm_what(args)}, streaming"
                 f"{f', {args.tail_padding:.3f} s of silence appended' if args.tail_padding else ''}")
 
         tail = np.zeros(round((args.tail_padding or 0.0) * rec.sample_rate), np.float32)
@@ -441,11 +444,10 @@ def compare_decodes(out_dir: Path, other: Path, splits: list[str]) -> dict:
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
+    _check_lm_args(args)
     if args.onnx:
         if args.model:
             raise SystemExit("error: give --model (a model file) or --onnx (an export dir), not both")
-        if args.lm or args.lm_weight is not None or args.token_bonus is not None:
-            raise SystemExit("error: --lm (and its weights) applies to --model (PyTorch beam search), not to the --onnx runtime")
         if args.device != "auto":
             raise SystemExit("error: --device applies to --model (PyTorch); the --onnx runtime runs on the CPU")
         done = _decode_onnx(args)
@@ -455,8 +457,6 @@ def cmd_decode(args: argparse.Namespace) -> None:
         if (args.runtime != "ours" or args.max_symbols is not None or args.batch is not None or args.tail_padding is not None
                 or args.int8):
             raise SystemExit("error: --runtime, --max-symbols, --batch, --tail-padding and --int8 apply to --onnx DIR")
-        if args.lm and args.method != "beam":  # before the model loads
-            raise SystemExit("error: --lm fuses an LM into beam search: add --method beam")
         done = _decode_model(args)
     if args.compare_to:
         compare_decodes(done["out_dir"], Path(args.compare_to), done["splits"])
@@ -495,7 +495,7 @@ def _decode_model(args: argparse.Namespace) -> dict:
         raise SystemExit("error: streaming CTC decoding is greedy; --method beam (and --lm) applies to whole-utterance "
                          "CTC or to transducers")
     mode = "chunkwise" if args.chunkwise else "whole-utterance"
-    lm_what = f", LM {Path(args.lm).name} (weight {args.lm_weight}, bonus {args.token_bonus})" if fusion else ""
+    lm_what = _lm_what(args)
     guard = f", TDT blank jumps guarded by the CTC head (blank > {args.ctc_guard})" if args.ctc_guard is not None else ""
     what = f"{args.method}{f' (beam {args.beam})' if args.method == 'beam' else ''}{', CTC head' if args.use_ctc else ''}{guard}{lm_what}, {mode}{setting}"
     print(f"decoding: {what}")
@@ -544,6 +544,7 @@ def _set_context(model, context: str | None) -> str:
 def cmd_transcribe(args: argparse.Namespace) -> None:
     if args.beam < 1 or (args.threads is not None and args.threads < 1):
         raise SystemExit(f"error: --beam and --threads must be >= 1, got {args.beam} and {args.threads}")
+    _check_lm_args(args)
     if args.onnx:
         args.threads = args.threads or 1
         return _transcribe_onnx(args)
@@ -562,6 +563,7 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
             raise ValueError(f"--use-ctc: {args.model} has no CTC head (a {model.config.head} model)")
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    fusion = _fusion(args, model.tokenizer)
     if args.threads:
         import torch
 
@@ -584,7 +586,7 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
                 continue
             t0 = time.perf_counter()
             (res,) = model.transcribe(samples, ctc_guard=args.ctc_guard, method=args.method, beam=args.beam,
-                                      use_ctc=args.use_ctc)
+                                      use_ctc=args.use_ctc, fusion=fusion)
             tqdm.write(_transcript_line(path, res, args.timestamps), file=sys.stdout)
             log.debug("%s: %.2f s audio in %.3f s", path, len(samples) / model.features.sample_rate, time.perf_counter() - t0)
     if failed:
@@ -605,7 +607,8 @@ def _onnx_recognizer(args: argparse.Namespace, endpoint):
     try:
         return Recognizer(args.onnx, decoding=args.method, beam=args.beam, num_threads=args.threads, int8=args.int8,
                           use_ctc=args.use_ctc, endpoint=endpoint, max_symbols=10 if getattr(args, "max_symbols", None) is None else args.max_symbols,
-                          ctc_guard=getattr(args, "ctc_guard", None))
+                          ctc_guard=getattr(args, "ctc_guard", None), lm=args.lm, lm_unit=args.lm_unit,
+                          lm_weight=args.lm_weight, token_bonus=args.token_bonus)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -681,6 +684,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
                          "error: give an audio file to stream, or --mic to listen to a microphone")
     if not args.onnx:
         raise SystemExit("error: --onnx DIR is required (an `asr export` directory)")
+    _check_lm_args(args)
     if not args.mic:
         for name in ("device", "seconds", "save"):
             if getattr(args, name) is not None:
@@ -823,6 +827,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     """WebSocket server and web page for live recognition (torch-free; see docs/live.md)."""
     from serve.server import ServerConfig, serve
 
+    _check_lm_args(args)
     try:
         config = ServerConfig(
             host=args.host, port=args.port, token=args.token, max_connections=args.max_connections,
@@ -1024,32 +1029,46 @@ def cmd_lm(args: argparse.Namespace) -> None:
 
 
 def _fusion(args: argparse.Namespace, tokenizer):
-    """``--lm FILE --lm-weight A --token-bonus B`` -> an LMFusion (None without --lm)."""
+    """``--lm FILE --lm-weight A --token-bonus B`` -> an LMFusion (None without --lm) for a
+    model file's search (:func:`_check_lm_args` has checked the options)."""
     if not args.lm:
-        if args.lm_weight is not None or args.token_bonus is not None:
-            raise SystemExit("error: --lm-weight and --token-bonus weigh an LM's scores: add --lm FILE")
         return None
-    args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
-    args.token_bonus = 0.0 if args.token_bonus is None else args.token_bonus
-    from .decoding.lm import LMFusion, NgramLM
+    from .decoding.lexicon import load_lm
+    from .decoding.lm import LMFusion
 
     try:
-        if args.lm_unit == "word":
-            from .decoding.lexicon import LexiconLM, arpa_words
-
-            symbols = arpa_words(args.lm)
-            pieces = tokenizer.pieces()
-            spelled = dict(zip(symbols, tokenizer.encode_batch(symbols)))  # at once: one by one took 15 s for 164k words
-            lm = LexiconLM(NgramLM.load_arpa(args.lm, symbols, progress=not args.no_progress), symbols, spelled.__getitem__,
-                           len(pieces), [p.startswith("\u2581") for p in pieces])
-        else:
-            lm = NgramLM.load_arpa(args.lm, tokenizer.pieces(), progress=not args.no_progress)
+        lm = load_lm(args.lm, args.lm_unit, tokenizer.pieces(), tokenizer.encode_batch, progress=not getattr(args, "no_progress", False))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: --lm: {e}") from None
     try:
         return LMFusion(lm, args.lm_weight, args.token_bonus)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def _check_lm_args(args: argparse.Namespace) -> None:
+    """The ``--lm`` options (:func:`_lm_args`) checked before any model loads; fills in the
+    default weights when there is an LM."""
+    if not args.lm:
+        if args.lm_weight is not None or args.token_bonus is not None:
+            raise SystemExit("error: --lm-weight and --token-bonus weigh an LM's scores: add --lm FILE")
+        if args.lm_unit != "token":
+            raise SystemExit("error: --lm-unit says what --lm's words are: add --lm FILE")
+        return
+    if args.method != "beam":
+        raise SystemExit("error: --lm fuses an LM into beam search: add --method beam")
+    args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
+    args.token_bonus = 0.0 if args.token_bonus is None else args.token_bonus
+    if not (math.isfinite(args.lm_weight) and math.isfinite(args.token_bonus)) or args.lm_weight < 0:
+        raise SystemExit(f"error: --lm-weight must be a number >= 0 and --token-bonus a number, got {args.lm_weight} "
+                         f"and {args.token_bonus}")
+
+
+def _lm_what(args: argparse.Namespace) -> str:
+    """The LM part of a decode's description ("" without one)."""
+    if not args.lm:
+        return ""
+    return f", {args.lm_unit} LM {Path(args.lm).name} (weight {args.lm_weight}, bonus {args.token_bonus})"
 
 
 # ---------------------------------------------------------------------- prepare-noise
@@ -1226,6 +1245,18 @@ def _onnx_args(sp: argparse.ArgumentParser, required: bool, model_too: bool = Fa
     sp.add_argument("--threads", type=int, default=None if model_too else 1, help=(
         "onnxruntime threads (default 1); with a model file, torch threads (default: torch's)" if model_too
         else "with --onnx: onnxruntime threads"))
+    _lm_args(sp)
+
+
+def _lm_args(sp: argparse.ArgumentParser) -> None:
+    """``--lm``, ``--lm-unit``, ``--lm-weight``, ``--token-bonus`` (checked by :func:`_check_lm_args`)."""
+    sp.add_argument("--lm", metavar="ARPA", help="n-gram LM (`asr lm`) fused into --method beam (transducer or, for a "
+                    "model file, CTC prefix search)")
+    sp.add_argument("--lm-unit", choices=["token", "word"], default="token", help=(
+        "what --lm's words are: the model's tokens (default), or words (`asr lm --unit word`): the search is then "
+        "restricted to the LM's vocabulary, spelled by the model's tokenizer"))
+    sp.add_argument("--lm-weight", type=float, help="with --lm: weight (>= 0) of the LM log-probability (default 0.5)")
+    sp.add_argument("--token-bonus", type=float, help="with --lm: score added per emitted token (default 0)")
 
 
 def _endpoint_args(sp: argparse.ArgumentParser, without: str) -> None:
@@ -1291,12 +1322,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ctc-guard", type=float, metavar="P", help=(
         "hybrid TDT+CTC, greedy: a TDT blank jump passes only over frames whose CTC blank probability exceeds P "
         "and lands on the first other one (0.9 was chosen on the mini dev set; default: off)"))
-    sp.add_argument("--lm", metavar="ARPA", help="n-gram LM (`asr lm`) fused into --method beam")
-    sp.add_argument("--lm-unit", choices=["token", "word"], default="token", help=(
-        "what --lm's words are: the model's tokens (default), or words (`asr lm --unit word`): the search is then "
-        "restricted to the LM's vocabulary, spelled by the model's tokenizer"))
-    sp.add_argument("--lm-weight", type=float, help="with --lm: weight (>= 0) of the LM log-probability (default 0.5)")
-    sp.add_argument("--token-bonus", type=float, help="with --lm: score added per emitted token (default 0)")
+    _lm_args(sp)
     sp.add_argument("--context", help="Conformer attention context LEFT,RIGHT in encoder frames (see `asr info`)")
     sp.add_argument("--chunkwise", action="store_true", help="stream window by window through forward_chunk")
     sp.add_argument("--max-duration", type=float, default=300.0, help="seconds of audio per batch")

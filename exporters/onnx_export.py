@@ -11,6 +11,7 @@ Files (see ``exporters/README.md`` for the contracts and the sherpa-onnx mapping
 ``ctc.offline.onnx``      whole-utterance encoder + CTC head
 ``ctc_guard.onnx``        hybrid TDT+CTC: the CTC head's blank log-prob of encoder frames
 ``tokens.txt``            ``symbol id`` per line
+``bpe.model``             the sentencepiece tokenizer (the runtime spells a word LM's words with it)
 ``model.json``            the metadata card (the same facts as each file's metadata_props)
 ``sherpa-onnx/``          the files in the contracts sherpa-onnx's online recognizers load
 ``*.int8.onnx``           ``--int8``: dynamically quantized copies (MatMul/Gemm/[Conv] weights)
@@ -396,6 +397,7 @@ def export(model, out_dir: str | Path, int8: bool = False, lookahead_ms: int | N
     tok = model.tokenizer
     if tok is not None:
         tok.write_tokens_txt(out / "tokens.txt")
+        (out / "bpe.model").write_bytes(tok.to_bytes())  # the runtime spells a word LM's words with it
     else:
         log.warning("the model has no tokenizer: no tokens.txt (and no sherpa-onnx files) written")
 
@@ -475,6 +477,7 @@ def export(model, out_dir: str | Path, int8: bool = False, lookahead_ms: int | N
         **facts,
         "trained_lookaheads_ms": sorted(lookahead_choices(model.encoder)),
         "tokens": "tokens.txt" if tok is not None else None,
+        "tokenizer": "bpe.model" if tok is not None else None,
         "files": files,
         "sherpa_onnx": sherpa_card,
     }

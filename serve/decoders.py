@@ -21,7 +21,10 @@ They reproduce the torch decoders that ``asr.decoding.streaming.StreamingRecogni
   (ties: the lower candidate position first), one decoder call on the hypotheses that took a
   label. Token sequences are identified, as in torch, by two 31-bit polynomial hashes and
   their length; histories are shared linked cells, so a step costs the same after ten
-  minutes as after ten seconds.
+  minutes as after ten seconds. With an LM (``fusion``: an ``asr.decoding.lm.LMFusion`` of a
+  token n-gram or a lexicon word LM, both numpy) every label adds ``weight * ln P_lm(label |
+  the slot's last order-1 tokens) + bonus``, and the final ranking adds ``weight * ln
+  P_lm(</s> | ...)``, as torch's search with ``lm=`` does.
 
 The prediction network state is the last ``context_size`` tokens for a stateless predictor
 (its outputs are memoised per context: the same context always gives the same vector) or the
@@ -37,7 +40,7 @@ import numpy as np
 
 from .model import OnnxModel
 
-__all__ = ["Hyp", "CtcGreedy", "TransducerGreedy", "TransducerBeam", "make_decoder"]
+__all__ = ["Hyp", "CtcGreedy", "TransducerGreedy", "TransducerBeam", "check_decoding", "make_decoder"]
 
 NEG_INF = np.float32(-np.inf)
 
@@ -306,11 +309,12 @@ class Slot:
     ``prefix`` = the key of the sequence without its last token (None when empty), ``hist`` a
     linked cell (token, frame, parent) or None."""
 
-    __slots__ = ("score", "key", "prefix", "last", "pointer", "hist", "pstate", "pout")
+    __slots__ = ("score", "key", "prefix", "last", "pointer", "hist", "pstate", "pout", "lmctx")
 
-    def __init__(self, score, key, prefix, last, pointer, hist, pstate, pout):
+    def __init__(self, score, key, prefix, last, pointer, hist, pstate, pout, lmctx=()):
         self.score, self.key, self.prefix, self.last = score, key, prefix, last
         self.pointer, self.hist, self.pstate, self.pout = pointer, hist, pstate, pout
+        self.lmctx = lmctx  # the LM context (the last order-1 tokens, <s> first), with an LM
 
 
 def _extend_key(key: tuple, tok: int) -> tuple:
@@ -333,7 +337,7 @@ class BeamState:
 
 
 class TransducerBeam:
-    def __init__(self, model: OnnxModel, beam: int = 4, max_symbols: int = 10):
+    def __init__(self, model: OnnxModel, beam: int = 4, max_symbols: int = 10, fusion=None):
         if not isinstance(beam, int) or beam < 1:
             raise ValueError(f"beam must be a positive int, got {beam!r}")
         if max_symbols < 1:
@@ -357,10 +361,24 @@ class TransducerBeam:
             moves = [1]
         self.moves = np.array(moves, dtype=np.int64)
         self.Dn = len(moves)
+        self.lm = fusion.lm if fusion is not None else None
+        self.lm_k = 0  # LM context length: order - 1
+        if self.lm is not None:
+            if self.lm.vocab_size != self.V:
+                raise ValueError(f"the LM is over {self.lm.vocab_size} tokens, the model has {self.V}")
+            self.lm_weight, self.lm_bonus = np.float32(fusion.weight), np.float32(fusion.bonus)
+            self.lm_k = self.lm.order - 1
 
     def new_state(self, start_frame: int = 0) -> BeamState:
         s, out = self.pred.initial()
-        return BeamState(start_frame, [Slot(np.float32(0.0), (0, 0, 0), None, -1, 0, None, s, out)])
+        ctx = (self.lm.bos,) * self.lm_k if self.lm is not None else ()
+        return BeamState(start_frame, [Slot(np.float32(0.0), (0, 0, 0), None, -1, 0, None, s, out, ctx)])
+
+    def _fused(self, ctx: tuple) -> np.ndarray:
+        """(V,) ``weight * ln P_lm(token | ctx) + bonus``, 0 for blank (float32, as torch)."""
+        f = self.lm_weight * self.lm.log_probs(ctx)[: self.V].astype(np.float32) + self.lm_bonus
+        f[self.blank] = 0.0
+        return f
 
     def decode_chunk(self, states: list[BeamState], enc: np.ndarray, lens: np.ndarray) -> None:
         V, K, Dn, blank = self.V, self.K, self.Dn, self.blank
@@ -398,6 +416,8 @@ class TransducerBeam:
                 ext = np.full((K, V, Dn), NEG_INF, np.float32)
                 for i, k in enumerate(live[b]):
                     base = slots[k].score + lp_tok[i]  # (V,)
+                    if self.lm is not None:
+                        base = base + self._fused(slots[k].lmctx)
                     e = base[:, None] + lab_d[i][None, :]
                     e[blank] = base[blank] + blk_d[i]
                     ext[k] = e
@@ -467,15 +487,16 @@ class TransducerBeam:
                         pointer = t + int(self.moves[m])
                         if v != blank:
                             frame = st.frames_done + t
-                            slot = Slot(val, _extend_key(src.key, v), src.key, v, pointer, (v, frame, src.hist), None, None)
+                            ctx = (src.lmctx + (v,))[1:] if self.lm_k else src.lmctx
+                            slot = Slot(val, _extend_key(src.key, v), src.key, v, pointer, (v, frame, src.hist), None, None, ctx)
                             lab_tokens.append(v)
                             lab_states.append(src.pstate)
                             lab_where.append(slot)
                         else:
-                            slot = Slot(val, src.key, src.prefix, src.last, pointer, src.hist, src.pstate, src.pout)
+                            slot = Slot(val, src.key, src.prefix, src.last, pointer, src.hist, src.pstate, src.pout, src.lmctx)
                     else:
                         src = slots[pos - KVD]
-                        slot = Slot(val, src.key, src.prefix, src.last, src.pointer, src.hist, src.pstate, src.pout)
+                        slot = Slot(val, src.key, src.prefix, src.last, src.pointer, src.hist, src.pstate, src.pout, src.lmctx)
                     new.append(slot)
                 new_beams[b] = new
             outs, pstates = self.pred.step(lab_tokens, lab_states)
@@ -490,12 +511,15 @@ class TransducerBeam:
                 s.pointer -= lens[b]
             st.frames_done += lens[b]
 
-    @staticmethod
-    def _best_slot(state: BeamState) -> tuple[Slot, float]:
+    def _best_slot(self, state: BeamState) -> tuple[Slot, float]:
         """The best token sequence: slots with the same sequence log-added, the best group
-        wins; its best slot represents it (``BeamState.best`` in torch)."""
+        wins; its best slot represents it (``BeamState.best`` in torch). With an LM each slot
+        is ranked as if the utterance ended there (its ``weight * ln P_lm(</s> | ...)`` added)."""
         slots = state.slots
         scores = np.array([s.score for s in slots], np.float32)
+        if self.lm is not None:
+            eos = np.array([self.lm.log_probs(s.lmctx)[self.lm.eos] for s in slots], np.float64).astype(np.float32)
+            scores = scores + self.lm_weight * eos
         group_score = []
         for s in slots:
             member = np.array([o.key == s.key for o in slots])
@@ -522,16 +546,24 @@ class TransducerBeam:
         return self._last_speech(self._best_slot(state)[0].hist)
 
 
-def make_decoder(model: OnnxModel, decoding: str = "greedy", beam: int = 4, max_symbols: int = 10,
-                 ctc_guard: float | None = None):
+def check_decoding(model: OnnxModel, decoding: str, ctc_guard: float | None = None, lm: bool = False) -> None:
+    """A ValueError for a decoding this model cannot run (before anything is loaded for it)."""
     if decoding not in ("greedy", "beam"):
         raise ValueError(f"decoding must be 'greedy' or 'beam', got {decoding!r}")
     if ctc_guard is not None and (decoding != "greedy" or model.use_ctc):
         raise ValueError("the CTC guard applies to the transducer's greedy search (decoding 'greedy', not use_ctc)")
+    if model.use_ctc and decoding == "beam":
+        raise ValueError("streaming CTC decoding is greedy (prefix beam search needs the whole utterance); decode greedily (decoding='greedy'; on the command line --method greedy)")
+    if lm and (decoding != "beam" or model.use_ctc):
+        raise ValueError("an LM is fused into a transducer's beam search (decoding 'beam'; on the command line --method "
+                         "beam), which this runtime's CTC decoding is not")
+
+
+def make_decoder(model: OnnxModel, decoding: str = "greedy", beam: int = 4, max_symbols: int = 10,
+                 ctc_guard: float | None = None, fusion=None):
+    check_decoding(model, decoding, ctc_guard, fusion is not None)
     if model.use_ctc:
-        if decoding == "beam":
-            raise ValueError("streaming CTC decoding is greedy (prefix beam search needs the whole utterance); decode greedily (decoding='greedy'; on the command line --method greedy)")
         return CtcGreedy(model)
     if decoding == "greedy":
         return TransducerGreedy(model, max_symbols, ctc_guard)
-    return TransducerBeam(model, beam, max_symbols)
+    return TransducerBeam(model, beam, max_symbols, fusion)

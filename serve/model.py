@@ -135,6 +135,7 @@ class OnnxModel:
 
         tok_path = self.dir / (card.get("tokens") or "tokens.txt")
         self.symbols = load_tokens(tok_path)
+        self.tokenizer_path = self.dir / card["tokenizer"] if card.get("tokenizer") else None  # sentencepiece's bpe.model
         if len(self.symbols) != self.vocab_size:
             raise ValueError(f"{tok_path} has {len(self.symbols)} symbols but {card_path} says vocab_size={self.vocab_size}")
         # tokens that write nothing (blank, <unk>, a lone word boundary): not speech to the endpointer
@@ -174,6 +175,35 @@ class OnnxModel:
             if "ctc_guard" not in card["files"]:
                 raise ValueError(f"{self.dir / 'model.json'} lists no ctc_guard.onnx: export the model again with this version")
             self.ctc_guard = self._open("ctc_guard")
+
+    # ------------------------------------------------------------------ LMs
+    def spell(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text by the model's sentencepiece tokenizer (``bpe.model``, written
+        by ``asr export``); what a word LM needs to spell its vocabulary."""
+        if self.tokenizer_path is None:
+            raise ValueError(f"{self.dir / 'model.json'} names no tokenizer model (bpe.model), which spells a word LM's "
+                             "words: export the model again with this version")
+        if not self.tokenizer_path.is_file():
+            raise FileNotFoundError(f"{self.tokenizer_path} not found (model.json names it as the tokenizer)")
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.Load(str(self.tokenizer_path))
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"{self.tokenizer_path} is not a sentencepiece model: {e}") from None
+        pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+        if pieces != self.symbols:
+            raise ValueError(f"{self.tokenizer_path} does not match {self.dir / 'tokens.txt'} ({len(pieces)} against "
+                             f"{len(self.symbols)} pieces)")
+        return sp.encode(list(texts), out_type=int)
+
+    def load_lm(self, path, unit: str = "token"):
+        """An ARPA LM (``asr lm``) over this model's tokens (``unit="token"``) or a word LM
+        (``"word"``) spelled by its tokenizer, for the beam search (``asr.decoding.lexicon.load_lm``)."""
+        from asr.decoding.lexicon import load_lm  # numpy only
+
+        return load_lm(path, unit, self.symbols, self.spell)
 
     # ------------------------------------------------------------------ loading
     def _open(self, key: str):

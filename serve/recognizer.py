@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .decoders import Hyp, make_decoder
+from .decoders import Hyp, check_decoding, make_decoder
 from .endpoint import EndpointConfig
 from .features import OnlineFeatures, StreamingResampler, check_length, check_sample_rate, check_samples
 from .model import OnnxModel
@@ -268,6 +268,11 @@ class Recognizer:
         keep_encoder_out: keep every stream's encoder frames (``stream.encoder_out()``).
         ctc_guard: a hybrid TDT+CTC, greedy: its blank jumps pass only over frames whose CTC
             blank probability exceeds this (``ctc_guard.onnx``; as ``asr decode --ctc-guard``).
+        lm: an n-gram LM fused into beam search (``decoding="beam"``, a transducer): an ARPA
+            file of ``asr lm`` or a loaded ``asr.decoding`` token LM. ``lm_unit``: ``"token"``
+            (the LM's words are the model's tokens) or ``"word"`` (``asr lm --unit word``: the
+            search keeps to the LM's vocabulary, spelled by the export's ``bpe.model``).
+            ``lm_weight``, ``token_bonus``: as ``asr decode --lm-weight/--token-bonus``.
 
     Loading checks the directory; a missing or corrupt file and metadata that contradicts
     the graphs are errors naming the file (``FileNotFoundError``/``ValueError``).
@@ -285,11 +290,26 @@ class Recognizer:
         max_symbols: int = 10,
         keep_encoder_out: bool = False,
         ctc_guard: float | None = None,
+        lm=None,
+        lm_unit: str = "token",
+        lm_weight: float = 0.5,
+        token_bonus: float = 0.0,
     ):
         if decoding not in ("greedy", "beam"):
             raise ValueError(f"decoding must be 'greedy' or 'beam', got {decoding!r}")
+        if lm is not None and decoding != "beam":  # before anything loads
+            raise ValueError("an LM is fused into beam search: decoding='beam' (on the command line --method beam)")
         self.model = OnnxModel(model_dir, int8=int8, use_ctc=use_ctc, num_threads=num_threads, ctc_guard=ctc_guard is not None)
-        self.decoder = make_decoder(self.model, decoding, beam, max_symbols, ctc_guard)
+        fusion = None
+        self.lm_desc = ""
+        check_decoding(self.model, decoding, ctc_guard, lm is not None)  # before an LM loads
+        if lm is not None:
+            name = os.path.basename(os.fspath(lm)) if isinstance(lm, (str, os.PathLike)) else type(lm).__name__
+            self.lm_desc = f", {lm_unit} LM {name} (weight {lm_weight}, bonus {token_bonus})"
+            from asr.decoding.lm import LMFusion  # numpy only, like the LMs (asr.decoding imports torch lazily)
+
+            fusion = LMFusion(self.model.load_lm(lm, lm_unit) if isinstance(lm, (str, os.PathLike)) else lm, lm_weight, token_bonus)
+        self.decoder = make_decoder(self.model, decoding, beam, max_symbols, ctc_guard, fusion)
         self.decoding = decoding
         self.endpoint = endpoint if endpoint is not None else EndpointConfig(enabled=False)
         self.keep_encoder_out = keep_encoder_out
@@ -302,7 +322,7 @@ class Recognizer:
         m = self.model
         kind = "CTC" if m.use_ctc else m.head.upper()
         return (f"Recognizer({m.dir}, {m.card.get('encoder')} {kind}, {self.decoding}, window {self.window} "
-                f"frames, shift {self.shift}, {'int8' if m.int8 else 'fp32'}, {m.num_threads} thread(s))")
+                f"frames, shift {self.shift}, {'int8' if m.int8 else 'fp32'}, {m.num_threads} thread(s){self.lm_desc})")
 
     @property
     def chunk_seconds(self) -> float:

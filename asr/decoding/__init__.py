@@ -1,26 +1,33 @@
 """Decoding: CTC greedy and prefix beam search; RNN-T / TDT greedy (label looping) and modified
 beam search, batched and streaming, all with token frames; token n-gram LM shallow fusion for the
 beam searches, and a word n-gram LM that restricts them to its vocabulary (``LexiconLM``). WER
-scoring."""
+scoring.
 
-from .beam import BeamState, modified_beam_search
-from .ctc import Hypothesis, ctc_greedy, ctc_prefix_beam_search
-from .lexicon import LexiconLM
-from .lm import LMFusion, NgramLM
-from .transducer import DecoderState, greedy_search
-from .wer import WER, word_errors
+The names below are imported on first use: ``lm``, ``lexicon`` and ``wer`` need only numpy, and
+the torch-free ONNX runtime (``serve``) loads its LMs from them without importing torch.
+"""
 
-__all__ = [
-    "WER",
-    "BeamState",
-    "DecoderState",
-    "Hypothesis",
-    "LMFusion",
-    "LexiconLM",
-    "NgramLM",
-    "ctc_greedy",
-    "ctc_prefix_beam_search",
-    "greedy_search",
-    "modified_beam_search",
-    "word_errors",
-]
+from importlib import import_module
+
+_HOME = {
+    "BeamState": "beam",
+    "modified_beam_search": "beam",
+    "Hypothesis": "ctc",
+    "ctc_greedy": "ctc",
+    "ctc_prefix_beam_search": "ctc",
+    "LexiconLM": "lexicon",
+    "LMFusion": "lm",
+    "NgramLM": "lm",
+    "DecoderState": "transducer",
+    "greedy_search": "transducer",
+    "WER": "wer",
+    "word_errors": "wer",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOME[name]}", __name__), name)

@@ -38,7 +38,7 @@ from .lm import NgramLM, TokenLM, cache_entries
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OFF_LEXICON", "LexiconLM", "train_word_lm"]
+__all__ = ["OFF_LEXICON", "LexiconLM", "load_lm", "train_word_lm"]
 
 OFF_LEXICON = -1.0e4  # ln-score of a token sequence that leaves the lexicon
 UNK = "<unk>"  # word id 0 of a word LM (NgramLM reserves id 0; no lexicon entry)
@@ -85,6 +85,24 @@ def arpa_words(path) -> list[str]:
         raise ValueError(f"{path} is a token LM, not a word LM: {len(pieces)} of its words are tokenizer pieces "
                          f"(e.g. {pieces[0]!r}); decode it with --lm-unit token, or train a word LM with `asr lm --unit word`")
     return [UNK] + words
+
+
+def load_lm(path, unit: str, pieces: Sequence[str], encode_batch=None, progress: bool = False) -> TokenLM:
+    """The LM of ``asr decode/transcribe/stream/serve --lm PATH --lm-unit UNIT`` for a model whose
+    tokens are ``pieces`` (id -> piece, blank first): a token ``NgramLM`` over those pieces, or
+    (``unit="word"``) a :class:`LexiconLM` whose words ``encode_batch`` (a list of texts -> their
+    token ids: the model's sentencepiece tokenizer) spells. Torch-free: the ONNX runtime loads
+    its LMs here too. Errors: ``FileNotFoundError``/``ValueError`` naming the file."""
+    if unit == "token":
+        return NgramLM.load_arpa(path, list(pieces), progress=progress)
+    if unit != "word":
+        raise ValueError(f"the LM unit is 'token' or 'word', got {unit!r}")
+    if encode_batch is None:
+        raise ValueError("a word LM needs the model's tokenizer to spell its words")
+    symbols = arpa_words(path)
+    spelled = dict(zip(symbols, encode_batch(symbols)))  # at once: one by one took 15 s for 164k words
+    return LexiconLM(NgramLM.load_arpa(path, symbols, progress=progress), symbols, spelled.__getitem__, len(pieces),
+                     [p.startswith("\u2581") for p in pieces])
 
 
 class _Node:

@@ -11,10 +11,11 @@
 # Stages: 0 set up .venv | 1 build corpus + manifests + tokenizers | 2 train | 3 decode (WER,
 #         whole-utterance and chunk-wise streaming; beam search with a token 8-gram LM trained on
 #         the training transcripts, LM_WEIGHT and TOKEN_BONUS tuned on dev; and with a word
-#         3-gram that restricts the search to its vocabulary, WORD_LM_WEIGHT, WORD_TOKEN_BONUS) | 4 export to ONNX | 5 the exported files on
-#         the test sets: our runtime fp32 (transcripts vs torch's) and int8 (WER vs fp32), and
-#         sherpa-onnx (transcripts vs ours) | 6 stream a test file through the ONNX runtime
-#         (partial results as they arrive)
+#         3-gram that restricts the search to its vocabulary, WORD_LM_WEIGHT, WORD_TOKEN_BONUS,
+#         whole-utterance and chunk-wise) | 4 export to ONNX | 5 the exported files on the test
+#         sets: our runtime fp32 greedy and beam + word LM (transcripts vs torch's chunk-wise) and
+#         int8 (WER vs fp32), and sherpa-onnx (transcripts vs ours) | 6 stream a test file
+#         through the ONNX runtime (partial results as they arrive), greedy and beam + word LM
 #
 # TRAIN_ARGS: extra `asr train` arguments for stage 2 (split at spaces), e.g. --set overrides.
 # Relative paths in DATA, CONFIG and EXP are taken from the directory the script is run from.
@@ -58,6 +59,13 @@ fi
 
 cuts=()
 for s in $TEST_SETS; do cuts+=("$DATA/manifests/cuts_$s.jsonl.gz"); done
+tcuts=("$DATA/manifests/cuts_test-seen.jsonl.gz" "$DATA/manifests/cuts_test-unseen.jsonl.gz")
+wordlm=(--method beam --beam 8 --lm "$EXP/lm/words_3gram.arpa.gz" --lm-unit word --lm-weight "$WORD_LM_WEIGHT"
+        --token-bonus "$WORD_TOKEN_BONUS")
+
+head_of() {  # the model's head (ctc, rnnt, tdt, pruned_rnnt, pruned_tdt)
+    asr info "$EXP/model.pt" | awk '/^head:/ {print $2}'
+}
 
 chunkwise_dir() {  # torch chunk-wise decoding at the model's inference context (the export's)
     local ctx
@@ -83,8 +91,14 @@ if run 3; then
     # a word 3-gram: the search spells only its vocabulary (the training transcripts' words)
     asr lm --unit word --cuts "$DATA/manifests/cuts_train.jsonl.gz" --dev "$DATA/manifests/cuts_dev.jsonl.gz" \
         --order 3 --out "$EXP/lm/words_3gram.arpa.gz"
-    asr decode --model "$EXP/model.pt" --cuts "${cuts[@]}" --method beam --beam 8 --lm "$EXP/lm/words_3gram.arpa.gz" \
-        --lm-unit word --lm-weight "$WORD_LM_WEIGHT" --token-bonus "$WORD_TOKEN_BONUS" --out "$EXP/decode/beam8_wordlm"
+    asr decode --model "$EXP/model.pt" --cuts "${cuts[@]}" "${wordlm[@]}" --out "$EXP/decode/beam8_wordlm"
+    # the same search chunk by chunk, as a live stream decodes (the reference of the runtime's,
+    # stage 5); streaming CTC decoding is greedy
+    if [ "$(head_of)" != ctc ]; then
+        if [ "$ctx" != "-" ]; then ctx_arg=(--context "$ctx"); else ctx_arg=(); fi
+        asr decode --model "$EXP/model.pt" --cuts "${tcuts[@]}" --chunkwise ${ctx_arg[@]+"${ctx_arg[@]}"} "${wordlm[@]}" \
+            --out "$(chunkwise_dir)_beam8_wordlm"
+    fi
 fi
 
 if run 4; then
@@ -94,9 +108,14 @@ fi
 
 if run 5; then
     banner 5 "the exported files on the test sets: our runtime (fp32, int8) and sherpa-onnx"
-    tcuts=("$DATA/manifests/cuts_test-seen.jsonl.gz" "$DATA/manifests/cuts_test-unseen.jsonl.gz")
-    # fp32: every transcript should equal torch's chunk-wise streaming (stage 3)
+    # fp32: every transcript should equal torch's chunk-wise streaming (stage 3), greedy and beam + word LM
     asr decode --onnx "$EXP/onnx" --cuts "${tcuts[@]}" --out "$EXP/decode/onnx_fp32" --no-progress --compare-to "$(chunkwise_dir)"
+    if [ "$(head_of)" != ctc ]; then
+        asr decode --onnx "$EXP/onnx" --cuts "${tcuts[@]}" "${wordlm[@]}" --out "$EXP/decode/onnx_fp32_beam8_wordlm" --no-progress \
+            --compare-to "$(chunkwise_dir)_beam8_wordlm"
+    else
+        echo "a CTC model: the runtime decodes CTC greedily (prefix beam search needs the whole utterance); no LM run"
+    fi
     asr decode --onnx "$EXP/onnx" --int8 --cuts "${tcuts[@]}" --out "$EXP/decode/onnx_int8" --no-progress --compare-to "$EXP/decode/onnx_fp32"
     # sherpa-onnx runs full windows only: both runtimes get the same 0.5 s of silence after each
     # cut, and our transducer search emits at most one symbol per frame, as sherpa-onnx's does.
@@ -121,5 +140,8 @@ if run 6; then
     # ends the script (exit 141, seen on a fresh clone)
     wav=$(find "$DATA/corpus/LibriSpeech/test-unseen" -name '*.flac' | sort | sed -n 1p)
     asr stream --onnx "$EXP/onnx" "$wav"
+    if [ "$(head_of)" != ctc ]; then  # and again with beam search and the word LM of stage 3
+        asr stream --onnx "$EXP/onnx" "$wav" "${wordlm[@]}"
+    fi
     grep -h "$(basename "$wav" .flac)" "$DATA"/corpus/LibriSpeech/test-unseen/*/*/*.trans.txt | sed 's/^/reference: /'
 fi

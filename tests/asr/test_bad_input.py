@@ -294,6 +294,38 @@ def test_transcribe_cli_options_reach_a_model_file(trained_ctc, tiny_data, capsy
             main(["transcribe", str(trained_ctc / "model.pt"), str(src), *extra])
 
 
+def test_transcribe_cli_fuses_an_lm_into_a_model_files_beam_search(trained_ctc, tiny_data, tmp_path, capsys):
+    """`asr transcribe model.pt --method beam --lm F [--lm-unit word]` fuses the LM as `asr decode`
+    does (it had no --lm: the best decoding was reachable from manifests only)."""
+    from asr.data.audio import read_audio
+    from asr.decoding.lexicon import load_lm, train_word_lm
+    from asr.decoding.lm import LMFusion
+
+    from lhotse import CutSet
+
+    cut = CutSet.from_file(trained_ctc / "cuts_few.jsonl.gz")[0]
+    src = cut.recording.sources[0].source
+    model = asr.models.load(trained_ctc / "model.pt")
+    tok = model.tokenizer
+    samples = read_audio(src, model.features.sample_rate)
+    # a few of its words and others, in the transcripts' case
+    words = cut.supervisions[0].text.split()
+    lm, symbols = train_word_lm([" ".join(words[:3]), " ".join(words[2:5]), "OTHER WORDS HERE"], 2)
+    lm.save_arpa(tmp_path / "words.arpa", symbols)
+    fusion = LMFusion(load_lm(tmp_path / "words.arpa", "word", tok.pieces(), tok.encode_batch), 1.0, 2.0)
+    want = model.transcribe(samples, method="beam", beam=3, fusion=fusion)[0].text
+    assert want != model.transcribe(samples, method="beam", beam=3)[0].text, "the LM should change the transcript"
+    main(["transcribe", str(trained_ctc / "model.pt"), str(src), "--method", "beam", "--beam", "3", "--lm",
+          str(tmp_path / "words.arpa"), "--lm-unit", "word", "--lm-weight", "1.0", "--token-bonus", "2.0"])
+    assert capsys.readouterr().out.strip() == f"{src}\t{want}"
+    for extra, msg in [(["--lm", "x.arpa"], "add --method beam"), (["--lm-weight", "1"], "add --lm FILE"),
+                       (["--lm-unit", "word"], "add --lm FILE"),
+                       (["--method", "beam", "--lm", str(tmp_path / "words.arpa"), "--lm-weight", "-1"], ">= 0"),
+                       (["--method", "beam", "--lm", str(tmp_path / "missing.arpa")], "--lm: .*missing.arpa")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["transcribe", str(trained_ctc / "model.pt"), str(src), *extra])
+
+
 def test_an_exp_dir_of_another_model_is_refused_before_anything_is_written(trained_ctc, tiny_data, tmp_path, capsys):
     """Resuming with another model config used to fail on every checkpoint, start over, truncate
     metrics.jsonl, and rotate the new run's checkpoints out behind the old run's; another

@@ -200,7 +200,7 @@ def test_decode_spells_the_word_lm_in_one_tokenizer_call(tmp_path):
     a 164k-word lexicon took to build (one call: 0.13 s)."""
     import argparse
 
-    from asr.cli import _fusion
+    from asr.cli import _check_lm_args, _fusion
     from asr.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["THE CAT SAT ON THE MAT", "A CAB", "BAC"] * 10, model_type="char")
@@ -217,6 +217,7 @@ def test_decode_spells_the_word_lm_in_one_tokenizer_call(tmp_path):
     lm, symbols = train_word_lm(["THE CAT SAT", "ON THE MAT", "A CAB"], 2)
     lm.save_arpa(tmp_path / "words.arpa", symbols)
     args = argparse.Namespace(lm=str(tmp_path / "words.arpa"), lm_weight=None, token_bonus=None, method="beam", lm_unit="word", no_progress=True)
+    _check_lm_args(args)  # the default weights
     fusion = _fusion(args, Counting())
     assert len(calls) == 1 and fusion.weight == 0.5
     assert fusion.lm.words(tok.encode_batch(["THE CAT"])[0]) == ["THE", "CAT"]

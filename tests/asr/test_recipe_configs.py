@@ -107,6 +107,41 @@ def test_mini_run_sh_passes_train_args_to_asr_train(tiny_data, tmp_path):
     assert (tmp_path / "exp" / "model.pt").is_file()
 
 
+def test_mini_run_sh_stages_2_to_6_on_the_tiny_corpus(tiny_data, tmp_path):
+    """recipes/mini/run.sh after the corpus (the main job's stages 2-6) on the tiny corpus: 2
+    training steps of the recipe's Conformer hybrid TDT+CTC, every decode of stage 3 (both LMs,
+    and the word LM chunk by chunk), the export, the runtime's decodes of stage 5 (greedy and beam
+    + word LM, each compared with torch's chunk-wise transcripts), sherpa-onnx, and stage 6's
+    two streams. The main job runs these stages on a 15-minute model; CI cannot."""
+    import json
+    import os
+    import subprocess
+
+    manifests = tiny_data / "manifests"
+    train_args = " ".join([
+        "--set", f"data.train=[{manifests}/cuts_train.jsonl.gz]", f"data.dev=[{manifests}/cuts_dev.jsonl.gz]",
+        f"data.tokenizer={tiny_data}/lang_bpe48", f"data.augment.noise_manifest={tiny_data}/corpus/noise/recordings.jsonl.gz",
+        "data.sampler.num_workers=0", "model.ctc_warmup_steps=0", "max_steps=2", "data.dev_max_cuts=2"])
+    env = {**os.environ, "DATA": str(tiny_data), "EXP": "exp", "TRAIN_ARGS": train_args}
+    r = subprocess.run(["bash", str(RECIPES / "mini" / "run.sh"), "--stage", "2"], capture_output=True, text=True,
+                       cwd=tmp_path, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    dec = tmp_path / "exp" / "decode"
+    ctx = sorted(p.name for p in dec.glob("chunkwise_*") if not p.name.endswith("_wordlm"))
+    assert len(ctx) == 1, sorted(p.name for p in dec.iterdir())
+    lm_ref = json.loads((dec / f"{ctx[0]}_beam8_wordlm" / "wer.json").read_text())
+    lm_onnx = json.loads((dec / "onnx_fp32_beam8_wordlm" / "wer.json").read_text())
+    assert "word LM words_3gram.arpa.gz" in lm_ref["decoding"] and "word LM words_3gram.arpa.gz" in lm_onnx["decoding"]
+    assert set(lm_onnx["splits"]) == {"test-seen", "test-unseen"}
+    for d in ("onnx_fp32", "onnx_fp32_beam8_wordlm"):  # the runtime = torch chunk by chunk, transcript by transcript
+        same = json.loads((dec / d / "compare.json").read_text())["splits"]
+        assert all(v["identical"] == v["compared"] > 0 for v in same.values()), (d, same)
+    assert {p.name for p in dec.iterdir()} >= {"greedy", "beam8_lm", "beam8_wordlm", "onnx_fp32", "onnx_int8",
+                                                "onnx_ctc_tail", "sherpa_ctc"}
+    assert r.stdout.count("stream one unseen-voice test file") == 1
+    assert r.stdout.count("RTF") >= 2, r.stdout[-2000:]  # stage 6 streamed twice (greedy, beam + word LM)
+
+
 @pytest.mark.slow
 def test_librispeech_run_sh_every_stage_on_the_tiny_corpus(tiny_data, tmp_path):
     """recipes/librispeech/run.sh, stages 0-6, on the tiny TTS corpus in LibriSpeech layout, with

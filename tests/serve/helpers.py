@@ -119,9 +119,9 @@ def build(tmp_path, family: str, head: str, predictor: str = "stateless", ctc_we
 
 
 def torch_stream(model, audio: np.ndarray, method: str = "greedy", beam: int = 4, use_ctc: bool = False,
-                 ctc_guard: float | None = None):
+                 ctc_guard: float | None = None, fusion=None):
     """The torch reference: StreamingRecognizer on kaldi-native-fbank features, then finish()."""
-    rec = StreamingRecognizer(model, method=method, beam=beam, use_ctc=use_ctc, ctc_guard=ctc_guard)
+    rec = StreamingRecognizer(model, method=method, beam=beam, use_ctc=use_ctc, ctc_guard=ctc_guard, fusion=fusion)
     rec.accept_features(torch.from_numpy(knf_features(audio, model.features)))
     return rec.finish()
 

@@ -56,6 +56,9 @@ print("API", json.dumps(s.result().token_ids))
 from asr.cli import main
 main(["transcribe", "--onnx", sys.argv[1], sys.argv[2], "--timestamps"])
 main(["stream", "--onnx", sys.argv[1], sys.argv[2], "--piece-ms", "50"])
+print("WORD_LM")  # beam search with a word LM, spelled by the export's bpe.model
+main(["transcribe", "--onnx", sys.argv[1], sys.argv[2], "--method", "beam", "--lm", sys.argv[3], "--lm-unit", "word",
+      "--lm-weight", "0.6", "--token-bonus", "1.0"])
 assert "torch" not in sys.modules, "torch was imported"
 print("NO_TORCH")
 """
@@ -117,14 +120,19 @@ def test_stream_file_ctrl_c_and_a_closed_pipe(model_dir, wavs):
             assert rc == 1 and err == "", (rc, err)
 
 
-def test_runtime_and_commands_run_without_torch(model_dir, wavs):
+def test_runtime_and_commands_run_without_torch(model_dir, wavs, tmp_path):
     """A fresh interpreter: import serve, decode a file (22.05 kHz: the runtime resamples),
-    run `asr transcribe --onnx` and `asr stream`, and torch is never imported. The tokens equal
-    torch streaming decoding of the same file."""
+    run `asr transcribe --onnx` (greedy, and beam search with a word LM) and `asr stream`, and
+    torch is never imported. The tokens equal torch streaming decoding of the same file."""
+    from asr.decoding.lexicon import load_lm, train_word_lm
+    from asr.decoding.lm import LMFusion
+
     model, out = model_dir
     speech, _ = wavs
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(out), str(speech)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    lm, symbols = train_word_lm(["the quick brown fox", "jumps over the lazy dog", "the dog"], 2)
+    lm.save_arpa(tmp_path / "words.arpa", symbols)
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(out), str(speech), str(tmp_path / "words.arpa")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "NO_TORCH" in proc.stdout
     lines = proc.stdout.splitlines()
@@ -138,6 +146,10 @@ def test_runtime_and_commands_run_without_torch(model_dir, wavs):
     assert line == f"{speech}\t{text.text}\t[{stamps}]"
     assert any(line.startswith("final ") for line in lines)
     assert any(line.startswith("audio ") and "RTF" in line for line in lines)
+    tok = model.tokenizer
+    fusion = LMFusion(load_lm(tmp_path / "words.arpa", "word", tok.pieces(), tok.encode_batch), 0.6, 1.0)
+    ref = model.hyp_to_transcript(torch_stream(model, read_audio(speech, 16000), "beam", fusion=fusion))
+    assert lines[lines.index("WORD_LM") + 1] == f"{speech}\t{ref.text}"
 
 
 def test_transcribe_onnx_several_files_and_errors(model_dir, wavs, tmp_path, capsys):
@@ -282,6 +294,13 @@ def test_decode_onnx_equals_torch_streaming_per_utterance(live_model, trained_ct
         main(["decode", "--onnx", str(live_model.onnx_dir), "--model", "m.pt", "--cuts", cuts])
     with pytest.raises(SystemExit, match="chunkwise"):
         main(["decode", "--onnx", str(live_model.onnx_dir), "--chunkwise", "--cuts", cuts])
+    # the runtime fuses LMs into transducer beam search only (this is a CTC model); sherpa-onnx not at all
+    lm = tmp_path / "words.arpa"
+    lm.write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0 WORD\n\n\\end\\\n")
+    for extra, msg in [(["--method", "beam"], "streaming CTC decoding is greedy"),
+                       (["--runtime", "sherpa", "--method", "beam"], "--lm, --max-symbols and --ctc-guard apply to our runtime")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["decode", "--onnx", str(live_model.onnx_dir), "--cuts", cuts, "--lm", str(lm), "--lm-unit", "word", *extra])
 
 
 def test_decode_with_sherpa_onnx_matches_our_runtime_cut_by_cut(trained_ctc, tmp_path):

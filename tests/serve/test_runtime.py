@@ -124,6 +124,85 @@ def test_runtime_ctc_guard_equals_torch(family, built):
         Recognizer(rnnt, ctc_guard=p)
 
 
+def _lms(model, tmp_path):
+    """A token 3-gram and a word 2-gram (ARPA files) that pull the tiny models' beams away from
+    what they decode alone: the token LM favours a few pieces, the word LM knows three words."""
+    from asr.decoding.lexicon import train_word_lm
+    from asr.decoding.lm import NgramLM
+
+    tok = model.tokenizer
+    rng = np.random.default_rng(0)
+    V = len(tok)
+    favoured = [5, 9, 12]
+    seqs = [list(rng.choice(favoured, size=int(rng.integers(3, 9)))) + list(rng.integers(2, V, size=2)) for _ in range(60)]
+    token = tmp_path / "token.arpa"
+    NgramLM.train(seqs, 3, V).save_arpa(token, tok.pieces())
+    lm, symbols = train_word_lm(["the fox jumps", "the lazy dog", "lazy fox", "the dog jumps over the fox"], 2)
+    word = tmp_path / "word.arpa"
+    lm.save_arpa(word, symbols)
+    return token, word
+
+
+@pytest.mark.parametrize("family, head, predictor", [("conformer", "rnnt", "stateless"), ("lstm", "tdt", "lstm")])
+def test_runtime_lm_fusion_equals_torch(family, head, predictor, built, tmp_path):
+    """``Recognizer(decoding="beam", lm=ARPA, lm_unit=...)``: a token n-gram and a lexicon word
+    LM fused into the runtime's beam search give torch's ``StreamingRecognizer(fusion=...)``
+    tokens and frames, streams fed in pieces and decoded together, and change the transcripts."""
+    from asr.decoding.lexicon import load_lm
+    from asr.decoding.lm import LMFusion
+
+    model, out = built(family=family, head=head, predictor=predictor)
+    raw, at16k = _audios(seed=5)
+    token, word = _lms(model, tmp_path)
+    tok = model.tokenizer
+    for path, unit, weight, bonus in [(token, "token", 0.8, 0.5), (word, "word", 0.6, 1.0)]:
+        rec = Recognizer(out, decoding="beam", lm=path, lm_unit=unit, lm_weight=weight, token_bonus=bonus, endpoint=NO_ENDPOINT)
+        assert f"{unit} LM {path.name}" in repr(rec)
+        streams = [rec.create_stream() for _ in raw]
+        feed(rec, streams, raw, rates=RATES, seed=6)
+        fusion = LMFusion(load_lm(path, unit, tok.pieces(), tok.encode_batch), weight, bonus)
+        changed = 0
+        for s, audio in zip(streams, at16k):
+            ref = torch_stream(model, audio, "beam", fusion=fusion)
+            r = s.result()
+            assert (r.token_ids, r.frames) == (ref.tokens, ref.frames), f"{family} {head} {unit} LM"
+            assert r.score == pytest.approx(ref.score, rel=1e-4, abs=5e-3)
+            changed += ref.tokens != torch_stream(model, audio, "beam").tokens
+        assert changed, f"the {unit} LM should change some transcript"
+        if unit == "word":  # the search keeps to the LM's words (a stream may end inside one)
+            words = {"the", "fox", "jumps", "lazy", "dog", "over"}
+            assert all(set(s.result().text.split()[:-1]) <= words for s in streams), [s.result().text for s in streams]
+
+
+def test_runtime_lm_errors(built, tmp_path):
+    model, out = built(family="conformer", head="rnnt")
+    token, word = _lms(model, tmp_path)
+    with pytest.raises(ValueError, match="decoding='beam'"):
+        Recognizer(out, lm=token)
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        Recognizer(out, decoding="beam", lm=token, lm_weight=-1.0)
+    with pytest.raises(ValueError, match="token LM, not a word LM"):
+        Recognizer(out, decoding="beam", lm=token, lm_unit="word")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Recognizer(out, decoding="beam", lm=tmp_path / "missing.arpa", lm_unit="word")
+    _, hybrid = built(family="conformer", head="rnnt", ctc_weight=0.3)
+    with pytest.raises(ValueError, match="CTC decoding is greedy"):
+        Recognizer(hybrid, decoding="beam", use_ctc=True, lm=token)
+    # an export made before bpe.model was written: a word LM cannot be spelled, a token LM still loads
+    import json
+    import shutil
+
+    old = tmp_path / "old_export"
+    shutil.copytree(out, old)
+    (old / "bpe.model").unlink()
+    card = json.loads((old / "model.json").read_text())
+    del card["tokenizer"]
+    (old / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="export the model again"):
+        Recognizer(old, decoding="beam", lm=word, lm_unit="word")
+    Recognizer(old, decoding="beam", lm=token)
+
+
 @pytest.mark.parametrize("family, encoder", [("conformer", {}), ("conformer", {"causal_subsampling": False}), ("lstm", {}),
                                              ("ssm", {}), ("citrinet", {})])
 def test_encoder_output_equals_torch_forward_chunk(family, encoder, built):
