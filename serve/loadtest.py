@@ -288,10 +288,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="with --onnx: onnxruntime threads of the server")
     p.add_argument("--use-ctc", action="store_true", help="with --onnx: a hybrid's CTC head")
     p.add_argument("--method", choices=["greedy", "beam"], default="greedy", help="with --onnx: decoding method")
+    from asr.cli import _check_lm_args, _lm_args  # `asr serve`'s LM options, passed on (asr.cli imports no torch)
+
+    _lm_args(p)
     p.add_argument("--out", help="write the results as JSON")
     args = p.parse_args(argv)
     if (args.onnx is None) == (args.url is None):
         raise SystemExit("error: give --onnx DIR (start a server) or --url ws://HOST:PORT/ws (a running one)")
+    if args.url and args.lm:
+        raise SystemExit("error: --lm applies to --onnx (the server this starts); a running server has its own")
+    _check_lm_args(args)
     try:
         levels = [int(s) for s in args.streams.split(",")]
     except ValueError:
@@ -306,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict:
         opts = ["--onnx", args.onnx, "--threads", str(args.threads), "--method", args.method,
                 "--max-connections", str(max(levels) + 8), "--max-stream-seconds", str(args.seconds + 60)]
         opts += ["--int8"] * args.int8 + ["--use-ctc"] * args.use_ctc
+        if args.lm:
+            opts += ["--lm", args.lm, "--lm-unit", args.lm_unit, "--lm-weight", str(args.lm_weight),
+                     "--token-bonus", str(args.token_bonus)]
         server = ServerProcess(opts)
         url, stats_url, pid = server.url, server.http_url + "stats", server.pid
         print(f"server: {server.banner} (pid {pid}) at {url}", flush=True)

@@ -697,3 +697,30 @@ def test_load_tool_names_a_server_it_cannot_reach_and_keeps_the_token_secret(tmp
     text = out.read_text()
     result = json.loads(text)  # valid JSON: no NaN
     assert "s3cret" not in text and "NaN" not in text and [r["streams"] for r in result["rows"]] == [1]
+
+
+def test_load_tool_passes_an_lm_to_the_server_it_starts(monkeypatch, tmp_path, capsys):
+    """`asr bench serve --onnx DIR --method beam --lm F ...` starts `asr serve` with the same LM
+    options (checked first, as `asr serve` checks them); a running server (--url) has its own."""
+    from asr.cli import main
+    from serve import loadtest
+
+    started = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_server(opts):
+        started.append(opts)
+        raise Stop
+
+    monkeypatch.setattr(loadtest, "ServerProcess", fake_server)
+    with pytest.raises(Stop):
+        main(["bench", "serve", "--onnx", "D", "--method", "beam", "--lm", "w.arpa", "--lm-unit", "word",
+              "--token-bonus", "1.5", "--streams", "1", "--seconds", "1"])
+    opts = started[0]
+    assert opts[opts.index("--lm"):][:8] == ["--lm", "w.arpa", "--lm-unit", "word", "--lm-weight", "0.5", "--token-bonus", "1.5"]
+    for args, msg in [(["--onnx", "D", "--lm", "w.arpa"], "add --method beam"),
+                      (["--url", "ws://127.0.0.1:9/ws", "--method", "beam", "--lm", "w.arpa"], "a running server has its own")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["bench", "serve", *args])
