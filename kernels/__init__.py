@@ -7,12 +7,25 @@ Public API (see kernels/README.md):
                                         (the pruned TDT loss with durations=)
     rnnt_loss_simple, get_prune_ranges, prune_pred, rnnt_loss_pruned, tdt_loss_pruned   its pieces
     use_backend                         force "numba" or "triton" (tests)
+
+Threads: numba's CPU kernels launch a pool of ``NUMBA_NUM_THREADS`` threads (numba's default:
+every core) and run on as many of them as torch's intra-op pool has (``torch.get_num_threads()``).
+When ``OMP_NUM_THREADS`` is set and ``NUMBA_NUM_THREADS`` is not, importing this package before
+numba sets ``NUMBA_NUM_THREADS`` to the same number: torchrun sets ``OMP_NUM_THREADS=1`` for each
+process, and two DDP processes on 2 cores, each with a 2-thread numba pool, spent most of every
+step in the idle pool threads' OpenMP spin-waits (the mini Conformer: 4-10 s a step against 0.6 s).
 """
 
-from ._backend import use_backend
-from .fused import fused_transducer_loss
-from .losses import rnnt_loss, tdt_loss
-from .pruned import (
+import os as _os
+import sys as _sys
+
+if "numba" not in _sys.modules and _os.environ.get("OMP_NUM_THREADS", "").isdigit() and "NUMBA_NUM_THREADS" not in _os.environ:
+    _os.environ["NUMBA_NUM_THREADS"] = str(max(1, int(_os.environ["OMP_NUM_THREADS"])))
+
+from ._backend import use_backend  # noqa: E402  (numba is imported from here on)
+from .fused import fused_transducer_loss  # noqa: E402
+from .losses import rnnt_loss, tdt_loss  # noqa: E402
+from .pruned import (  # noqa: E402
     PrunedRNNTLoss,
     get_prune_ranges,
     prune_pred,

@@ -4,6 +4,12 @@ Every loss is written against `Backend`; `get_backend(device)` picks numba for C
 Triton for CUDA tensors. `use_backend("triton")` forces a backend (the tests use it to run the
 Triton kernels under TRITON_INTERPRET=1 on CPU tensors).
 
+Threads: the numba kernels run on as many threads as torch's intra-op pool
+(``torch.get_num_threads()``, e.g. ``TrainConfig.threads``; under torchrun ``OMP_NUM_THREADS=1``),
+never on all cores regardless: two DDP processes on a 2-core machine, each with one torch thread
+and numba's default of 2, spent most of every step in each other's OpenMP spin-waits (a step of
+the mini Conformer took 4-10 s instead of 0.6 s).
+
 Shapes: rows are flat (N, V + D) blocks of logits with (N,) int64 row-label codes (>= 0 label,
 -1 no label, -2 padding); stats (N, 4 + D) and lattice arrays (B, T, U+1) are float64.
 """
@@ -45,10 +51,17 @@ class Backend(Protocol):
 
 
 class NumbaBackend:
-    """CPU: numba kernels, parallel over rows / utterances."""
+    """CPU: numba kernels, parallel over rows / utterances, on torch's number of threads."""
 
     name = "numba"
     reads_half = False  # row kernels take float32/float64 rows: fp16/bf16 logits are copied to float32 first
+
+    def __init__(self) -> None:
+        import numba
+
+        n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        if numba.get_num_threads() != n:
+            numba.set_num_threads(n)  # this thread's setting: what its parallel kernels launch
 
     def rows_forward(self, x: Tensor, labels: Tensor, blank: int, V: int, D: int) -> Tensor:
         stats = torch.empty(x.shape[0], 4 + D, dtype=torch.float64)

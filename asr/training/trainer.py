@@ -480,6 +480,14 @@ class Trainer:
             taken = set(init_weights(self.model, cfg.init_from, cfg.init_modules, cfg.features))
             if cfg.init_freeze_steps > 0:
                 self.frozen = [p for n, p in self.model.named_parameters() if n in taken]
+        if self.dist.enabled and self.device.type == "cpu":
+            import numba
+
+            if numba.config.NUMBA_NUM_THREADS > torch.get_num_threads():
+                log.warning("numba's thread pool has %d threads for %d torch thread(s) per process: %d processes on one "
+                            "machine spin-wait for each other's cores (set NUMBA_NUM_THREADS=%d, or OMP_NUM_THREADS "
+                            "before anything imports numba)", numba.config.NUMBA_NUM_THREADS, torch.get_num_threads(),
+                            self.dist.world_size, torch.get_num_threads())
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s encoder + %s head, %.2fM parameters; %s, %s, %d process(es)", cfg.model.encoder, cfg.model.head,
                  n_params / 1e6, self.device, self.precision, self.dist.world_size)

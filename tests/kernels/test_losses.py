@@ -235,3 +235,41 @@ def test_nan_logits_give_a_nan_loss_and_a_nan_gradient() -> None:
         g = _grad(out, x)
         assert math.isnan(float(out[0])) and math.isfinite(float(out[1])), name
         assert torch.isnan(g[0]).any() and torch.equal(g[1], ref[1]), name
+
+
+def test_numba_kernels_run_on_torchs_thread_count():
+    """The numba kernels use torch's intra-op thread count (``TrainConfig.threads``), not numba's
+    default of every core: with one torch thread per DDP process they used both cores anyway."""
+    import numba
+
+    B, T, U, V = 2, 6, 3, 5
+    logits = torch.randn(B, T, U + 1, V)
+    y = torch.randint(1, V, (B, U))
+    lens_t, lens_u = torch.full((B,), T), torch.full((B,), U)
+    n = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            if threads > numba.config.NUMBA_NUM_THREADS:
+                continue
+            torch.set_num_threads(threads)
+            kernels.rnnt_loss(logits, y, lens_t, lens_u)
+            assert numba.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("env, want", [({"OMP_NUM_THREADS": "1"}, 1), ({"OMP_NUM_THREADS": "3"}, 3),
+                                       ({"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}, 2)])
+def test_importing_kernels_sizes_numbas_pool_by_omp_num_threads(env, want):
+    """torchrun sets OMP_NUM_THREADS=1 per process; numba's pool then has one thread, not one per
+    core (two such processes on 2 cores spent most of each step in the idle threads' spin-waits:
+    4-10 s a step of the mini Conformer against 0.6 s). An explicit NUMBA_NUM_THREADS wins."""
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    r = subprocess.run([sys.executable, "-c", "import kernels, numba; print(numba.config.NUMBA_NUM_THREADS)"],
+                       env={**base, **env}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.strip()) == want
