@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -1033,6 +1032,8 @@ def _fusion(args: argparse.Namespace, tokenizer):
     model file's search (:func:`_check_lm_args` has checked the options)."""
     if not args.lm:
         return None
+    if tokenizer is None:
+        raise SystemExit("error: --lm: the model file carries no tokenizer, which the LM's tokens are read with")
     from .decoding.lexicon import load_lm
     from .decoding.lm import LMFusion
 
@@ -1059,9 +1060,12 @@ def _check_lm_args(args: argparse.Namespace) -> None:
         raise SystemExit("error: --lm fuses an LM into beam search: add --method beam")
     args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
     args.token_bonus = 0.0 if args.token_bonus is None else args.token_bonus
-    if not (math.isfinite(args.lm_weight) and math.isfinite(args.token_bonus)) or args.lm_weight < 0:
-        raise SystemExit(f"error: --lm-weight must be a number >= 0 and --token-bonus a number, got {args.lm_weight} "
-                         f"and {args.token_bonus}")
+    from .decoding.lm import LMFusion  # numpy only
+
+    try:
+        LMFusion.check(args.lm_weight, args.token_bonus)
+    except ValueError as e:
+        raise SystemExit(f"error: --lm-weight/--token-bonus: {e}") from None
 
 
 def _lm_what(args: argparse.Namespace) -> str:

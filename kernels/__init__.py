@@ -19,8 +19,9 @@ step in the idle pool threads' OpenMP spin-waits (the mini Conformer: 4-10 s a s
 import os as _os
 import sys as _sys
 
-if "numba" not in _sys.modules and _os.environ.get("OMP_NUM_THREADS", "").isdigit() and "NUMBA_NUM_THREADS" not in _os.environ:
-    _os.environ["NUMBA_NUM_THREADS"] = str(max(1, int(_os.environ["OMP_NUM_THREADS"])))
+_omp = _os.environ.get("OMP_NUM_THREADS", "")
+if "numba" not in _sys.modules and _omp.isascii() and _omp.isdigit() and "NUMBA_NUM_THREADS" not in _os.environ:
+    _os.environ["NUMBA_NUM_THREADS"] = str(max(1, int(_omp)))
 
 from ._backend import use_backend  # noqa: E402  (numba is imported from here on)
 from .fused import fused_transducer_loss  # noqa: E402

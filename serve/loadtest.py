@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.lm:
             opts += ["--lm", args.lm, "--lm-unit", args.lm_unit, "--lm-weight", str(args.lm_weight),
                      "--token-bonus", str(args.token_bonus)]
-        server = ServerProcess(opts)
+        server = ServerProcess(opts, timeout=900 if args.lm else 180)  # a LibriSpeech-size LM loads first
         url, stats_url, pid = server.url, server.http_url + "stats", server.pid
         print(f"server: {server.banner} (pid {pid}) at {url}", flush=True)
     else:

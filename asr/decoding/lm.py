@@ -527,10 +527,15 @@ class LMFusion:
     bonus: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.weight) and math.isfinite(self.bonus)):  # NaN or inf wipes every hypothesis out
-            raise ValueError(f"the LM weight and token bonus must be finite numbers, got {self.weight} and {self.bonus}")
-        if self.weight < 0:  # it would reward what the LM finds improbable (93.7% WER on mini test-seen cuts at -0.5)
-            raise ValueError(f"the LM weight must be >= 0 (0: no LM), got {self.weight}")
+        self.check(self.weight, self.bonus)
+
+    @staticmethod
+    def check(weight: float, bonus: float) -> None:
+        """A ValueError for weights no fusion can use (checked before an LM loads, too)."""
+        if not (math.isfinite(weight) and math.isfinite(bonus)):  # NaN or inf wipes every hypothesis out
+            raise ValueError(f"the LM weight and token bonus must be finite numbers, got {weight} and {bonus}")
+        if weight < 0:  # it would reward what the LM finds improbable (93.7% WER on mini test-seen cuts at -0.5)
+            raise ValueError(f"the LM weight must be >= 0 (0: no LM), got {weight}")
 
     def kwargs(self) -> dict:
         return {"lm": self.lm, "lm_weight": self.weight, "token_bonus": self.bonus}

@@ -6,9 +6,9 @@ it sets them for every node. ``Dist.from_env`` reads them (a plain ``python`` ru
 of rank 0) and ``Dist.init`` joins the process group: NCCL when training on CUDA, gloo on CPU.
 Every helper here is a no-op in a single process, so the trainer has one code path.
 
-CPU threads: torchrun sets ``OMP_NUM_THREADS=1`` per process (raise it, or ``--set threads=N``,
-for fewer processes than cores); the transducer losses' numba kernels follow it (see
-``kernels``). Measured on the 2-core VM, the mini Conformer hybrid pruned TDT+CTC, 60 steps of
+CPU threads: torchrun sets ``OMP_NUM_THREADS=1`` per process; for fewer processes than cores
+raise ``OMP_NUM_THREADS`` (torch's and the transducer losses' numba threads follow it, see
+``kernels``; ``--set threads=N`` alone raises torch's only). Measured on the 2-core VM, the mini Conformer hybrid pruned TDT+CTC, 60 steps of
 a 60 s global batch: one process with 2 threads 42.0 s; two processes with 1 thread and 30 s
 each 39.3 s (36.6 s without data-loader workers); the same two processes before numba followed
 ``OMP_NUM_THREADS`` 401 s (each numba pool had a thread per core spinning between kernels).

@@ -483,11 +483,14 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cpu":
             import numba
 
-            if numba.config.NUMBA_NUM_THREADS > torch.get_num_threads():
+            pool, threads = numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()
+            if pool > threads:
                 log.warning("numba's thread pool has %d threads for %d torch thread(s) per process: %d processes on one "
                             "machine spin-wait for each other's cores (set NUMBA_NUM_THREADS=%d, or OMP_NUM_THREADS "
-                            "before anything imports numba)", numba.config.NUMBA_NUM_THREADS, torch.get_num_threads(),
-                            self.dist.world_size, torch.get_num_threads())
+                            "before anything imports numba)", pool, threads, self.dist.world_size, threads)
+            elif pool < threads:
+                log.warning("the transducer loss runs on %d thread(s) (numba's pool: NUMBA_NUM_THREADS, from "
+                            "OMP_NUM_THREADS under torchrun), torch on %d: raise OMP_NUM_THREADS to %d", pool, threads, threads)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s encoder + %s head, %.2fM parameters; %s, %s, %d process(es)", cfg.model.encoder, cfg.model.head,
                  n_params / 1e6, self.device, self.precision, self.dist.world_size)

@@ -179,8 +179,10 @@ def test_runtime_lm_errors(built, tmp_path):
     token, word = _lms(model, tmp_path)
     with pytest.raises(ValueError, match="decoding='beam'"):
         Recognizer(out, lm=token)
-    with pytest.raises(ValueError, match="weight must be >= 0"):
-        Recognizer(out, decoding="beam", lm=token, lm_weight=-1.0)
+    with pytest.raises(ValueError, match="weight must be >= 0"):  # checked before the LM loads
+        Recognizer(out, decoding="beam", lm=tmp_path / "missing.arpa", lm_weight=-1.0)
+    with pytest.raises(ValueError, match="lm_unit must be 'token' or 'word'"):
+        Recognizer(out, decoding="beam", lm=tmp_path / "missing.arpa", lm_unit="words")
     with pytest.raises(ValueError, match="token LM, not a word LM"):
         Recognizer(out, decoding="beam", lm=token, lm_unit="word")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -282,12 +284,13 @@ def test_last_word_is_not_dropped(built):
 
 
 def _torch_segments(model, audio: np.ndarray, config: EndpointConfig, frame_seconds: float, decoding: str,
-                    silent: frozenset = frozenset({0, 1})) -> list[tuple]:
+                    silent: frozenset = frozenset({0, 1}), fusion=None) -> list[tuple]:
     """The documented endpoint policy, in torch: windows through forward_chunk (encoder state
     never reset), the decoder (greedy or beam search) continued window by window; after every
     window the rules on the current segment, speech ending at its last token that writes
     something (not in ``silent``); at an endpoint the segment closes and the decoder
-    restarts."""
+    restarts (with ``fusion``, its LM context at ``<s>``)."""
+    lm = fusion.kwargs() if fusion is not None else {}
     x = model.normalize(torch.from_numpy(knf_features(audio, model.features)))
     p = model.encoder.streaming_params()
     W, S = p["window"], p["shift"]
@@ -300,7 +303,7 @@ def _torch_segments(model, audio: np.ndarray, config: EndpointConfig, frame_seco
             if decoding == "greedy":
                 hyps, dec = greedy_search(model.transducer, y, yl, state=dec)
             else:
-                hyps, dec = modified_beam_search(model.transducer, y, yl, beam=4, state=dec)
+                hyps, dec = modified_beam_search(model.transducer, y, yl, beam=4, state=dec, **lm)
             done += int(yl[0])
             frames = [f + seg_start for f in hyps[0].frames]
             spoken = [f for f, tok in zip(hyps[0].frames, hyps[0].tokens) if tok not in silent]
@@ -314,11 +317,12 @@ def _torch_segments(model, audio: np.ndarray, config: EndpointConfig, frame_seco
     return segments
 
 
-@pytest.mark.parametrize("decoding", ["greedy", "beam"])
+@pytest.mark.parametrize("decoding", ["greedy", "beam", "beam_lm"])
 def test_endpoints_close_segments_and_restart_the_decoder(tmp_path, decoding):
     """Two streams decoded together: speech, a pause (rule2), speech; and speech, a pause
     (rule2), a long silence (rule1, an empty segment), speech. Segments, their tokens, frames
-    and rules equal the policy computed in torch."""
+    and rules equal the policy computed in torch (``beam_lm``: beam search with a token LM,
+    whose context restarts with every segment)."""
 
     def silence(sec):
         # digital silence: these tiny random encoders fire on faint noise as readily as on the
@@ -331,11 +335,19 @@ def test_endpoints_close_segments_and_restart_the_decoder(tmp_path, decoding):
     # high blank logit keeps beam search, which sums the many token paths, blank in silence
     model, out = build(tmp_path, family="conformer", head="rnnt", calib=np.concatenate([a, b]), beta=3.0, gain=12.0)
     config = EndpointConfig(rule2=EndpointRule(True, 0.8, 0.0))
-    rec = Recognizer(out, decoding=decoding, endpoint=config)
+    fusion = None
+    if decoding == "beam_lm":
+        from asr.decoding.lexicon import load_lm
+        from asr.decoding.lm import LMFusion
+
+        token, _ = _lms(model, tmp_path)
+        fusion = LMFusion(load_lm(token, "token", model.tokenizer.pieces()), 0.8, 0.5)
+    method = "greedy" if decoding == "greedy" else "beam"
+    rec = Recognizer(out, decoding=method, endpoint=config, lm=fusion.lm if fusion else None, lm_weight=0.8, token_bonus=0.5)
     streams = [rec.create_stream() for _ in (a, b)]
     feed(rec, streams, [a, b], seed=6)
     for s, audio in zip(streams, (a, b)):
-        want = _torch_segments(model, audio, config, rec.frame_seconds, decoding)
+        want = _torch_segments(model, audio, config, rec.frame_seconds, method, fusion=fusion)
         got = [(r.token_ids, r.frames, r.endpoint) for r in s.segments]
         assert got == want
         assert want[0][2] == "rule2" and want[0][0], [(w[1], w[2]) for w in want]  # speech, then a pause
@@ -348,6 +360,11 @@ def test_endpoints_close_segments_and_restart_the_decoder(tmp_path, decoding):
         assert s.transcript().token_ids == [t for w in want for t in w[0]]
         assert s.transcript().text == " ".join(r.text for r in s.segments if r.text)
         assert all(r.text == r.text.strip() for r in s.segments)  # a final word-start piece leaves no space
+    if fusion is not None:  # the LM moves the segments (else this case could not fail)
+        assert any(_torch_segments(model, audio, config, rec.frame_seconds, method) != [(r.token_ids, r.frames, r.endpoint)
+                                                                                      for r in s.segments]
+                   for s, audio in zip(streams, (a, b)))
+        return
     # b's long silence ends an empty segment by rule1 (beam search may first close one or two
     # rule2 segments there, each holding a token its restarted search emits at once)
     assert any(r.text == "" and r.endpoint == "rule1" for r in streams[1].segments[1:])

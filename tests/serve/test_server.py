@@ -710,15 +710,16 @@ def test_load_tool_passes_an_lm_to_the_server_it_starts(monkeypatch, tmp_path, c
     class Stop(Exception):
         pass
 
-    def fake_server(opts):
-        started.append(opts)
+    def fake_server(opts, timeout):
+        started.append((opts, timeout))
         raise Stop
 
     monkeypatch.setattr(loadtest, "ServerProcess", fake_server)
     with pytest.raises(Stop):
         main(["bench", "serve", "--onnx", "D", "--method", "beam", "--lm", "w.arpa", "--lm-unit", "word",
               "--token-bonus", "1.5", "--streams", "1", "--seconds", "1"])
-    opts = started[0]
+    opts, timeout = started[0]
+    assert timeout >= 900  # the server loads the LM before it listens
     assert opts[opts.index("--lm"):][:8] == ["--lm", "w.arpa", "--lm-unit", "word", "--lm-weight", "0.5", "--token-bonus", "1.5"]
     for args, msg in [(["--onnx", "D", "--lm", "w.arpa"], "add --method beam"),
                       (["--url", "ws://127.0.0.1:9/ws", "--method", "beam", "--lm", "w.arpa"], "a running server has its own")]:
