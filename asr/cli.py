@@ -1041,10 +1041,7 @@ def _fusion(args: argparse.Namespace, tokenizer):
         lm = load_lm(args.lm, args.lm_unit, tokenizer.pieces(), tokenizer.encode_batch, progress=not getattr(args, "no_progress", False))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: --lm: {e}") from None
-    try:
-        return LMFusion(lm, args.lm_weight, args.token_bonus)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    return LMFusion(lm, args.lm_weight, args.token_bonus)  # weights checked by _check_lm_args
 
 
 def _check_lm_args(args: argparse.Namespace) -> None:

@@ -4,11 +4,8 @@ Every loss is written against `Backend`; `get_backend(device)` picks numba for C
 Triton for CUDA tensors. `use_backend("triton")` forces a backend (the tests use it to run the
 Triton kernels under TRITON_INTERPRET=1 on CPU tensors).
 
-Threads: the numba kernels run on as many threads as torch's intra-op pool
-(``torch.get_num_threads()``, e.g. ``TrainConfig.threads``; under torchrun ``OMP_NUM_THREADS=1``),
-never on all cores regardless: two DDP processes on a 2-core machine, each with one torch thread
-and numba's default of 2, spent most of every step in each other's OpenMP spin-waits (a step of
-the mini Conformer took 4-10 s instead of 0.6 s).
+Threads: the numba kernels run on as many threads as torch's intra-op pool (why: the package
+docstring, ``kernels/__init__.py``).
 
 Shapes: rows are flat (N, V + D) blocks of logits with (N,) int64 row-label codes (>= 0 label,
 -1 no label, -2 padding); stats (N, 4 + D) and lattice arrays (B, T, U+1) are float64.

@@ -308,9 +308,7 @@ class Recognizer:
             self.lm_desc = f", {lm_unit} LM {name} (weight {lm_weight}, bonus {token_bonus})"
             from asr.decoding.lm import LMFusion  # numpy only, like the LMs (asr.decoding imports torch lazily)
 
-            LMFusion.check(lm_weight, token_bonus)
-            if lm_unit not in ("token", "word"):
-                raise ValueError(f"lm_unit must be 'token' or 'word', got {lm_unit!r}")
+            LMFusion.check(lm_weight, token_bonus)  # before the LM loads (load_lm checks lm_unit first)
             fusion = LMFusion(self.model.load_lm(lm, lm_unit) if isinstance(lm, (str, os.PathLike)) else lm, lm_weight, token_bonus)
         self.decoder = make_decoder(self.model, decoding, beam, max_symbols, ctc_guard, fusion)
         self.decoding = decoding

@@ -96,7 +96,7 @@ def load_lm(path, unit: str, pieces: Sequence[str], encode_batch=None, progress:
     if unit == "token":
         return NgramLM.load_arpa(path, list(pieces), progress=progress)
     if unit != "word":
-        raise ValueError(f"the LM unit is 'token' or 'word', got {unit!r}")
+        raise ValueError(f"lm_unit must be 'token' or 'word', got {unit!r}")
     if encode_batch is None:
         raise ValueError("a word LM needs the model's tokenizer to spell its words")
     symbols = arpa_words(path)
