@@ -85,9 +85,20 @@ def test_librispeech_run_sh_checks_late_settings_first(tmp_path):
     assert r.returncode == 2 and "DOWNLOAD=1 fetches LibriSpeech into DL_DIR" in r.stderr, r.stderr
 
 
-def test_mini_run_sh_passes_train_args_to_asr_train(tiny_data, tmp_path):
+def test_mini_run_sh_refuses_a_bad_nproc(tmp_path):
+    import os
+    import subprocess
+
+    r = subprocess.run(["bash", str(RECIPES / "mini" / "run.sh"), "--stage", "2"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60, env={**os.environ, "NPROC": "two"})
+    assert r.returncode == 2 and "NPROC must be a positive whole number or auto, not 'two'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("nproc", ["1", "2"])
+def test_mini_run_sh_passes_train_args_to_asr_train(tiny_data, tmp_path, nproc):
     """recipes/mini/run.sh's stage 2 with TRAIN_ARGS: the --set overrides reach `asr train`
-    (here the tiny corpus, a CTC head and one step instead of the recipe's 15 minutes)."""
+    (here the tiny corpus, a CTC head and one step instead of the recipe's 15 minutes), in one
+    process or in NPROC=2 torchrun processes that split the config's batch and the cores."""
     import os
     import subprocess
 
@@ -98,13 +109,18 @@ def test_mini_run_sh_passes_train_args_to_asr_train(tiny_data, tmp_path):
         "--set", f"data.train=[{manifests}/cuts_train.jsonl.gz]", f"data.dev=[{manifests}/cuts_dev.jsonl.gz]",
         f"data.tokenizer={tiny_data}/lang_bpe48", f"data.augment.noise_manifest={tiny_data}/corpus/noise/recordings.jsonl.gz", "data.sampler.num_workers=0",
         "model.head=ctc", "model.ctc_warmup_steps=0", "max_steps=1", "data.dev_max_cuts=2"])
-    env = {**os.environ, "EXP": "exp", "TRAIN_ARGS": train_args}
+    env = {**os.environ, "EXP": "exp", "TRAIN_ARGS": train_args, "NPROC": nproc}
     r = subprocess.run(["bash", str(RECIPES / "mini" / "run.sh"), "--stage", "2", "--stop-stage", "2"],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cfg = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
     assert cfg["model"]["head"] == "ctc" and cfg["max_steps"] == 1 and cfg["data"]["tokenizer"].endswith("lang_bpe48")
     assert (tmp_path / "exp" / "model.pt").is_file()
+    shipped = load_yaml(TrainConfig, RECIPES / "mini" / "conf" / "conformer.yaml").data.sampler.max_duration
+    assert cfg["data"]["sampler"]["max_duration"] == pytest.approx(shipped / int(nproc))  # the same global batch
+    assert f"{nproc} process(es)" in (tmp_path / "exp" / "train.log").read_text()
+    if nproc == "2":
+        assert cfg["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def test_mini_run_sh_stages_2_to_6_on_the_tiny_corpus(tiny_data, tmp_path):
