@@ -1189,8 +1189,11 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"model:       {args.model}")
     print(f"encoder:     {cfg.encoder} ({enc.subsampling}x, {enc.output_dim} dims)")
     head = cfg.head + (f" + CTC (weight {cfg.ctc_weight})" if cfg.head != "ctc" and cfg.ctc_weight > 0 else "")
-    if cfg.ctc_warmup_steps and cfg.head != "ctc":  # the transducer joins after it; a CTC model has none
+    if (cfg.ctc_warmup_steps or cfg.ctc_warmup_accuracy) and cfg.head != "ctc":  # the transducer joins after it
         head += f", CTC warm-up {cfg.ctc_warmup_steps} steps"
+        if cfg.ctc_warmup_accuracy:
+            head += f" and on until the CTC head's token accuracy is {cfg.ctc_warmup_accuracy:g}"
+            head += f" (step {cfg.ctc_warmup_max_steps} at most)" if cfg.ctc_warmup_max_steps else ""
     print(f"head:        {head}")
     if model.transducer is not None and model.transducer.durations is not None:  # tdt, pruned_tdt
         print(f"durations:   {model.transducer.durations}")

@@ -18,7 +18,11 @@ Heads (``ModelConfig.head``):
   the RNN-T's loss stalled at 1.9 per character for the whole budget with almost every word
   deleted (WER 95-98%), while CTC leaves its plateau after a few hundred steps; after 450 CTC
   steps the hybrid TDT's transducer loss fell below 1.3 within 70 steps. The transducer
-  computation is skipped during the warm-up.
+  computation is skipped during the warm-up. ``ctc_warmup_accuracy`` > 0 makes it go on past
+  ``ctc_warmup_steps`` until the CTC head's greedy token accuracy on the training batches
+  reaches that value (or to ``ctc_warmup_max_steps``); the trainer decides
+  (``Trainer.in_ctc_warmup``) from ``CTCHead.token_errors``, which ``forward(ctc_only=True)``
+  returns as ``ctc_errors``.
 - Guarded training (``train_ctc_guard``, hybrid TDT+CTC): the TDT loss keeps only the blank
   jumps that the CTC-guarded greedy search (``decode(ctc_guard=...)``, :meth:`ASRModel.jump_guard`)
   would let through: a blank may pass only over frames whose CTC blank probability exceeds the
@@ -82,6 +86,11 @@ class ModelConfig:
     dropout: float = 0.1
     ctc_weight: float = 0.0  # transducer heads: > 0 adds the auxiliary CTC head (hybrid)
     ctc_warmup_steps: int = 0  # transducer heads: train the CTC head alone for this many steps first (CTC: no effect)
+    # ... and after them until the CTC head's greedy token accuracy (1 - token error rate) on the
+    # training batches of the last 10 steps (all ranks) reaches this: a warm-up still on the CTC
+    # plateau goes on (0: the warm-up ends at ctc_warmup_steps whatever the CTC head does)
+    ctc_warmup_accuracy: float = 0.0
+    ctc_warmup_max_steps: int = 0  # the warm-up ends here even on the plateau (0: no limit)
     # hybrid TDT+CTC: > 0 trains the TDT's blank jumps under the CTC guard of greedy search
     # (``decode(ctc_guard=...)``) at this threshold: a blank arc of the loss may pass only over
     # frames whose CTC blank probability (the CTC head's, without dropout or gradient) exceeds it
@@ -108,6 +117,11 @@ def check_model_config(config: ModelConfig) -> None:
         raise ValueError("ModelConfig.encoder_config.input_dim is the feature dimension: set features.num_mel_bins instead")
     if config.ctc_warmup_steps < 0:
         raise ValueError(f"ModelConfig.ctc_warmup_steps must be >= 0, got {config.ctc_warmup_steps}")
+    if not 0.0 <= config.ctc_warmup_accuracy < 1.0:
+        raise ValueError(f"ModelConfig.ctc_warmup_accuracy must be in [0, 1) (the CTC head's token accuracy), got {config.ctc_warmup_accuracy}")
+    if config.ctc_warmup_max_steps and config.ctc_warmup_max_steps < config.ctc_warmup_steps:
+        raise ValueError(f"ModelConfig.ctc_warmup_max_steps ({config.ctc_warmup_max_steps}) must be 0 (no limit) or at least "
+                         f"ctc_warmup_steps ({config.ctc_warmup_steps})")
     if config.train_ctc_guard:
         if config.head not in ("tdt", "pruned_tdt") or config.ctc_weight <= 0:
             raise ValueError("ModelConfig.train_ctc_guard trains a hybrid TDT+CTC's blank jumps (head tdt or "
@@ -137,7 +151,7 @@ class ASRModel(nn.Module):
         if config.head != "ctc":
             self.transducer = TransducerHead(config.head, self.encoder.output_dim, config.vocab_size, config.transducer)
         self.ctc = None
-        if config.head == "ctc" or config.ctc_weight > 0 or config.ctc_warmup_steps > 0:
+        if config.head == "ctc" or config.ctc_weight > 0 or config.ctc_warmup_steps > 0 or config.ctc_warmup_accuracy > 0:
             self.ctc = CTCHead(self.encoder.output_dim, config.vocab_size, config.dropout)
 
     # ------------------------------------------------------------------ compute
@@ -172,8 +186,12 @@ class ASRModel(nn.Module):
                 with torch.no_grad():
                     stops = jump_stops(self.jump_guard(enc, self.config.train_ctc_guard))
             parts["transducer"] = self.transducer.loss(enc, enc_lens, targets, blank_stops=stops)
+        errors = None
         if self.ctc is not None and (ctc_only or self.transducer is None or self.config.ctc_weight > 0):
-            parts["ctc"] = CTCHead.loss(self.ctc(enc), enc_lens, targets)
+            log_probs = self.ctc(enc)
+            parts["ctc"] = CTCHead.loss(log_probs, enc_lens, targets)
+            if ctc_only:  # the trainer's measure of the warm-up (``ctc_warmup_accuracy``)
+                errors = CTCHead.token_errors(log_probs, enc_lens, targets)
         bad = torch.zeros(len(targets), dtype=torch.bool)
         for _, b in parts.values():
             bad |= b
@@ -201,6 +219,8 @@ class ASRModel(nn.Module):
         if len(sums) > 1:
             for name, v in sums.items():
                 out[f"{name}_loss"] = float(v.detach()) / max(1, tokens)
+        if errors is not None:
+            out["ctc_errors"] = int(errors[ok.cpu()].sum())
         return out
 
     @torch.no_grad()

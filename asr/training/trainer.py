@@ -444,6 +444,8 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self.wall_seconds = 0.0
+        self.ctc_warmup_end: int | None = None  # the step the transducer joined at (None: not yet)
+        self.ctc_errors: list[tuple[int, int]] = []  # the last 10 warm-up steps' (token errors, reference tokens)
         self._interrupt: int | None = None  # the signal that asked training to stop (run() catches them)
         for what, paths in (("data.train", cfg.data.train), ("data.dev", cfg.data.dev), ("init_from", [cfg.init_from] if cfg.init_from else [])):
             for p in paths:
@@ -532,12 +534,13 @@ class Trainer:
         Every rank takes the same branch.
         """
         net = self.ddp if self.ddp is not None else self.model
+        ctc_only = self.in_ctc_warmup()
         freeze = bool(self.frozen) and self.step < self.cfg.init_freeze_steps
         if self.ddp is None:  # frozen weights need no gradient at all (a cheaper backward)
             for p in self.frozen:
                 p.requires_grad_(not freeze)
         n = len(micro_batches)
-        res = {"loss_sum": 0.0, "tokens": 0.0, "unalignable": 0, "frames": 0, "padded_frames": 0}
+        res = {"loss_sum": 0.0, "tokens": 0.0, "unalignable": 0, "frames": 0, "padded_frames": 0, "ctc_errors": 0}
         extra: dict = {}
         for i, batch in enumerate(micro_batches):
             x = batch["features"].to(self.device, non_blocking=True)
@@ -547,12 +550,13 @@ class Trainer:
             last = i == n - 1
             with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
                 with self._autocast():
-                    out = net(x, lens, batch["tokens"], ctc_only=self.step < self.cfg.model.ctc_warmup_steps)
+                    out = net(x, lens, batch["tokens"], ctc_only=ctc_only)
                 loss = out["loss"]
                 local_tokens = int(out["tokens"])
                 res["unalignable"] += int(out["unalignable"].sum())
                 finite = bool(torch.isfinite(loss))
-                g_sum, g_tokens, g_bad = self.dist.sum([float(out["loss_sum"]) if finite else 0.0, local_tokens, 0 if finite else 1], self.device)
+                g_sum, g_tokens, g_bad, g_errors = self.dist.sum([float(out["loss_sum"]) if finite else 0.0, local_tokens,
+                                                                  0 if finite else 1, out.get("ctc_errors", 0)], self.device)
                 if g_bad:
                     self.opt.zero_grad(set_to_none=True)
                     return {**res, "skipped": "nonfinite_loss", "loss": math.nan}
@@ -563,6 +567,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             res["loss_sum"] += g_sum
             res["tokens"] += g_tokens
+            res["ctc_errors"] += int(g_errors)
             extra = {k: v for k, v in out.items() if k.endswith("_loss") and isinstance(v, float)}
         if freeze and self.ddp is not None:  # DDP reduces every registered gradient: drop the frozen ones after
             for p in self.frozen:
@@ -585,7 +590,49 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         res.update(extra)
         res.update(loss=res["loss_sum"] / max(1.0, res["tokens"]), grad_norm=float(grad_norm), lr=lr)
+        if ctc_only:
+            self.ctc_errors = (self.ctc_errors + [(res["ctc_errors"], int(res["tokens"]))])[-10:]
+            res["ctc_accuracy"] = 1.0 - res["ctc_errors"] / max(1.0, res["tokens"])
         return res
+
+    def in_ctc_warmup(self) -> bool:
+        """Whether the next step trains the CTC head alone (``ModelConfig.ctc_warmup_steps``,
+        ``ctc_warmup_accuracy``, ``ctc_warmup_max_steps``). The warm-up lasts ``ctc_warmup_steps``
+        steps and, with ``ctc_warmup_accuracy`` > 0, after them until the CTC head's greedy token
+        accuracy (1 - token error rate) on the last 10 steps' training batches reaches it, or to
+        ``ctc_warmup_max_steps``. Every warm-up logs that accuracy (``ctc_accuracy`` in
+        metrics.jsonl) and the value it ended at. Meant for encoders that leave the CTC plateau
+        late (BPE-256 on the mini Conformer: barely off it after 1500-1800 steps, where a fixed
+        900-step warm-up left a transducer that deleted 89% of the words). It does not rescue a stuck
+        run: on the mini corpus (characters) the recipe's model read 0.57 of its tokens at step
+        450 with seed 42 and 0.31-0.33 from step 180 to 680 with seed 7 under DDP, whose
+        transducer, joining at 450, never learnt (WER 95%; docs/mini_results.md); a warning
+        says so when the limit ends a warm-up below the accuracy. The step it ends at is
+        checkpointed, so a resumed run decides as the uninterrupted one did."""
+        m = self.cfg.model
+        if self.model.transducer is None or self.model.ctc is None or self.ctc_warmup_end is not None:
+            return False
+        if self.step < m.ctc_warmup_steps:
+            return True
+        errors, tokens = (sum(c) for c in zip(*self.ctc_errors)) if self.ctc_errors else (0, 0)
+        acc = 1.0 - errors / tokens if tokens else 0.0
+        limit = bool(m.ctc_warmup_max_steps) and self.step >= m.ctc_warmup_max_steps
+        if m.ctc_warmup_accuracy <= 0 or acc >= m.ctc_warmup_accuracy or limit:
+            self.ctc_warmup_end = self.step
+            if self.ctc_errors and limit and acc < m.ctc_warmup_accuracy:
+                log.warning("step %d: the CTC warm-up ends at ctc_warmup_max_steps with the CTC head's token accuracy at "
+                            "%.2f on the last 10 batches, below ctc_warmup_accuracy %g: the encoder may be stuck (on the "
+                            "mini corpus one run stayed at 0.31-0.33 from step 180 to 680 of CTC alone and ended at WER "
+                            "95%%); another seed may do better", self.step, acc, m.ctc_warmup_accuracy)
+            elif self.ctc_errors:
+                log.info("step %d: the CTC warm-up ends (CTC token accuracy %.2f on the last 10 batches): the transducer "
+                         "joins", self.step, acc)
+            return False
+        if self.step == m.ctc_warmup_steps:
+            log.info("step %d: CTC token accuracy %.2f on the last 10 batches, below ctc_warmup_accuracy %g: the CTC "
+                     "warm-up goes on until it is reached%s", self.step, acc, m.ctc_warmup_accuracy,
+                     f" or to step {m.ctc_warmup_max_steps}" if m.ctc_warmup_max_steps else "")
+        return True
 
     # ------------------------------------------------------------------ logs
     def _log_metrics(self, record: dict) -> None:
@@ -688,6 +735,8 @@ class Trainer:
             "metrics_records": self.metrics_records,
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
+            "ctc_warmup_end": self.ctc_warmup_end,
+            "ctc_errors": self.ctc_errors,
         }
         path = self.ckpt_dir / f"ckpt-{self.step}.pt"
         save_atomic(state, path)
@@ -748,6 +797,8 @@ class Trainer:
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.wall_seconds = float(state.get("wall_seconds", 0.0))
+        self.ctc_warmup_end = state.get("ctc_warmup_end")
+        self.ctc_errors = [tuple(map(int, e)) for e in state.get("ctc_errors", [])]
         epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
         rngs = state["rng"]
         rngs = [rngs] if isinstance(rngs, dict) else list(rngs)
@@ -922,7 +973,7 @@ class Trainer:
                 self.train_seconds += time.perf_counter() - t0
                 if self.step % cfg.log_every == 0:
                     rec = {"kind": "train", "epoch": epoch, "step": self.step, "loss": res["loss"], "lr": res["lr"], "grad_norm": res["grad_norm"]}
-                    rec.update({k: v for k, v in res.items() if k.endswith("_loss") and k != "loss"})
+                    rec.update({k: v for k, v in res.items() if (k.endswith("_loss") and k != "loss") or k == "ctc_accuracy"})
                     if self.scaler.is_enabled():
                         rec["loss_scale"] = float(self.scaler.get_scale())
                     self._log_metrics(rec)
@@ -1014,8 +1065,10 @@ class Trainer:
         # world_size/rank given: lhotse would otherwise take rank 0's share of torchrun's WORLD_SIZE
         sampler = make_sampler(cuts, self.cfg.data.sampler, train=False, world_size=1, rank=0)
         decode = None
-        if self.step < self.cfg.model.ctc_warmup_steps:  # the transducer has not trained yet: its CTC head's WER
-            log.info("validation in the CTC warm-up (step %d of %d): decoding the CTC head", self.step, self.cfg.model.ctc_warmup_steps)
+        if self.model.transducer is not None and self.ctc_warmup_end is None and self.model.ctc is not None \
+                and (self.step < self.cfg.model.ctc_warmup_steps or self.cfg.model.ctc_warmup_accuracy > 0):
+            # the transducer has not trained yet: its CTC head's WER
+            log.info("validation in the CTC warm-up (step %d): decoding the CTC head", self.step)
 
             def decode(x, lens):
                 return self.model.decode(x, lens, use_ctc=True)

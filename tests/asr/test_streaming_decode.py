@@ -211,6 +211,82 @@ def test_ctc_warmup_trains_the_ctc_head_alone_then_the_transducer(ctc_weight, ti
     assert calls == [2]  # the transducer's loss ran only after the two warm-up steps
 
 
+def test_ctc_token_errors_are_the_greedy_transcripts_edit_distances():
+    """``CTCHead.token_errors`` (numba) against a plain Levenshtein distance of the collapsed
+    argmax path, for utterances with and without frames or tokens."""
+    from asr.heads.ctc import CTCHead
+
+    def lev(a, b):
+        prev = list(range(len(b) + 1))
+        for i, x in enumerate(a, 1):
+            cur = [i] + [0] * len(b)
+            for j, y in enumerate(b, 1):
+                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+            prev = cur
+        return prev[-1]
+
+    g = torch.Generator().manual_seed(0)
+    lp = (torch.randn(6, 30, 6, generator=g) + torch.tensor([1.5, 0, 0, 0, 0, 0])).log_softmax(-1)
+    lens = torch.tensor([30, 12, 1, 0, 25, 30])
+    targets = [[1, 2, 3], [4], [], [2, 2], [5, 1, 1, 3, 2, 4, 4], [3] * 40]
+    best = lp.argmax(-1)
+    want = []
+    for k, ref in enumerate(targets):
+        path = best[k, : lens[k]].tolist()
+        hyp = [t for i, t in enumerate(path) if t != 0 and (i == 0 or path[i - 1] != t)]
+        want.append(lev(hyp, ref))
+    assert CTCHead.token_errors(lp, lens, targets).tolist() == want
+    assert want[3] == 2 and want[5] >= 30 and len(set(want)) > 3
+
+
+@pytest.mark.parametrize("until", ["accuracy", "max_steps"])
+def test_ctc_warmup_goes_on_until_the_ctc_head_reads(until, tiny_data, tmp_path):
+    """``model.ctc_warmup_accuracy``: after ``ctc_warmup_steps`` the warm-up goes on while the
+    CTC head's greedy token accuracy on the last 10 steps' batches is below it (an untrained
+    model's is about 0), ends once it is reached (or at ``ctc_warmup_max_steps``), and the
+    decision is checkpointed: a resumed trainer carries the same state."""
+    from asr.data.dataset import ASRDataset, make_sampler
+    from asr.training.trainer import TrainConfig, Trainer, _load_cuts
+
+    tc = TrainConfig(exp_dir=str(tmp_path), max_steps=6, log_every=1)
+    tc.data.train = [str(tiny_data / "manifests/cuts_train.jsonl.gz")]
+    tc.data.tokenizer = str(tiny_data / "lang_bpe48")
+    tc.data.sampler.max_duration = 15
+    tc.model = ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="rnnt", ctc_weight=0.0, ctc_warmup_steps=1,
+                           ctc_warmup_accuracy=0.9, ctc_warmup_max_steps=3 if until == "max_steps" else 0)
+    tr = Trainer(tc, progress=False)
+    cuts = _load_cuts(tc.data.train)
+    tr.setup(cuts)
+    tr.wrap()
+    batch = ASRDataset(tr.tokenizer, tc.features, None)[next(iter(make_sampler(cuts, tc.data.sampler, train=True)))]
+    calls = []
+    real = tr.model.transducer.loss
+    tr.model.transducer.loss = lambda *a, **k: calls.append(tr.step) or real(*a, **k)
+    accs = []
+    for _ in range(3):  # steps 1-3: the minimum, then below the accuracy
+        res = tr.train_step([batch], 1)
+        accs.append(res["ctc_accuracy"])
+    assert calls == [] and tr.ctc_warmup_end is None and len(tr.ctc_errors) == 3, (calls, accs)
+    assert all(a < 0.5 for a in accs) and all(0 < e and 0 < n for e, n in tr.ctc_errors)
+    if until == "accuracy":  # as if the head read its batches: 95 of 100 tokens right
+        tr.ctc_errors = [(5, 100)] * 10
+    res = tr.train_step([batch], 1)
+    assert "ctc_accuracy" not in res and calls == [3] and tr.ctc_warmup_end == 3
+    if until == "max_steps":  # the accuracy never came: the limit ended it
+        assert sum(e for e, _ in tr.ctc_errors) / sum(n for _, n in tr.ctc_errors) > 0.5
+    tr._save(1, 4)
+    again = Trainer(tc, progress=False)
+    again.setup(cuts)
+    again.resume()
+    assert (again.step, again.ctc_warmup_end, again.ctc_errors) == (4, 3, tr.ctc_errors)
+    assert not again.in_ctc_warmup()
+    with pytest.raises(ValueError, match="ctc_warmup_accuracy"):
+        ASRModel(ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="rnnt", vocab_size=12, ctc_warmup_accuracy=1.0))
+    with pytest.raises(ValueError, match="ctc_warmup_max_steps"):
+        ASRModel(ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="rnnt", vocab_size=12, ctc_warmup_steps=5,
+                             ctc_warmup_max_steps=3))
+
+
 @pytest.mark.parametrize("encoder", ["conformer", "lstm"])
 def test_ctc_guard_streams_exactly(encoder):
     """A hybrid TDT+CTC's greedy search with its blank jumps guarded by the CTC head
