@@ -159,14 +159,34 @@ def test_multi_lookahead_training_serves_every_context():
         assert same(m.decode(x, lens), chunkwise_decode(m, x, lens)), c
 
 
+def _warmup_trainer(tiny_data, tmp_path, **model):
+    """A Trainer of a small LSTM RNN-T with ``model`` settings on the tiny corpus, set up, with
+    one batch; its transducer loss records the steps it ran at in ``calls``."""
+    from asr.data.dataset import ASRDataset, make_sampler
+    from asr.training.trainer import TrainConfig, Trainer, _load_cuts
+
+    tc = TrainConfig(exp_dir=str(tmp_path), max_steps=6, log_every=1)
+    tc.data.train = [str(tiny_data / "manifests/cuts_train.jsonl.gz")]
+    tc.data.tokenizer = str(tiny_data / "lang_bpe48")
+    tc.data.sampler.max_duration = 15
+    tc.model = ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="rnnt", **model)
+    tr = Trainer(tc, progress=False)
+    cuts = _load_cuts(tc.data.train)
+    tr.setup(cuts)
+    tr.wrap()
+    batch = ASRDataset(tr.tokenizer, tc.features, None)[next(iter(make_sampler(cuts, tc.data.sampler, train=True)))]
+    calls = []
+    real = tr.model.transducer.loss
+    tr.model.transducer.loss = lambda *a, **k: calls.append(tr.step) or real(*a, **k)
+    return tr, tc, cuts, batch, calls
+
+
 @pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
 def test_ctc_warmup_trains_the_ctc_head_alone_then_the_transducer(ctc_weight, tiny_data, tmp_path):
     """``model.ctc_warmup_steps``: the first optimizer steps update the encoder through the CTC
     head only (the transducer gets exactly zero gradient and its loss is not computed), later
     steps train the transducer (and the CTC head only when ctc_weight > 0)."""
-    from asr.data.dataset import ASRDataset, make_sampler
     from asr.heads.ctc import CTCHead
-    from asr.training.trainer import TrainConfig, Trainer, _load_cuts
 
     torch.manual_seed(0)
     cfg = ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="tdt", vocab_size=12, dropout=0.0,
@@ -192,19 +212,7 @@ def test_ctc_warmup_trains_the_ctc_head_alone_then_the_transducer(ctc_weight, ti
         ASRModel(ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="rnnt", vocab_size=12, ctc_warmup_steps=-1))
 
     # through the trainer: steps 1-2 are the warm-up (CTC alone), step 3 trains the transducer
-    tc = TrainConfig(exp_dir=str(tmp_path), max_steps=3, log_every=1)
-    tc.data.train = [str(tiny_data / "manifests/cuts_train.jsonl.gz")]
-    tc.data.tokenizer = str(tiny_data / "lang_bpe48")
-    tc.data.sampler.max_duration = 15
-    tc.model = ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="rnnt", ctc_weight=ctc_weight, ctc_warmup_steps=2)
-    tr = Trainer(tc, progress=False)
-    cuts = _load_cuts(tc.data.train)
-    tr.setup(cuts)
-    tr.wrap()
-    batch = ASRDataset(tr.tokenizer, tc.features, None)[next(iter(make_sampler(cuts, tc.data.sampler, train=True)))]
-    calls = []
-    real = tr.model.transducer.loss
-    tr.model.transducer.loss = lambda *a, **k: calls.append(tr.step) or real(*a, **k)
+    tr, _, _, batch, calls = _warmup_trainer(tiny_data, tmp_path, ctc_weight=ctc_weight, ctc_warmup_steps=2)
     for _ in range(3):
         res = tr.train_step([batch], 1)
         assert math.isfinite(res["loss"]) and "skipped" not in res
@@ -245,23 +253,10 @@ def test_ctc_warmup_goes_on_until_the_ctc_head_reads(until, tiny_data, tmp_path)
     CTC head's greedy token accuracy on the last 10 steps' batches is below it (an untrained
     model's is about 0), ends once it is reached (or at ``ctc_warmup_max_steps``), and the
     decision is checkpointed: a resumed trainer carries the same state."""
-    from asr.data.dataset import ASRDataset, make_sampler
-    from asr.training.trainer import TrainConfig, Trainer, _load_cuts
+    from asr.training.trainer import Trainer
 
-    tc = TrainConfig(exp_dir=str(tmp_path), max_steps=6, log_every=1)
-    tc.data.train = [str(tiny_data / "manifests/cuts_train.jsonl.gz")]
-    tc.data.tokenizer = str(tiny_data / "lang_bpe48")
-    tc.data.sampler.max_duration = 15
-    tc.model = ModelConfig(encoder="lstm", encoder_config=ENCODERS["lstm"], head="rnnt", ctc_weight=0.0, ctc_warmup_steps=1,
-                           ctc_warmup_accuracy=0.9, ctc_warmup_max_steps=3 if until == "max_steps" else 0)
-    tr = Trainer(tc, progress=False)
-    cuts = _load_cuts(tc.data.train)
-    tr.setup(cuts)
-    tr.wrap()
-    batch = ASRDataset(tr.tokenizer, tc.features, None)[next(iter(make_sampler(cuts, tc.data.sampler, train=True)))]
-    calls = []
-    real = tr.model.transducer.loss
-    tr.model.transducer.loss = lambda *a, **k: calls.append(tr.step) or real(*a, **k)
+    tr, tc, cuts, batch, calls = _warmup_trainer(tiny_data, tmp_path, ctc_weight=0.0, ctc_warmup_steps=1, ctc_warmup_accuracy=0.9,
+                                                 ctc_warmup_max_steps=3 if until == "max_steps" else 0)
     accs = []
     for _ in range(3):  # steps 1-3: the minimum, then below the accuracy
         res = tr.train_step([batch], 1)
