@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["CTCHead"]
+
 _EDIT = None
 
 
@@ -35,7 +37,6 @@ def _edit_distances():
         _EDIT = edit
     return _EDIT
 
-__all__ = ["CTCHead"]
 
 
 class CTCHead(nn.Module):
