@@ -611,7 +611,7 @@ class Trainer:
         late (BPE-256 on the mini Conformer: barely off it after 1500-1800 steps, where a fixed
         900-step warm-up left a transducer that deleted 89% of the words). It does not rescue a stuck
         run: on the mini corpus (characters) the recipe's model read 0.57 of its tokens at step
-        450 with seed 42 and 0.28-0.35 from step 180 to 680 with seed 7 under DDP, whose
+        450 with seed 42 and at most 0.35 from step 180 to 680 with seed 7 under DDP, whose
         transducer, joining at 450, never learnt (WER 95%; docs/mini_results.md); a warning
         says so when the limit ends a warm-up below the accuracy. The step it ends at is
         checkpointed, so a resumed run decides as the uninterrupted one did."""
@@ -628,7 +628,7 @@ class Trainer:
             if self.ctc_errors and limit and acc < m.ctc_warmup_accuracy:
                 log.warning("step %d: the CTC warm-up ends at ctc_warmup_max_steps with the CTC head's token accuracy at "
                             "%.2f on the last 10 batches, below ctc_warmup_accuracy %g: the encoder may be stuck (on the "
-                            "mini corpus one run stayed at 0.28-0.35 from step 180 to 680 of CTC alone and ended at WER "
+                            "mini corpus one run stayed at or below 0.35 from step 180 to 680 of CTC alone and ended at WER "
                             "95%%); another seed may do better", self.step, acc, m.ctc_warmup_accuracy)
             elif self.ctc_errors:
                 log.info("step %d: the CTC warm-up ends (CTC token accuracy %.2f on the last 10 batches): the transducer "

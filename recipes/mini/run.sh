@@ -21,7 +21,7 @@
 # NPROC: training processes for stage 2 (default auto: 2 on a machine with 2 or more cores, else 1).
 #   Several run under torchrun (CPU DDP over gloo), each with cores/NPROC threads and the config's
 #   data.sampler.max_duration divided by NPROC, so the global batch stays the config's (a
-#   max_duration in TRAIN_ARGS is per process). On 2 cores two 1-thread processes make 9-10% more
+#   max_duration in TRAIN_ARGS is per process). On 2 cores two 1-thread processes make 7-10% more
 #   steps in the 15 minutes than one 2-thread process (docs/mini_results.md, "Two processes
 #   instead of two threads"). NPROC=1 trains in one process.
 # Relative paths in DATA, CONFIG and EXP are taken from the directory the script is run from.
